@@ -1,0 +1,49 @@
+"""Starting or joining Ray: the one place that calls ``ray.init``.
+
+On a laptop (no address) Ray starts in-process with every listener on loopback, no dashboard,
+and token auth off unless the caller set ``RAY_AUTH_MODE``. With ``--address`` / ``RAY_ADDRESS``
+it joins the cluster; a submitted Ray Job finds ``RAY_ADDRESS`` set and must call bare init.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import ray
+
+
+def add_ray_arguments(parser) -> None:
+    group = parser.add_argument_group("Ray")
+    group.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (e.g. ray://HEAD:10001 or auto); default: $RAY_ADDRESS, "
+        "else an in-process local Ray",
+    )
+    group.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        help="CPUs for an in-process local Ray (default: all cores); ignored with --address",
+    )
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start or join Ray once per process; a second call is a no-op."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    temp_dir = os.environ.get("ENLIGHTENGAN_RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray-")
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        _node_ip_address="127.0.0.1",
+        configure_logging=False,
+    )
