@@ -1,0 +1,74 @@
+"""EnlightenGAN's losses as objects apart from the networks (paper Sec. III-B, Eqs. 2-5).
+
+* Global adversarial: relativistic average least squares (paper Eqs. 2-3), on raw scores.
+* Local adversarial: plain least squares on random patches (paper Eqs. 4-5).
+* Self feature preserving (SFP, paper Eq. 6): distance between VGG-16 features of the enhanced
+  image and of its low-light input, with instance norm on both feature maps as the code does.
+
+Every weight is 1 in the reference; the total generator objective (paper Eq. 7) is
+L = L_SFP^Global + L_SFP^Local + L_G^Global + L_G^Local.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RelativisticAverageLSGAN:
+    """Relativistic average LSGAN with C the raw discriminator output.
+
+    D: 0.5 * [ (C(real) - E C(fake) - 1)^2 + (C(fake) - E C(real))^2 ]   (paper Eq. 2 / 3)
+    G: 0.5 * [ (C(real) - E C(fake))^2 + (C(fake) - E C(real) - 1)^2 ]
+    Means run over every element of the score maps; fake is detached by the caller for D.
+    """
+
+    def discriminator_loss(self, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+        real_scores, fake_scores = real_scores.float(), fake_scores.float()
+        real_vs_fake = real_scores - fake_scores.mean()
+        fake_vs_real = fake_scores - real_scores.mean()
+        return 0.5 * (_mse_to(real_vs_fake, 1.0) + _mse_to(fake_vs_real, 0.0))
+
+    def generator_loss(self, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+        real_scores, fake_scores = real_scores.float(), fake_scores.float()
+        real_vs_fake = real_scores - fake_scores.mean()
+        fake_vs_real = fake_scores - real_scores.mean()
+        return 0.5 * (_mse_to(real_vs_fake, 0.0) + _mse_to(fake_vs_real, 1.0))
+
+
+class LeastSquaresGAN:
+    """Plain LSGAN: D 0.5 * [(D(real) - 1)^2 + D(fake)^2]; G (D(fake) - 1)^2 (paper Eqs. 4-5)."""
+
+    def discriminator_loss(self, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (_mse_to(real_scores.float(), 1.0) + _mse_to(fake_scores.float(), 0.0))
+
+    def generator_loss(self, fake_scores: torch.Tensor) -> torch.Tensor:
+        return _mse_to(fake_scores.float(), 1.0)
+
+
+class SelfFeaturePreservingLoss(nn.Module):
+    """MSE between instance-normalised VGG features of the output and of the input (Eq. 6).
+
+    ``features`` is a frozen extractor taking RGB in [-1, 1] (``enlightengan.vgg.VGGFeatures``:
+    the layer the reference calls relu5_1, without the fourth max-pool). It is passed in, not
+    loaded here, so tests and callers decide where the weights come from.
+    """
+
+    def __init__(self, features: nn.Module, instance_norm: bool = True) -> None:
+        super().__init__()
+        self.features = features
+        self.instance_norm = instance_norm
+
+    def forward(self, enhanced: torch.Tensor, low_light: torch.Tensor) -> torch.Tensor:
+        enhanced_features = self.features(enhanced).float()
+        with torch.no_grad():
+            target_features = self.features(low_light).float()
+        if self.instance_norm:
+            enhanced_features = F.instance_norm(enhanced_features)
+            target_features = F.instance_norm(target_features)
+        return F.mse_loss(enhanced_features, target_features)
+
+
+def _mse_to(scores: torch.Tensor, target: float) -> torch.Tensor:
+    return torch.mean((scores - target) ** 2)
