@@ -1,0 +1,338 @@
+"""URIs to filesystems: the one place that knows about local paths, ``file://`` and ``s3://``.
+
+``resolve(uri)`` returns a :class:`Location`: a ``pyarrow.fs.FileSystem`` plus the path inside it.
+The same filesystem object is what Ray Data (``read_*(filesystem=...)``,
+``write_parquet(filesystem=...)``) and Ray Train (``RunConfig(storage_filesystem=...)``, with a
+``storage_path`` that has no scheme) take, so every job reaches storage the same way.
+
+S3 credentials come from the standard AWS environment (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``) or a named profile (``--profile`` /
+``AWS_PROFILE`` in ``~/.aws/credentials``); the endpoint from ``--endpoint-url``,
+``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` or the profile's ``endpoint_url``. Secrets are never
+put in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import posixpath
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pyarrow import fs as pafs
+
+from pipelines.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+_CREDENTIAL_ERRORS = (
+    "ACCESS_DENIED",
+    "INVALID_ACCESS_KEY_ID",
+    "SIGNATURE_DOES_NOT_MATCH",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "EXPIRED_TOKEN",
+)
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """Explicit storage settings; anything left ``None`` comes from the AWS environment."""
+
+    endpoint_url: str | None = None
+    profile: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def from_args(cls, args) -> StorageOptions:
+        return cls(
+            endpoint_url=getattr(args, "endpoint_url", None),
+            profile=getattr(args, "profile", None),
+            region=getattr(args, "region", None),
+        )
+
+
+def add_storage_arguments(parser) -> None:
+    """``--endpoint-url`` / ``--profile`` / ``--region`` (never credentials: those stay in the
+    environment or the profile file, not on a command line)."""
+    group = parser.add_argument_group("object storage")
+    group.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: $AWS_ENDPOINT_URL, else AWS)",
+    )
+    group.add_argument(
+        "--profile", default=None, help="AWS profile in ~/.aws/credentials (default: $AWS_PROFILE)"
+    )
+    group.add_argument("--region", default=None, help="S3 region (default: $AWS_REGION)")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in storage: ``filesystem`` (pyarrow) and ``path`` inside it (``bucket/prefix`` for
+    S3, an absolute path locally). ``uri`` is what the user wrote, safe to print."""
+
+    filesystem: pafs.FileSystem = field(repr=False, compare=False)
+    path: str
+    uri: str
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+    def child(self, key: str) -> Location:
+        """The location of relative ``key`` under this one (``key`` is checked by ``safe_join``)."""
+        return Location(
+            self.filesystem, safe_join(self.path, key), safe_join(self.uri.rstrip("/"), key)
+        )
+
+
+def safe_join(prefix: str, key: str) -> str:
+    """``prefix/key`` where ``key`` is a relative key that cannot climb out of ``prefix``.
+
+    Rejects (ValueError) empty keys, absolute keys, ``.`` / ``..`` / empty segments (also when
+    percent-encoded or written with look-alike Unicode dots), backslashes, NUL and other control
+    characters."""
+    if not isinstance(key, str) or not key:
+        raise ValueError("empty key")
+    if any(unicodedata.category(ch) == "Cc" for ch in key):
+        raise ValueError(f"control character in key {key!r}")
+    if "\\" in key:
+        raise ValueError(f"backslash in key {key!r}")
+    for spelling in {key, unquote(key), unicodedata.normalize("NFKC", key)}:
+        if spelling.startswith("/") or re.match(r"^[A-Za-z]:", spelling):
+            raise ValueError(f"absolute key {key!r}")
+        if any(part in ("", ".", "..") for part in spelling.split("/")):
+            raise ValueError(f"key {key!r} has an empty, '.' or '..' segment")
+        if "\\" in spelling or "\x00" in spelling:
+            raise ValueError(f"encoded separator or NUL in key {key!r}")
+    return f"{prefix.rstrip('/')}/{key}" if prefix else key
+
+
+def _profile_settings(profile: str) -> dict[str, str]:
+    """Keys of one profile from the shared credentials and config files."""
+    settings: dict[str, str] = {}
+    config_file = os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")
+    credentials_file = os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")
+    for path, section in (
+        (config_file, "default" if profile == "default" else f"profile {profile}"),
+        (credentials_file, profile),
+    ):
+        parser = configparser.ConfigParser()
+        parser.read(Path(path).expanduser())
+        if parser.has_section(section):
+            settings.update(parser[section])
+    if "aws_access_key_id" not in settings:
+        raise UserError(
+            f"AWS profile {profile!r} has no aws_access_key_id in {credentials_file}: "
+            "add it there or use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+        )
+    return settings
+
+
+def _s3_filesystem(options: StorageOptions) -> pafs.S3FileSystem:
+    env = os.environ
+    profile = options.profile or env.get("AWS_PROFILE")
+    from_profile = (
+        _profile_settings(profile)
+        if options.profile or (profile and not env.get("AWS_ACCESS_KEY_ID"))
+        else {}
+    )
+    access_key = from_profile.get("aws_access_key_id") or env.get("AWS_ACCESS_KEY_ID")
+    secret_key = from_profile.get("aws_secret_access_key") or env.get("AWS_SECRET_ACCESS_KEY")
+    session_token = from_profile.get("aws_session_token") or env.get("AWS_SESSION_TOKEN")
+    endpoint = (
+        options.endpoint_url
+        or env.get("AWS_ENDPOINT_URL_S3")
+        or env.get("AWS_ENDPOINT_URL")
+        or from_profile.get("endpoint_url")
+    )
+    region = (
+        options.region
+        or env.get("AWS_REGION")
+        or env.get("AWS_DEFAULT_REGION")
+        or from_profile.get("region")
+        or "us-east-1"
+    )
+    if bool(access_key) != bool(secret_key):
+        raise UserError(
+            "S3 credentials are incomplete: set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    # Without keys, a custom endpoint can only be reached anonymously, which is never what a
+    # job wants; on AWS itself the SDK's default chain (instance role, web identity) applies.
+    ambient = env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or env.get(
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+    )
+    if not access_key and endpoint and not ambient:
+        raise UserError(
+            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE / --profile) in the environment"
+        )
+    kwargs: dict = {"region": region, "connect_timeout": 10, "request_timeout": 60}
+    if access_key:
+        kwargs.update(access_key=access_key, secret_key=secret_key, session_token=session_token)
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str | os.PathLike, options: StorageOptions | None = None) -> Location:
+    """Turn a local path, ``file://`` URI or ``s3://bucket/prefix`` into a :class:`Location`."""
+    options = options or StorageOptions()
+    text = os.fspath(uri)
+    parsed = urlparse(text)
+    if parsed.scheme in ("", "file") or re.match(r"^[A-Za-z]:[\\/]", text):
+        local = unquote(parsed.path) if parsed.scheme == "file" else text
+        path = os.path.abspath(os.path.expanduser(local))
+        return Location(pafs.LocalFileSystem(), path, text)
+    if parsed.scheme in ("s3", "s3a"):
+        if not parsed.netloc:
+            raise UserError(f"{text!r} has no bucket: write s3://BUCKET/PREFIX")
+        path = posixpath.join(parsed.netloc, parsed.path.lstrip("/")).rstrip("/")
+        return Location(_s3_filesystem(options), path, text)
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(text)
+    except (ValueError, OSError) as error:
+        raise UserError(f"unsupported storage URI {text!r}: use a path, file:// or s3://") from (
+            error
+        )
+    return Location(filesystem, path, text)
+
+
+def _explain(error: OSError, location: Location) -> Exception:
+    message = str(error)
+    if any(code in message for code in _CREDENTIAL_ERRORS):
+        return UserError(
+            f"S3 refused the credentials for {location.uri}: check AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY (or the profile) and that they may access this bucket"
+        )
+    if "NO_SUCH_BUCKET" in message or "NoSuchBucket" in message:
+        return UserError(f"bucket of {location.uri} does not exist")
+    if "connect" in message.lower() or "resolve" in message.lower():
+        return UserError(f"cannot reach the storage for {location.uri}: {message}")
+    return error
+
+
+def as_location(target: str | os.PathLike | Location, options: StorageOptions | None = None):
+    return target if isinstance(target, Location) else resolve(target, options)
+
+
+def check_access(target, options: StorageOptions | None = None) -> Location:
+    """Touch the storage once so wrong or missing credentials become one clear UserError."""
+    location = as_location(target, options)
+    try:
+        location.filesystem.get_file_info(pafs.FileSelector(location.path, allow_not_found=True))
+    except NotADirectoryError:
+        return location
+    except OSError as error:
+        raise _explain(error, location) from None
+    return location
+
+
+def list_files(
+    target, extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS, recursive: bool = True
+) -> list[str]:
+    """Relative keys (``/``-separated, sorted) of the files under a location whose extension is in
+    ``extensions`` (case-insensitive; ``None`` keeps every file). Hidden files are skipped."""
+    location = as_location(target)
+    selector = pafs.FileSelector(location.path, recursive=recursive, allow_not_found=True)
+    try:
+        infos = location.filesystem.get_file_info(selector)
+    except OSError as error:
+        raise _explain(error, location) from None
+    wanted = tuple(ext.lower() for ext in extensions) if extensions else None
+    base = location.path.rstrip("/") + "/"
+    keys = []
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.startswith(base):
+            continue
+        key = info.path[len(base) :]
+        if any(part.startswith(".") for part in key.split("/")):
+            continue
+        if wanted is None or key.lower().endswith(wanted):
+            keys.append(key)
+    return sorted(keys)
+
+
+def read_bytes(target) -> bytes:
+    location = as_location(target)
+    with location.filesystem.open_input_file(location.path) as stream:
+        return stream.read()
+
+
+def write_bytes(target, data: bytes) -> None:
+    """Write a whole object; locally via a temporary file and rename, so readers never see half
+    a file (an S3 PUT is atomic already)."""
+    location = as_location(target)
+    filesystem = location.filesystem
+    parent = posixpath.dirname(location.path)
+    if location.is_local:
+        filesystem.create_dir(parent, recursive=True)
+        temporary = f"{parent}/.{posixpath.basename(location.path)}.{uuid.uuid4().hex}.tmp"
+        with filesystem.open_output_stream(temporary) as stream:
+            stream.write(data)
+        os.replace(temporary, location.path)
+        return
+    try:
+        with filesystem.open_output_stream(location.path) as stream:
+            stream.write(data)
+    except OSError as error:
+        raise _explain(error, location) from None
+
+
+def exists(target) -> bool:
+    location = as_location(target)
+    return location.filesystem.get_file_info(location.path).type != pafs.FileType.NotFound
+
+
+def delete_prefix(target) -> None:
+    """Remove everything under a location (no error when there is nothing)."""
+    location = as_location(target)
+    info = location.filesystem.get_file_info(location.path)
+    if info.type == pafs.FileType.Directory or not location.is_local:
+        location.filesystem.delete_dir_contents(location.path, missing_dir_ok=True)
+    elif info.type == pafs.FileType.File:
+        location.filesystem.delete_file(location.path)
+
+
+def delete_file(target) -> None:
+    location = as_location(target)
+    try:
+        location.filesystem.delete_file(location.path)
+    except FileNotFoundError:
+        pass
+
+
+def fsspec_filesystem(uri: str, options: StorageOptions | None = None):
+    """An fsspec filesystem (``s3fs`` for S3) with the same endpoint and credentials, for code
+    that wants fsspec rather than pyarrow; returns ``(filesystem, path)``."""
+    location = resolve(uri, options)
+    if location.is_local:
+        import fsspec
+
+        return fsspec.filesystem("file"), location.path
+    import s3fs
+
+    env = os.environ
+    options = options or StorageOptions()
+    profile = options.profile or env.get("AWS_PROFILE")
+    endpoint = options.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    client_kwargs = {"region_name": options.region or env.get("AWS_REGION") or "us-east-1"}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    if options.profile or (profile and not env.get("AWS_ACCESS_KEY_ID")):
+        settings = _profile_settings(profile)
+        filesystem = s3fs.S3FileSystem(
+            key=settings["aws_access_key_id"],
+            secret=settings.get("aws_secret_access_key"),
+            client_kwargs=client_kwargs,
+        )
+    else:
+        filesystem = s3fs.S3FileSystem(client_kwargs=client_kwargs)
+    return filesystem, location.path
