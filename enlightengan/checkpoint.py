@@ -1,0 +1,411 @@
+"""Checkpoints: weights, optimiser and schedule state, trainer state and the config that built them.
+
+A checkpoint is a directory of plain files::
+
+    config.json          the resolved EnlightenGANConfig (rebuilds the exact networks)
+    generator.pt         generator state dict
+    discriminators.pt    {"global_d": state dict, "patch_d": state dict} (when saved)
+    optimizers.pt        {"optimizers": {...}, "schedulers": {...}} state dicts (when saved)
+    trainer_state.json   step, epoch and anything else JSON-serialisable
+    rng.pt               random generator states (tensors)
+    checkpoint.json      the index, written LAST: format version, every file's sha256 and size
+
+Each file is written atomically (temporary file, then ``os.replace``) and the index goes last,
+so a directory without a valid index is an interrupted or foreign write and never loads.
+Every ``.pt`` file is read with ``torch.load(weights_only=True)``: tensors and plain containers
+only, never an arbitrary pickle.
+
+The official layout (the authors' released generator weights) is handled by
+:mod:`enlightengan.official_weights` and re-exported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from enlightengan.config import EnlightenGANConfig
+from enlightengan.generator import Generator
+from enlightengan.official_weights import (
+    import_official_state_dict,
+    load_official_generator,
+    official_state_dict,
+    save_official_generator,
+    unwrap_module,
+)
+from enlightengan.serialization import (
+    CheckpointError,
+    load_weights_only,
+    torch_bytes,
+    write_atomic,
+)
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "find_latest_checkpoint",
+    "import_official_state_dict",
+    "is_complete_checkpoint",
+    "load_checkpoint",
+    "load_generator",
+    "load_official_generator",
+    "official_state_dict",
+    "save_checkpoint",
+    "save_official_generator",
+]
+
+FORMAT_NAME = "enlightengan-checkpoint"
+FORMAT_VERSION = 1
+INDEX_FILE = "checkpoint.json"
+CONFIG_FILE = "config.json"
+GENERATOR_FILE = "generator.pt"
+DISCRIMINATORS_FILE = "discriminators.pt"
+OPTIMIZERS_FILE = "optimizers.pt"
+TRAINER_STATE_FILE = "trainer_state.json"
+RNG_FILE = "rng.pt"
+DATA_FILES = (
+    CONFIG_FILE,
+    GENERATOR_FILE,
+    DISCRIMINATORS_FILE,
+    OPTIMIZERS_FILE,
+    TRAINER_STATE_FILE,
+    RNG_FILE,
+)
+DISCRIMINATOR_NAMES = ("global_d", "patch_d")
+NETWORK_NAMES = ("generator", *DISCRIMINATOR_NAMES)
+SEARCH_DEPTH = 3
+
+
+@dataclass
+class Checkpoint:
+    """Everything :func:`load_checkpoint` read back, tensors already on ``map_location``."""
+
+    directory: Path
+    config: EnlightenGANConfig
+    network_states: dict[str, dict[str, torch.Tensor]]
+    optimizer_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scheduler_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trainer_state: dict[str, Any] = field(default_factory=dict)
+    rng_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int:
+        """The trainer's step counter, -1 when the trainer stored none."""
+        return int(self.trainer_state.get("step", -1))
+
+    def build_generator(self) -> Generator:
+        """A generator in eval mode with the stored weights (see :func:`load_generator`)."""
+        return _generator_from_state(self.config, self.network_states["generator"], self.directory)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    config: EnlightenGANConfig,
+    networks: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    schedulers: dict[str, Any] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    rng_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete checkpoint into ``directory`` (created if needed) and return its path.
+
+    ``networks`` needs ``"generator"`` and may hold ``"global_d"`` and ``"patch_d"``; DDP,
+    DataParallel and ``torch.compile`` wrappers are unwrapped. Tensors are copied to the CPU.
+    An existing checkpoint in ``directory`` is first made incomplete (its index removed), so a
+    crash mid-way never leaves a directory that mixes two checkpoints and still loads.
+    """
+    unknown = set(networks) - set(NETWORK_NAMES)
+    if "generator" not in networks or unknown:
+        raise ValueError(
+            f"networks must hold 'generator' and optionally {DISCRIMINATOR_NAMES}; "
+            f"got {sorted(networks)}"
+        )
+    generator = unwrap_module(networks["generator"])
+    built_from = getattr(generator, "config", None)
+    if built_from is not None and built_from != config.generator:
+        raise ValueError(
+            "the generator was built from a different GeneratorConfig than config.generator: "
+            f"{built_from} vs {config.generator}"
+        )
+    config.validate()
+    try:
+        trainer_json = json.dumps(trainer_state or {}, sort_keys=True, indent=2)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"trainer_state must be JSON-serialisable: {error}") from error
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / INDEX_FILE).unlink(missing_ok=True)
+
+    payloads: dict[str, bytes] = {
+        CONFIG_FILE: config.to_json().encode(),
+        GENERATOR_FILE: torch_bytes(_cpu_copy(generator.state_dict())),
+        TRAINER_STATE_FILE: trainer_json.encode(),
+    }
+    discriminators = {
+        name: _cpu_copy(unwrap_module(networks[name]).state_dict())
+        for name in DISCRIMINATOR_NAMES
+        if name in networks
+    }
+    if discriminators:
+        payloads[DISCRIMINATORS_FILE] = torch_bytes(discriminators)
+    if optimizers or schedulers:
+        states = {
+            "optimizers": {
+                name: _cpu_copy(opt.state_dict()) for name, opt in (optimizers or {}).items()
+            },
+            "schedulers": {
+                name: _cpu_copy(s.state_dict()) for name, s in (schedulers or {}).items()
+            },
+        }
+        payloads[OPTIMIZERS_FILE] = torch_bytes(states)
+    if rng_state:
+        payloads[RNG_FILE] = torch_bytes(_cpu_copy(rng_state))
+
+    for stale in set(DATA_FILES) - set(payloads):
+        (directory / stale).unlink(missing_ok=True)
+    files = {}
+    for name, data in payloads.items():
+        write_atomic(directory / name, data)
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    index = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "networks": sorted(["generator", *discriminators]),
+        "files": files,
+    }
+    write_atomic(directory / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True).encode())
+    _fsync_directory(directory)
+    return directory
+
+
+def is_complete_checkpoint(directory: str | os.PathLike, *, verify_hashes: bool = False) -> bool:
+    """True when ``directory`` has a valid index and every listed file with the right size.
+
+    Hashes are only checked with ``verify_hashes`` (reading every byte); :func:`load_checkpoint`
+    and :func:`load_generator` always check them.
+    """
+    try:
+        index = _read_index(Path(directory))
+        for name in index["files"]:
+            _read_listed_file(Path(directory), index, name, verify=verify_hashes)
+    except CheckpointError:
+        return False
+    return True
+
+
+def load_checkpoint(directory: str | os.PathLike, map_location: Any = "cpu") -> Checkpoint:
+    """Read and verify a whole checkpoint; raises :class:`CheckpointError` saying what to do."""
+    directory = Path(directory)
+    index = _read_index(directory)
+    config = _read_config(directory, index)
+    network_states = {"generator": _load_torch_file(directory, index, GENERATOR_FILE, map_location)}
+    if DISCRIMINATORS_FILE in index["files"]:
+        network_states.update(_load_torch_file(directory, index, DISCRIMINATORS_FILE, map_location))
+    optimizer_states: dict[str, Any] = {}
+    scheduler_states: dict[str, Any] = {}
+    if OPTIMIZERS_FILE in index["files"]:
+        states = _load_torch_file(directory, index, OPTIMIZERS_FILE, map_location)
+        optimizer_states = dict(states.get("optimizers", {}))
+        scheduler_states = dict(states.get("schedulers", {}))
+    rng_state = {}
+    if RNG_FILE in index["files"]:
+        rng_state = dict(_load_torch_file(directory, index, RNG_FILE, "cpu"))
+    return Checkpoint(
+        directory=directory,
+        config=config,
+        network_states=network_states,
+        optimizer_states=optimizer_states,
+        scheduler_states=scheduler_states,
+        trainer_state=_read_trainer_state(directory, index),
+        rng_state=rng_state,
+    )
+
+
+def load_generator(directory: str | os.PathLike, map_location: Any = "cpu") -> Generator:
+    """Build the generator from the stored config and weights, in eval mode.
+
+    Reads only the index, config and generator files. A ``sync_batch`` generator is rebuilt
+    with plain BatchNorm (identical state dict; eval mode never synchronises), so it runs on
+    any device without a process group.
+    """
+    directory = Path(directory)
+    index = _read_index(directory)
+    config = _read_config(directory, index)
+    state = _load_torch_file(directory, index, GENERATOR_FILE, map_location)
+    generator = _generator_from_state(config, state, directory)
+    return generator.to(map_location) if map_location is not None else generator
+
+
+def find_latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The complete checkpoint under ``root`` with the highest trainer step (tie: newest).
+
+    ``root`` may be a checkpoint itself or hold checkpoints up to three levels down (Ray
+    Train's ``<storage>/<run>/checkpoint_<timestamp>/``). Incomplete ones are ignored; None
+    when there is no complete checkpoint.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    best: tuple[int, float, str] | None = None
+    for candidate in _checkpoint_directories(root, SEARCH_DEPTH):
+        if not is_complete_checkpoint(candidate):
+            continue
+        try:
+            step = int(_read_trainer_state(candidate, _read_index(candidate)).get("step", -1))
+        except (CheckpointError, TypeError, ValueError):
+            continue
+        key = (step, (candidate / INDEX_FILE).stat().st_mtime, str(candidate))
+        if best is None or key > best:
+            best = key
+    return Path(best[2]) if best else None
+
+
+def _checkpoint_directories(root: Path, depth: int) -> Iterator[Path]:
+    """``root`` and its subdirectories up to ``depth`` levels; never descends into a checkpoint."""
+    yield root
+    if depth == 0 or (root / INDEX_FILE).exists():
+        return
+    try:
+        children = sorted(entry.path for entry in os.scandir(root) if entry.is_dir())
+    except OSError:
+        return
+    for child in children:
+        yield from _checkpoint_directories(Path(child), depth - 1)
+
+
+def _generator_from_state(
+    config: EnlightenGANConfig, state: dict[str, torch.Tensor], directory: Path
+) -> Generator:
+    generator_config = config.generator
+    if generator_config.norm == "sync_batch":
+        generator_config = replace(generator_config, norm="batch")
+    generator = Generator(generator_config)
+    try:
+        generator.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"the generator weights in {directory} do not fit the architecture its config.json "
+            f"describes (wrong or edited checkpoint): {error}"
+        ) from error
+    return generator.eval()
+
+
+def _read_index(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"no checkpoint directory at {directory}: pass a directory written by save_checkpoint"
+        )
+    index_path = directory / INDEX_FILE
+    if not index_path.is_file():
+        raise CheckpointError(
+            f"{directory} has no {INDEX_FILE}: it is not a checkpoint, or writing it was "
+            "interrupted; use find_latest_checkpoint on the run directory to pick a complete one"
+        )
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"{index_path} is unreadable ({error}); the checkpoint is damaged"
+        ) from error
+    if not isinstance(index, dict) or index.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{index_path} is not an EnlightenGAN checkpoint index")
+    version = index.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory} has checkpoint format version {version!r}; this code reads up to "
+            f"{FORMAT_VERSION}: upgrade enlightengan"
+        )
+    files = index.get("files")
+    if not isinstance(files, dict) or CONFIG_FILE not in files or GENERATOR_FILE not in files:
+        raise CheckpointError(f"{index_path} lists no config and generator: damaged checkpoint")
+    foreign = set(files) - set(DATA_FILES)
+    if foreign:
+        raise CheckpointError(f"{index_path} lists unexpected files {sorted(foreign)}")
+    return index
+
+
+def _read_listed_file(
+    directory: Path, index: dict[str, Any], name: str, *, verify: bool = True
+) -> bytes:
+    entry = index["files"].get(name)
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{directory}/{INDEX_FILE} does not list {name}")
+    path = directory / name
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise CheckpointError(f"{path} is missing: incomplete checkpoint") from error
+    if size != entry.get("bytes"):
+        raise CheckpointError(
+            f"{path} has {size} bytes, the index says {entry.get('bytes')}: damaged checkpoint"
+        )
+    if not verify:
+        return b""
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise CheckpointError(f"{path} does not match its sha256 in the index: damaged checkpoint")
+    return data
+
+
+def _read_config(directory: Path, index: dict[str, Any]) -> EnlightenGANConfig:
+    data = _read_listed_file(directory, index, CONFIG_FILE)
+    try:
+        return EnlightenGANConfig.from_json(data.decode()).validate()
+    except (UnicodeDecodeError, ValueError, TypeError) as error:
+        raise CheckpointError(
+            f"{directory}/{CONFIG_FILE} does not describe a valid config ({error}); it may come "
+            "from a different enlightengan version"
+        ) from error
+
+
+def _read_trainer_state(directory: Path, index: dict[str, Any]) -> dict[str, Any]:
+    if TRAINER_STATE_FILE not in index["files"]:
+        return {}
+    data = _read_listed_file(directory, index, TRAINER_STATE_FILE)
+    try:
+        state = json.loads(data.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{directory}/{TRAINER_STATE_FILE} is not JSON: {error}") from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{directory}/{TRAINER_STATE_FILE} must hold a JSON object")
+    return state
+
+
+def _load_torch_file(directory: Path, index: dict[str, Any], name: str, map_location: Any) -> Any:
+    data = _read_listed_file(directory, index, name)
+    return load_weights_only(io.BytesIO(data), map_location, f"{directory}/{name}")
+
+
+def _cpu_copy(value: Any) -> Any:
+    """Detached CPU copies of every tensor in nested dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cpu_copy(item) for item in value)
+    return value
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
