@@ -205,6 +205,16 @@ def resolve(uri: str | os.PathLike, options: StorageOptions | None = None) -> Lo
     return Location(filesystem, path, text)
 
 
+def display_uri(uri: str) -> str:
+    """A URI safe to print or store: any ``user:password@`` and query string removed."""
+    parsed = urlparse(uri)
+    if not parsed.scheme or parsed.scheme == "file":
+        return uri
+    host = parsed.hostname or ""
+    netloc = f"{host}:{parsed.port}" if parsed.port else host
+    return parsed._replace(netloc=netloc, query="", params="", fragment="").geturl()
+
+
 def _explain(error: OSError, location: Location) -> Exception:
     message = str(error)
     if any(code in message for code in _CREDENTIAL_ERRORS):

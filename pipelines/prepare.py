@@ -1,0 +1,387 @@
+"""``enlightengan prepare``: two unpaired photo collections -> Parquet training shards.
+
+One streaming Ray Data pass over both domains: keys are listed on the driver, then each task
+reads a batch of files (threads overlap object-store latency), hashes the source bytes, drops
+duplicates within a domain (a tiny registry actor, first seen wins), decodes (EXIF orientation,
+colour normalisation, JPEG draft mode), resizes by :class:`~pipelines.images.ResizePolicy` and
+PNG-encodes. A custom datasink writes ``<out>/low/*.parquet`` and ``<out>/normal/*.parquet``
+(key, image, height, width, uri, sha256) and returns rejected keys with their reason, which
+become ``<out>/rejected.parquet``. ``<out>/manifest.json`` is deleted first and written last,
+so only a finished run has one; old shards are deleted before writing, so a rerun replaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import platform
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from ray.data import Datasink
+
+from pipelines import storage
+from pipelines.errors import UserError
+from pipelines.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageRejected,
+    ResizePolicy,
+    decode_for_training,
+    encode_png,
+)
+from pipelines.ray_runtime import add_ray_arguments, init_ray
+
+log = logging.getLogger(__name__)
+
+DOMAINS = ("low", "normal")
+MANIFEST = "manifest.json"
+REJECTED = "rejected.parquet"
+SHARD_COLUMNS = ("key", "image", "height", "width", "uri", "sha256")
+_PROCESSED_SCHEMA = pa.schema(
+    [
+        ("domain", pa.string()),
+        ("key", pa.string()),
+        ("image", pa.binary()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("uri", pa.string()),
+        ("sha256", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    policy: ResizePolicy = ResizePolicy()
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    dedup: bool = True
+    shard_size_mb: float = 256.0
+    images_per_task: int = 16
+    read_threads: int = 8
+
+    def rows_per_shard(self) -> int:
+        # A 600x400 photo is ~720 kB raw; fast PNG keeps roughly 60% of that.
+        estimated_row_bytes = self.policy.max_long * self.policy.max_short * 3 * 0.6
+        return max(1, int(self.shard_size_mb * 1e6 // estimated_row_bytes))
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--low", required=True, help="low-light photos: folder, file:// or s3://")
+    parser.add_argument("--normal", required=True, help="normal-light photos (unpaired)")
+    parser.add_argument("--out", required=True, help="output folder or s3:// prefix for shards")
+    parser.add_argument("--max-long", type=int, default=600, help="fit: long side (default 600)")
+    parser.add_argument("--max-short", type=int, default=400, help="fit: short side (400)")
+    parser.add_argument(
+        "--min-side", type=int, default=320, help="short side floor = training crop (320)"
+    )
+    parser.add_argument(
+        "--small",
+        choices=("reject", "upscale"),
+        default="reject",
+        help="images whose short side is below --min-side: reject (default) or upscale",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"reject images with more pixels (decompression bombs; {DEFAULT_MAX_PIXELS})",
+    )
+    parser.add_argument("--no-dedup", action="store_true", help="keep identical source files")
+    parser.add_argument("--shard-size-mb", type=float, default=256.0, help="target shard size")
+    parser.add_argument(
+        "--images-per-task", type=int, default=16, help="images per Ray task (amortises overhead)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list inputs and settings only")
+    storage.add_storage_arguments(parser)
+    add_ray_arguments(parser)
+
+
+class _SeenHashes:
+    """Registry of source hashes per domain: the first claim of a hash wins."""
+
+    def __init__(self):
+        self.seen: dict[tuple[str, str], str] = {}
+
+    def claim(self, entries: list[tuple[str, str, str]]) -> list[str | None]:
+        """For each (domain, sha256, key): ``None`` if new, else the key that owns the hash."""
+        owners = []
+        for domain, digest, key in entries:
+            owner = self.seen.setdefault((domain, digest), key)
+            owners.append(None if owner == key else owner)
+        return owners
+
+
+class _ProcessBatch:
+    """The per-task work: read, hash, dedup, decode, resize, encode (pyarrow in and out)."""
+
+    def __init__(self, sources: dict[str, storage.Location], settings: PrepareSettings, seen):
+        self.sources = sources
+        self.settings = settings
+        self.seen = seen
+
+    def _read(self, domain: str, key: str) -> bytes | Exception:
+        try:
+            return storage.read_bytes(self.sources[domain].child(key))
+        except Exception as error:
+            return error
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        domains = batch.column("domain").to_pylist()
+        keys = batch.column("key").to_pylist()
+        with ThreadPoolExecutor(max_workers=self.settings.read_threads) as pool:
+            payloads = list(pool.map(self._read, domains, keys))
+        digests = [
+            hashlib.sha256(p).hexdigest() if isinstance(p, bytes) else None for p in payloads
+        ]
+        owners: list[str | None] = [None] * len(keys)
+        if self.settings.dedup and self.seen is not None:
+            import ray
+
+            claims = [(d, h, k) for d, h, k in zip(domains, digests, keys, strict=True) if h]
+            answers = iter(ray.get(self.seen.claim.remote(claims)) if claims else [])
+            owners = [next(answers) if h else None for h in digests]
+        rows = {name: [] for name in _PROCESSED_SCHEMA.names}
+        for domain, key, payload, digest, owner in zip(
+            domains, keys, payloads, digests, owners, strict=True
+        ):
+            image = height = width = reason = detail = None
+            if isinstance(payload, Exception):
+                reason, detail = "unreadable", type(payload).__name__
+            elif owner is not None:
+                reason, detail = "duplicate", owner
+            else:
+                try:
+                    array, _ = decode_for_training(
+                        payload, self.settings.policy, max_pixels=self.settings.max_pixels
+                    )
+                    image, (height, width) = encode_png(array), array.shape[:2]
+                except ImageRejected as rejected:
+                    reason, detail = rejected.reason, rejected.detail[:200]
+            for name, value in zip(
+                _PROCESSED_SCHEMA.names,
+                (domain, key, image, height, width, self.sources[domain].child(key).uri)
+                + (digest, reason, detail),
+                strict=True,
+            ):
+                rows[name].append(value)
+        return pa.table(rows, schema=_PROCESSED_SCHEMA)
+
+
+class ShardDatasink(Datasink):
+    """Writes accepted rows as Parquet shards per domain; returns rejections and file names."""
+
+    def __init__(self, output: storage.Location, rows_per_shard: int):
+        self.output = output
+        self.rows_per_shard = rows_per_shard
+        self.results: list[dict] = []
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_shard
+
+    @property
+    def supports_distributed_writes(self) -> bool:
+        return not self.output.is_local
+
+    def write(self, blocks, ctx) -> dict:
+        tables = [pa.table(block) for block in blocks if block.num_rows]
+        table = pa.concat_tables(tables) if tables else _PROCESSED_SCHEMA.empty_table()
+        written, files = {}, {}
+        accepted = table.filter(pc.is_null(table.column("reason")))
+        for domain in DOMAINS:
+            rows = accepted.filter(pc.equal(accepted.column("domain"), domain))
+            written[domain] = rows.num_rows
+            if not rows.num_rows:
+                continue
+            name = f"part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:12]}.parquet"
+            path = storage.safe_join(self.output.child(domain).path, name)
+            pq.write_table(
+                rows.select(list(SHARD_COLUMNS)),
+                path,
+                filesystem=self.output.filesystem,
+                compression={"image": "NONE", **{c: "ZSTD" for c in SHARD_COLUMNS[2:]}},
+                use_dictionary=["uri"],
+                row_group_size=64,
+            )
+            files[domain] = name
+        rejected = table.filter(pc.is_valid(table.column("reason")))
+        return {
+            "written": written,
+            "files": files,
+            "image_bytes": pc.sum(pc.binary_length(accepted["image"])).as_py() or 0,
+            "rejected": rejected.select(["key", "domain", "reason", "detail"]).to_pylist(),
+        }
+
+    def on_write_complete(self, write_result) -> None:
+        self.results = list(write_result.write_returns)
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for package in ("enlightengan-ray", "ray", "pillow", "pyarrow", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+def settings_from_args(args) -> PrepareSettings:
+    try:
+        policy = ResizePolicy(args.max_long, args.max_short, args.min_side, args.small)
+    except ValueError as error:
+        raise UserError(f"resize settings: {error}") from None
+    if args.images_per_task < 1 or args.shard_size_mb <= 0 or args.max_pixels < 1:
+        raise UserError("--images-per-task, --shard-size-mb and --max-pixels must be positive")
+    return PrepareSettings(
+        policy=policy,
+        max_pixels=args.max_pixels,
+        dedup=not args.no_dedup,
+        shard_size_mb=args.shard_size_mb,
+        images_per_task=args.images_per_task,
+    )
+
+
+def list_inputs(sources: dict[str, storage.Location]) -> dict[str, list[str]]:
+    listed = {}
+    for domain, location in sources.items():
+        storage.check_access(location)
+        listed[domain] = storage.list_files(location)
+        if not listed[domain]:
+            raise UserError(
+                f"no images ({', '.join(storage.IMAGE_EXTENSIONS)}) under --{domain} {location.uri}"
+            )
+    return listed
+
+
+def prepare(
+    low: str,
+    normal: str,
+    out: str,
+    settings: PrepareSettings = PrepareSettings(),
+    options: storage.StorageOptions | None = None,
+) -> dict:
+    """Run the whole job (Ray must be initialised); returns the manifest it wrote."""
+    import ray
+
+    started = time.perf_counter()
+    sources = {"low": storage.resolve(low, options), "normal": storage.resolve(normal, options)}
+    output = storage.resolve(out, options)
+    listed = list_inputs(sources)
+    storage.check_access(output)
+    storage.delete_file(output.child(MANIFEST))
+    for stale in (*DOMAINS, REJECTED):
+        storage.delete_prefix(output.child(stale))
+    for domain in DOMAINS:
+        output.filesystem.create_dir(output.child(domain).path, recursive=True)
+
+    items = [{"domain": d, "key": k} for d in DOMAINS for k in listed[d]]
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    blocks = max(math.ceil(len(items) / settings.images_per_task), min(len(items), 2 * cpus))
+    seen = ray.remote(num_cpus=0)(_SeenHashes).remote() if settings.dedup else None
+    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        _ProcessBatch(sources, settings, seen),
+        batch_format="pyarrow",
+        batch_size=None,
+        zero_copy_batch=True,
+    )
+    sink = ShardDatasink(output, settings.rows_per_shard())
+    dataset.write_datasink(sink)
+
+    written = Counter()
+    rejected_rows, image_bytes = [], 0
+    shards = {domain: [] for domain in DOMAINS}
+    for result in sink.results:
+        written.update(result["written"])
+        rejected_rows.extend(result["rejected"])
+        image_bytes += result["image_bytes"]
+        for domain, name in result["files"].items():
+            shards[domain].append(name)
+    rejected_table = pa.Table.from_pylist(
+        sorted(rejected_rows, key=lambda row: (row["domain"], row["key"])),
+        schema=pa.schema([(n, pa.string()) for n in ("key", "domain", "reason", "detail")]),
+    )
+    with output.filesystem.open_output_stream(output.child(REJECTED).path) as stream:
+        pq.write_table(rejected_table, stream)
+
+    duration = time.perf_counter() - started
+    reasons = Counter(row["reason"] for row in rejected_rows)
+    per_domain = {}
+    for domain in DOMAINS:
+        domain_rows = [row for row in rejected_rows if row["domain"] == domain]
+        per_domain[domain] = {
+            "found": len(listed[domain]),
+            "written": written[domain],
+            "rejected": sum(row["reason"] != "duplicate" for row in domain_rows),
+            "duplicates": sum(row["reason"] == "duplicate" for row in domain_rows),
+            "shards": sorted(shards[domain]),
+        }
+    manifest = {
+        "status": "complete",
+        "format_version": 1,
+        "inputs": {domain: storage.display_uri(sources[domain].uri) for domain in DOMAINS},
+        "output": storage.display_uri(output.uri),
+        "domains": per_domain,
+        "images_in": len(items),
+        "images_written": sum(written.values()),
+        "rejected": {
+            "total": sum(n for reason, n in reasons.items() if reason != "duplicate"),
+            "by_reason": {r: n for r, n in sorted(reasons.items()) if r != "duplicate"},
+        },
+        "duplicates": reasons.get("duplicate", 0),
+        "image_bytes_written": image_bytes,
+        "columns": list(SHARD_COLUMNS),
+        "image_encoding": "png",
+        "settings": {**asdict(settings), "policy": asdict(settings.policy)},
+        "versions": _versions(),
+        "duration_s": round(duration, 3),
+        "images_per_s": round(len(items) / duration, 3) if duration else None,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    storage.write_bytes(output.child(MANIFEST), json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+def summary(manifest: dict) -> str:
+    """The one-paragraph report printed at the end of a run."""
+    domains = manifest["domains"]
+    by_reason = ", ".join(f"{r} {n}" for r, n in manifest["rejected"]["by_reason"].items())
+    return (
+        f"prepare: {manifest['images_in']} images in (low {domains['low']['found']}, normal "
+        f"{domains['normal']['found']}); {manifest['images_written']} written (low "
+        f"{domains['low']['written']}, normal {domains['normal']['written']}); "
+        f"{manifest['rejected']['total']} rejected ({by_reason or 'none'}); "
+        f"{manifest['duplicates']} duplicates skipped; {manifest['duration_s']:.1f} s, "
+        f"{manifest['images_per_s']:.2f} images/s. Shards and manifest.json in "
+        f"{manifest['output']}; rejected keys in {REJECTED}."
+    )
+
+
+def run(args) -> int:
+    settings = settings_from_args(args)
+    options = storage.StorageOptions.from_args(args)
+    if args.dry_run:
+        sources = {d: storage.resolve(getattr(args, d), options) for d in DOMAINS}
+        listed = list_inputs(sources)
+        for domain in DOMAINS:
+            shown = ", ".join(listed[domain][:5]) + (" ..." if len(listed[domain]) > 5 else "")
+            print(f"{domain}: {len(listed[domain])} images under {sources[domain].uri}: {shown}")
+        print(f"settings: {json.dumps(asdict(settings))}")
+        print(f"would write shards, {REJECTED} and {MANIFEST} under {args.out}")
+        return 0
+    init_ray(args.address, args.num_cpus)
+    manifest = prepare(args.low, args.normal, args.out, settings, options)
+    print(summary(manifest))
+    return 0
