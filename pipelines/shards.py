@@ -1,0 +1,92 @@
+"""Reading what ``prepare`` wrote: the manifest and per-domain Ray Datasets of decoded images.
+
+``read_domain(data_uri, "low")`` gives rows ``{"key": str, "image": uint8 (H, W, 3)}``; images of
+different sizes live in one column as Ray's variable-shaped tensors, so ``iter_batches(
+batch_format="numpy")`` yields an object array of ``(H, W, 3)`` arrays and ``iter_rows()`` one
+array per row. PNG decoding happens in Ray tasks (``map_batches``), not on the consumer.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines import storage
+from pipelines.errors import UserError
+from pipelines.images import decode_png
+
+DOMAINS = ("low", "normal")
+MANIFEST = "manifest.json"
+
+
+def read_manifest(data_uri: str, options: storage.StorageOptions | None = None) -> dict:
+    """The manifest of a finished prepare run, or a UserError saying what is missing."""
+    location = storage.resolve(data_uri, options)
+    storage.check_access(location)
+    manifest_location = location.child(MANIFEST)
+    if not storage.exists(manifest_location):
+        raise UserError(
+            f"no {MANIFEST} under {storage.display_uri(location.uri)}: run `enlightengan "
+            "prepare` first (or it did not finish)"
+        )
+    manifest = json.loads(storage.read_bytes(manifest_location))
+    if manifest.get("status") != "complete":
+        raise UserError(f"prepare run in {location.uri} did not complete: run it again")
+    return manifest
+
+
+def shard_paths(
+    data_uri: str, domain: str, options: storage.StorageOptions | None = None
+) -> tuple[storage.Location, list[str]]:
+    """The domain's location and the filesystem paths of its Parquet shards (UserError if none)."""
+    if domain not in DOMAINS:
+        raise UserError(f"domain must be one of {DOMAINS}, not {domain!r}")
+    location = storage.resolve(data_uri, options).child(domain)
+    keys = storage.list_files(location, extensions=(".parquet",))
+    if not keys:
+        raise UserError(
+            f"no {domain} shards under {storage.display_uri(location.uri)}: run `enlightengan "
+            "prepare` with --out pointing there"
+        )
+    return location, [location.child(key).path for key in keys]
+
+
+def check_prepared(data_uri: str, options: storage.StorageOptions | None = None) -> dict:
+    """Manifest of a complete run whose two domains both have shards (UserError otherwise)."""
+    manifest = read_manifest(data_uri, options)
+    for domain in DOMAINS:
+        shard_paths(data_uri, domain, options)
+        if not manifest["domains"][domain]["written"]:
+            raise UserError(f"prepared data in {data_uri} has no {domain} images")
+    return manifest
+
+
+def _decode_batch(batch: pa.Table) -> dict[str, np.ndarray]:
+    images = [decode_png(data) for data in batch.column("image").to_pylist()]
+    if len({image.shape for image in images}) == 1:
+        stacked = np.stack(images)
+    else:
+        stacked = np.empty(len(images), dtype=object)
+        stacked[:] = images
+    return {"key": np.asarray(batch.column("key").to_pylist(), dtype=object), "image": stacked}
+
+
+def read_domain(
+    data_uri: str,
+    domain: str,
+    *,
+    decode: bool = True,
+    options: storage.StorageOptions | None = None,
+):
+    """A Ray Dataset of one domain's images: ``key`` and ``image`` (uint8 H x W x 3 when
+    ``decode``, else the PNG bytes with ``height`` and ``width``)."""
+    import ray
+
+    location, paths = shard_paths(data_uri, domain, options)
+    columns = ["key", "image"] if decode else ["key", "image", "height", "width"]
+    dataset = ray.data.read_parquet(paths, filesystem=location.filesystem, columns=columns)
+    if not decode:
+        return dataset
+    return dataset.map_batches(_decode_batch, batch_format="pyarrow", batch_size=32)
