@@ -46,6 +46,8 @@ def load_pristine_model() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mean = params["mu_pris_param"].reshape(-1).astype(np.float64)
         covariance = params["cov_pris_param"].astype(np.float64)
         window = params["gaussian_window"].astype(np.float64)
+    for shared in (mean, covariance, window):
+        shared.flags.writeable = False  # cached and shared by every caller
     return mean, covariance, window
 
 
