@@ -219,13 +219,13 @@ def _explain(error: OSError, location: Location) -> Exception:
     message = str(error)
     if any(code in message for code in _CREDENTIAL_ERRORS):
         return UserError(
-            f"S3 refused the credentials for {location.uri}: check AWS_ACCESS_KEY_ID / "
+            f"S3 refused the credentials for {display_uri(location.uri)}: check AWS_ACCESS_KEY_ID / "
             "AWS_SECRET_ACCESS_KEY (or the profile) and that they may access this bucket"
         )
     if "NO_SUCH_BUCKET" in message or "NoSuchBucket" in message:
-        return UserError(f"bucket of {location.uri} does not exist")
+        return UserError(f"bucket of {display_uri(location.uri)} does not exist")
     if "connect" in message.lower() or "resolve" in message.lower():
-        return UserError(f"cannot reach the storage for {location.uri}: {message}")
+        return UserError(f"cannot reach the storage for {display_uri(location.uri)}: {message}")
     return error
 
 
@@ -242,7 +242,19 @@ def check_access(target, options: StorageOptions | None = None) -> Location:
         return location
     except OSError as error:
         raise _explain(error, location) from None
+    _check_bucket(location)
     return location
+
+
+def _check_bucket(location: Location) -> None:
+    if isinstance(location.filesystem, pafs.S3FileSystem):
+        bucket = location.path.split("/", 1)[0]
+        try:
+            missing = location.filesystem.get_file_info(bucket).type == pafs.FileType.NotFound
+        except OSError as error:
+            raise _explain(error, location) from None
+        if missing:
+            raise UserError(f"bucket of {display_uri(location.uri)} does not exist")
 
 
 def list_files(
@@ -256,6 +268,8 @@ def list_files(
         infos = location.filesystem.get_file_info(selector)
     except OSError as error:
         raise _explain(error, location) from None
+    if not infos:
+        _check_bucket(location)
     wanted = tuple(ext.lower() for ext in extensions) if extensions else None
     base = location.path.rstrip("/") + "/"
     keys = []
