@@ -48,7 +48,8 @@ OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 def manifest_row(key: str, output_key: str, status: str, reason: str = "", **sizes) -> dict:
     """One manifest row; sizes default to 0 and ``reason`` is empty for a success."""
     row = dict.fromkeys(MANIFEST_SCHEMA.names, 0)
-    row.update(key=key, output_key=output_key, status=status, reason=reason or None, seconds=0.0)
+    row.update(key=key, output_key=output_key, status=status, reason=reason or None)
+    row.update(seconds=0.0, run_id="")
     row.update(sizes)
     return row
 

@@ -239,6 +239,8 @@ def run(args) -> int:
         return 0
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     if plan.decided:
+        for row in plan.decided:
+            row["run_id"] = run_id
         name = f"run-{run_id}-planned.parquet"
         write_manifest_part(output.filesystem, _manifest_root(output), name, plan.decided)
     summary = {"status": {}, "reasons": {}, "output_bytes": 0}
