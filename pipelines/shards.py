@@ -79,14 +79,22 @@ def read_domain(
     *,
     decode: bool = True,
     options: storage.StorageOptions | None = None,
+    shuffle_files: bool = False,
 ):
     """A Ray Dataset of one domain's images: ``key`` and ``image`` (uint8 H x W x 3 when
-    ``decode``, else the PNG bytes with ``height`` and ``width``)."""
+    ``decode``, else the PNG bytes with ``height`` and ``width``). ``shuffle_files`` reads the
+    shards in a new random order on every execution (each training pass), without
+    materialising the dataset as a global shuffle would."""
     import ray
 
     location, paths = shard_paths(data_uri, domain, options)
     columns = ["key", "image"] if decode else ["key", "image", "height", "width"]
-    dataset = ray.data.read_parquet(paths, filesystem=location.filesystem, columns=columns)
+    dataset = ray.data.read_parquet(
+        paths,
+        filesystem=location.filesystem,
+        columns=columns,
+        shuffle="files" if shuffle_files else None,
+    )
     if not decode:
         return dataset
     return dataset.map_batches(_decode_batch, batch_format="pyarrow", batch_size=32)
