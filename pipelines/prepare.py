@@ -178,49 +178,59 @@ class _ProcessBatch:
 
 
 class ShardDatasink(Datasink):
-    """Writes accepted rows as Parquet shards per domain; returns rejections and file names."""
+    """Writes accepted rows as Parquet shards (one per domain per write task, one row group per
+    batch, so a task never holds more than a batch); returns rejections and file names."""
 
-    def __init__(self, output: storage.Location, rows_per_shard: int):
+    def __init__(self, output: storage.Location):
         self.output = output
-        self.rows_per_shard = rows_per_shard
         self.results: list[dict] = []
 
     @property
-    def min_rows_per_write(self) -> int:
-        return self.rows_per_shard
-
-    @property
     def supports_distributed_writes(self) -> bool:
+        # A local output folder only exists on this machine.
         return not self.output.is_local
 
     def write(self, blocks, ctx) -> dict:
-        tables = [pa.table(block) for block in blocks if block.num_rows]
-        table = pa.concat_tables(tables) if tables else _PROCESSED_SCHEMA.empty_table()
-        written, files = {}, {}
-        accepted = table.filter(pc.is_null(table.column("reason")))
-        for domain in DOMAINS:
-            rows = accepted.filter(pc.equal(accepted.column("domain"), domain))
-            written[domain] = rows.num_rows
-            if not rows.num_rows:
-                continue
-            name = f"part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:12]}.parquet"
-            path = storage.safe_join(self.output.child(domain).path, name)
-            pq.write_table(
-                rows.select(list(SHARD_COLUMNS)),
-                path,
-                filesystem=self.output.filesystem,
-                compression={"image": "NONE", **{c: "ZSTD" for c in SHARD_COLUMNS[2:]}},
-                use_dictionary=["uri"],
-                row_group_size=64,
-            )
-            files[domain] = name
-        rejected = table.filter(pc.is_valid(table.column("reason")))
+        writers: dict[str, tuple[str, pq.ParquetWriter]] = {}
+        written = dict.fromkeys(DOMAINS, 0)
+        rejected, image_bytes = [], 0
+        try:
+            for block in blocks:
+                table = pa.table(block)
+                accepted = table.filter(pc.is_null(table.column("reason")))
+                for domain in DOMAINS:
+                    rows = accepted.filter(pc.equal(accepted.column("domain"), domain))
+                    if not rows.num_rows:
+                        continue
+                    if domain not in writers:
+                        writers[domain] = self._open_shard(domain, ctx.task_idx)
+                    writers[domain][1].write_table(rows.select(list(SHARD_COLUMNS)))
+                    written[domain] += rows.num_rows
+                    image_bytes += pc.sum(pc.binary_length(rows.column("image"))).as_py()
+                failed = table.filter(pc.is_valid(table.column("reason")))
+                rejected.extend(failed.select(["key", "domain", "reason", "detail"]).to_pylist())
+        finally:
+            for _, writer in writers.values():
+                writer.close()
         return {
             "written": written,
-            "files": files,
-            "image_bytes": pc.sum(pc.binary_length(accepted["image"])).as_py() or 0,
-            "rejected": rejected.select(["key", "domain", "reason", "detail"]).to_pylist(),
+            "files": {domain: name for domain, (name, _) in writers.items()},
+            "image_bytes": image_bytes,
+            "rejected": rejected,
         }
+
+    def _open_shard(self, domain: str, task_index: int) -> tuple[str, pq.ParquetWriter]:
+        name = f"part-{task_index:05d}-{uuid.uuid4().hex[:12]}.parquet"
+        path = self.output.child(domain).child(name).path
+        writer = pq.ParquetWriter(
+            path,
+            pa.schema([_PROCESSED_SCHEMA.field(column) for column in SHARD_COLUMNS]),
+            filesystem=self.output.filesystem,
+            # PNG bytes do not compress further; the small columns do.
+            compression={"image": "NONE", **{c: "ZSTD" for c in SHARD_COLUMNS if c != "image"}},
+            use_dictionary=["uri"],
+        )
+        return name, writer
 
     def on_write_complete(self, write_result) -> None:
         self.results = list(write_result.write_returns)
@@ -289,15 +299,17 @@ def prepare(
 
     items = [{"domain": d, "key": k} for d in DOMAINS for k in listed[d]]
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    blocks = max(math.ceil(len(items) / settings.images_per_task), min(len(items), 2 * cpus))
+    # One block per shard (each write task streams its block into one file per domain), but
+    # at least two blocks per CPU so small runs still use every core.
+    blocks = max(math.ceil(len(items) / settings.rows_per_shard()), min(len(items), 2 * cpus))
     seen = ray.remote(num_cpus=0)(_SeenHashes).remote() if settings.dedup else None
     dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         _ProcessBatch(sources, settings, seen),
         batch_format="pyarrow",
-        batch_size=None,
+        batch_size=settings.images_per_task,
         zero_copy_batch=True,
     )
-    sink = ShardDatasink(output, settings.rows_per_shard())
+    sink = ShardDatasink(output)
     dataset.write_datasink(sink)
 
     written = Counter()

@@ -28,7 +28,8 @@ from pyarrow import fs as pafs
 
 from pipelines.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# GIF is listed so that animated files are seen and rejected with a reason, not skipped.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 _CREDENTIAL_ERRORS = (
     "ACCESS_DENIED",
     "INVALID_ACCESS_KEY_ID",
@@ -319,7 +320,7 @@ def delete_prefix(target) -> None:
     """Remove everything under a location (no error when there is nothing)."""
     location = as_location(target)
     info = location.filesystem.get_file_info(location.path)
-    if info.type == pafs.FileType.Directory or not location.is_local:
+    if info.type == pafs.FileType.Directory:
         location.filesystem.delete_dir_contents(location.path, missing_dir_ok=True)
     elif info.type == pafs.FileType.File:
         location.filesystem.delete_file(location.path)
