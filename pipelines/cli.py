@@ -21,6 +21,8 @@ JOBS: dict[str, tuple[str, str]] = {
     "export": ("pipelines.export", "export a checkpoint to ONNX / TorchScript / official layout"),
     "import-official": ("pipelines.export", "import the authors' released generator weights"),
     "submit": ("pipelines.submit", "submit prepare/train/enhance as a Ray Job to a cluster"),
+    "jobs": ("pipelines.submit", "list, follow or stop submitted Ray Jobs"),
+    "dev": ("pipelines.devstack", "start/stop a local Ray head and S3 server on loopback"),
     "demo": ("pipelines.demo", "end-to-end run on photos shipped inside installed wheels"),
 }
 

@@ -1,0 +1,259 @@
+"""``enlightengan dev`` and ``enlightengan submit`` against a real Ray head.
+
+One dev stack per module (``enlightengan dev start``): a real ``ray start --head`` with its job
+server and a real SeaweedFS, both on loopback, separate from the in-process ``ray_local``. Its
+S3 credentials live only in the Ray head's environment (the cluster's environment); this test
+process also holds them in its own environment while submitting, so a leak into the job's
+entrypoint, metadata or runtime_env would be seen. Nothing here calls ``ray.init``: job
+submission is HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from pyarrow import fs
+
+from enlightengan.config import tiny_config
+from pipelines.cli import main
+from pipelines.devstack import DevStack
+from pipelines.submit import forwarded_arguments
+from tests.fixtures.photos import upload_folder
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    state_dir = tmp_path_factory.mktemp("devstack")
+    code, out, err = run_cli("dev", "start", "--state-dir", str(state_dir), "--num-cpus", "2")
+    assert code == 0, err
+    loaded = DevStack.load(state_dir)
+    try:
+        yield loaded, state_dir, out
+    finally:
+        code, out, _ = run_cli("dev", "stop", "--state-dir", str(state_dir))
+        assert code == 0 and "ray" in out and "s3" in out
+        assert not any(loaded.running().values())
+
+
+@pytest.fixture
+def cluster_env(stack, monkeypatch):
+    """This process's environment as `eval "$(enlightengan dev env)"` would set it."""
+    loaded, _, _ = stack
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in loaded.s3.environment().items():
+        monkeypatch.setenv(name, value)
+    return loaded
+
+
+def bucket_filesystem(loaded: DevStack) -> fs.S3FileSystem:
+    credentials = loaded.s3.environment()
+    return fs.S3FileSystem(
+        access_key=credentials["AWS_ACCESS_KEY_ID"],
+        secret_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        endpoint_override=loaded.s3.endpoint_url.removeprefix("http://"),
+        scheme="http",
+        region=loaded.s3.region,
+    )
+
+
+def stack_pids(root_pid: int) -> set[int]:
+    """``root_pid`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, pending = set(), [root_pid]
+    while pending:
+        pid = pending.pop()
+        found.add(pid)
+        pending.extend(children.get(pid, []))
+    return found
+
+
+def test_dev_stack_listens_on_loopback_only_and_never_prints_the_secret(stack):
+    loaded, state_dir, printed = stack
+    secret = loaded.s3.environment()["AWS_SECRET_ACCESS_KEY"]
+    assert secret not in printed
+    assert f"export AWS_ACCESS_KEY_ID={loaded.s3.access_key_id}" in printed
+    assert f'export AWS_SECRET_ACCESS_KEY="$(cat {loaded.s3.secret_file})"' in printed
+    assert f"export RAY_API_SERVER_ADDRESS={loaded.ray.dashboard_url}" in printed
+    for private in (Path(loaded.s3.secret_file), state_dir / "devstack.json"):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert secret not in (state_dir / "devstack.json").read_text()
+
+    ours = stack_pids(loaded.ray.pid) | stack_pids(loaded.s3.pid)
+    listeners = []
+    for line in subprocess.run(
+        ["ss", "-ltnpH"], capture_output=True, text=True
+    ).stdout.splitlines():
+        pids = {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
+        if pids & ours:
+            listeners.append(line.split()[3])
+    dashboard_port = loaded.ray.dashboard_url.rsplit(":", 1)[1]
+    gcs_port = loaded.ray.gcs_address.rsplit(":", 1)[1]
+    s3_port = loaded.s3.endpoint_url.rsplit(":", 1)[1]
+    local_ports = {address.rsplit(":", 1)[1] for address in listeners}
+    assert {dashboard_port, gcs_port, s3_port} <= local_ports
+    assert len(listeners) >= 10
+    outside = [
+        a for a in listeners if a.rsplit(":", 1)[0] not in ("127.0.0.1", "[::ffff:127.0.0.1]")
+    ]
+    assert outside == []
+
+    code, out, _ = run_cli("dev", "status", "--state-dir", str(state_dir))
+    assert code == 0 and out.count("running") == 2
+
+
+def test_submitted_prepare_train_enhance_write_their_outputs_to_the_bucket(
+    cluster_env, photo_dataset, tmp_path
+):
+    loaded = cluster_env
+    filesystem = bucket_filesystem(loaded)
+    base = f"{loaded.bucket}/e2e"
+    upload_folder(Path(photo_dataset.root), filesystem, f"{base}/photos")
+    with filesystem.open_output_stream(f"{base}/tiny.json") as stream:
+        stream.write(tiny_config().to_json().encode())
+    address = ["--address", loaded.ray.dashboard_url, "--follow"]
+    uri = f"s3://{base}"
+
+    code, out, err = run_cli(
+        "submit", "prepare", *address,
+        "--low", f"{uri}/photos/low", "--normal", f"{uri}/photos/normal", "--out", f"{uri}/shards",
+    )  # fmt: skip
+    assert code == 0, out + err
+    assert re.match(r"raysubmit_\w+", out)
+    manifest = json.loads(filesystem.open_input_file(f"{base}/shards/manifest.json").read())
+    assert manifest["domains"]["low"]["written"] == len(photo_dataset.low)
+    assert manifest["domains"]["normal"]["written"] == len(photo_dataset.normal)
+
+    code, out, err = run_cli(
+        "submit", "train", *address, "--data", f"{uri}/shards", "--run", f"{uri}/run",
+        "--config", f"{uri}/tiny.json", "--steps", "2", "--checkpoint-every", "2",
+        "--cpus-per-worker", "0.5",
+    )  # fmt: skip
+    assert code == 0, out + err
+    pointer = json.loads(filesystem.open_input_file(f"{base}/run/latest_checkpoint.json").read())
+    assert pointer["step"] == 2
+
+    code, out, err = run_cli(
+        "submit", "enhance", *address, "--checkpoint", f"{uri}/run",
+        "--input", f"{uri}/photos/low", "--output", f"{uri}/enhanced",
+    )  # fmt: skip
+    assert code == 0, out + err
+    written = filesystem.get_file_info(fs.FileSelector(f"{base}/enhanced", recursive=True))
+    keys = {info.path.removeprefix(f"{base}/enhanced/") for info in written if info.is_file}
+    assert {photo.key for photo in photo_dataset.low} <= keys
+
+
+def test_bad_option_fails_before_anything_is_submitted(cluster_env):
+    address = ["--address", cluster_env.ray.dashboard_url]
+    before = run_cli("jobs", "list", *address)[1]
+    enhance = ["--checkpoint", "c", "--input", "i", "--output", "o"]
+    code, _, err = run_cli("submit", "enhance", *address, *enhance, "--no-such-option")
+    assert code == 2 and "--no-such-option" in err
+    code, _, err = run_cli("submit", "train", *address, "--data", "x", "--run", "y", "--steps", "z")
+    assert code == 2 and "--steps" in err
+    assert run_cli("jobs", "list", *address)[1] == before
+
+
+def test_job_failing_on_the_cluster_surfaces_its_error_and_exit_status(cluster_env, monkeypatch):
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", cluster_env.ray.dashboard_url)
+    missing = f"s3://{cluster_env.bucket}/no-such-prefix"
+    code, out, err = run_cli(
+        "submit", "enhance", "--follow", "--checkpoint", f"{missing}/run",
+        "--input", missing, "--output", f"{missing}/out",
+    )  # fmt: skip
+    assert code == 1
+    job_id = out.splitlines()[0]
+    assert f"job {job_id} FAILED" in err
+    assert "enlightengan enhance: error:" in err
+
+    code, out, _ = run_cli("jobs", "status", job_id)
+    assert code == 1 and "FAILED" in out
+    assert job_id in run_cli("jobs", "list")[1]
+    assert "enlightengan enhance: error:" in run_cli("jobs", "logs", job_id)[1]
+
+
+def test_no_secret_reaches_entrypoint_metadata_or_runtime_env(cluster_env, photo_dataset):
+    from ray.job_submission import JobSubmissionClient
+
+    loaded = cluster_env
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    filesystem = bucket_filesystem(loaded)
+    upload_folder(Path(photo_dataset.root), filesystem, f"{loaded.bucket}/secret-check")
+    uri = f"s3://{loaded.bucket}/secret-check"
+    code, out, err = run_cli(
+        "submit", "prepare", "--address", loaded.ray.dashboard_url, "--follow",
+        "--metadata", "team=vision", "--low", f"{uri}/low", "--normal", f"{uri}/normal",
+        "--out", f"{uri}/shards", "--dry-run",
+    )  # fmt: skip
+    assert code == 0, out + err  # listing the bucket worked: the credentials came from the head
+
+    client = JobSubmissionClient(loaded.ray.dashboard_url)
+    jobs = client.list_jobs()
+    job_ids = {job.submission_id for job in jobs}
+    assert out.splitlines()[0] in job_ids
+    for job in jobs:
+        info = client.get_job_info(job.submission_id)
+        shipped = json.dumps([info.entrypoint, info.metadata, info.runtime_env])
+        assert secret not in shipped
+        assert loaded.s3.access_key_id not in shipped
+        assert "AWS_" not in shipped
+    info = client.get_job_info(out.splitlines()[0])
+    assert info.metadata["team"] == "vision" and info.metadata["enlightengan_job"] == "prepare"
+    assert info.entrypoint.startswith("python -m pipelines.cli prepare --low ")
+    assert "--address" not in info.entrypoint and "--follow" not in info.entrypoint
+
+
+def test_secrets_in_arguments_or_runtime_env_are_refused(cluster_env, tmp_path):
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    address = ["--address", cluster_env.ray.dashboard_url]
+    before = run_cli("jobs", "list", *address)[1]
+    prepare = ["--low", "a", "--normal", "b", "--out", "c"]
+    code, _, err = run_cli("submit", "prepare", *address, "--metadata", f"k={secret}", *prepare)
+    assert code == 2 and "secret" in err and secret not in err
+    code, _, err = run_cli("submit", "prepare", *address, *prepare, "--out", f"s3://{secret}/x")
+    assert code == 2 and secret not in err
+    leaky = tmp_path / "runtime_env.yaml"
+    leaky.write_text("env_vars:\n  AWS_SECRET_ACCESS_KEY: whatever\n")
+    code, _, err = run_cli("submit", "prepare", *address, "--runtime-env", str(leaky), *prepare)
+    assert code == 2 and "AWS_SECRET_ACCESS_KEY" in err
+    assert run_cli("jobs", "list", *address)[1] == before
+
+
+def test_submit_options_are_removed_and_job_options_kept_verbatim():
+    options = {"--address": True, "--follow": False, "--metadata": True}
+    argv = ["--address", "http://h:8265", "--data=s3://b/x y", "--follow", "--metadata=k=v",
+            "--metadata", "a=b", "--steps", "3", "--", "--follow"]  # fmt: skip
+    assert forwarded_arguments(argv, options) == [
+        "--data=s3://b/x y",
+        "--steps",
+        "3",
+        "--",
+        "--follow",
+    ]
