@@ -1,0 +1,237 @@
+"""``enlightengan train`` on real Ray (local and a two-node ``ray.cluster_utils.Cluster``), real
+SeaweedFS and real photos prepared by ``enlightengan prepare``; tiny model settings on CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from enlightengan.augment import make_training_batch
+from enlightengan.checkpoint import load_checkpoint
+from enlightengan.config import tiny_config
+from enlightengan.training import (
+    LOSS_TERMS,
+    build_modules,
+    build_optimizers,
+    learning_rate,
+    set_learning_rate,
+    training_step,
+)
+from enlightengan.vgg import build_vgg_features
+from pipelines import storage
+from pipelines.cli import main
+from pipelines.images import decode_png
+from pipelines.prepare import prepare
+from pipelines.train_worker import seeded_generators
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = tiny_config()
+
+
+def _train_args(data: str, run: str, *extra: str) -> list[str]:
+    """A tiny run: the whole of ``tiny_config()`` given as --set overrides."""
+    sets = []
+    for section, fields in TINY.to_dict().items():
+        for name, value in fields.items() if isinstance(fields, dict) else [(None, fields)]:
+            key = f"{section}.{name}" if name else section
+            sets += ["--set", f"{key}={json.dumps(value)}"]
+    return ["train", "--data", data, "--run", run, "--cpu", *sets, *extra]
+
+
+def _read_jsonl(location: storage.Location) -> list[dict]:
+    return [json.loads(line) for line in storage.read_bytes(location).decode().splitlines()]
+
+
+def _checkpoint_names(location: storage.Location) -> list[str]:
+    keys = storage.list_files(location, extensions=None)
+    return sorted({key.split("/")[0] for key in keys if key.startswith("checkpoint_0")})
+
+
+@pytest.fixture(scope="module")
+def aws_environment(s3_server):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("AWS_PROFILE", raising=False)
+        for name, value in s3_server.env().items():
+            patch.setenv(name, value)
+        yield s3_server
+
+
+@pytest.fixture(scope="module")
+def prepared_bucket(ray_local, aws_environment, photo_bucket) -> str:
+    """The real-photo set (5 low, 4 normal) prepared into shards in the bucket."""
+    out = photo_bucket.rsplit("/", 1)[0] + "/prepared"
+    prepare(f"{photo_bucket}/low", f"{photo_bucket}/normal", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def faulted_run(prepared_bucket, aws_environment):
+    """Two CPU workers, 4 steps, a checkpoint every 2; rank 1 raises once at step 3."""
+    run = prepared_bucket.rsplit("/", 1)[0] + "/runs/faulted"
+    args = ["--workers", "2", "--steps", "4", "--checkpoint-every", "2", "--sample-every", "2"]
+    args += ["--keep-checkpoints", "2", "--max-failures", "2", "--fail-at-step", "3"]
+    started = time.time()
+    assert main(_train_args(prepared_bucket, run, *args)) == 0
+    return storage.resolve(run), started
+
+
+def test_checkpoints_metrics_and_pictures_land_in_the_bucket(faulted_run):
+    run, _ = faulted_run
+    assert _checkpoint_names(run.child("train")) == ["checkpoint_00000002", "checkpoint_00000004"]
+    pointer = json.loads(storage.read_bytes(run.child("latest_checkpoint.json")))
+    assert pointer == {"step": 4, "path": "train/checkpoint_00000004"}
+    records = _read_jsonl(run.child("metrics.jsonl"))
+    assert [record["step"] for record in records] == [1, 2, 3, 4]
+    for record in records:
+        assert all(math.isfinite(record[term]) for term in LOSS_TERMS)
+        assert record["lr"] == pytest.approx(TINY.optim.lr)
+        assert record["images_per_s"] > 0 and 0.0 <= record["data_wait_share"] <= 1.0
+    epochs = _read_jsonl(run.child("epochs.jsonl"))
+    assert sum(epoch["steps"] for epoch in epochs) == 4
+    for key in ("loss_curve.png", "samples/step_00000002.png", "samples/step_00000004.png"):
+        assert storage.read_bytes(run.child(key))[:8] == b"\x89PNG\r\n\x1a\n"
+    described = json.loads(storage.read_bytes(run.child("config.json")))
+    assert described["config"]["generator"]["base_channels"] == 4
+    assert described["job"]["per_worker_batch"] == 1 and described["job"]["workers"] == 2
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(described)
+
+
+def test_injected_fault_is_retried_from_the_last_checkpoint(faulted_run, tmp_path):
+    run, started = faulted_run
+    marker = storage.read_bytes(run.child(".fault_injected")).decode()
+    assert "step 3" in marker
+    records = {record["step"]: record for record in _read_jsonl(run.child("metrics.jsonl"))}
+    # Steps 1-2 come from the first attempt; 3-4 were redone after the restart.
+    assert records[3]["time"] > records[2]["time"] > started
+    local = tmp_path / "checkpoint"
+    source = run.child("train/checkpoint_00000004")
+    for key in storage.list_files(source, extensions=None):
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        (local / key).write_bytes(storage.read_bytes(source.child(key)))
+    checkpoint = load_checkpoint(local)
+    assert checkpoint.step == 4 and checkpoint.trainer_state["world_size"] == 2
+    adam_steps = checkpoint.optimizer_states["generator"]["state"][0]["step"]
+    assert int(adam_steps) == 4  # the optimiser state continued, it did not restart at step 2
+    assert {"augment_rank0", "augment_rank1", "step_rank1"} <= set(checkpoint.rng_state)
+
+
+def test_rerun_resumes_from_the_last_step(faulted_run, prepared_bucket):
+    run, _ = faulted_run
+    before = {r["step"]: r for r in _read_jsonl(run.child("metrics.jsonl"))}
+    resumed_at = time.time()
+    args = ["--workers", "2", "--steps", "6", "--checkpoint-every", "2", "--sample-every", "0"]
+    assert main(_train_args(prepared_bucket, run.uri, *args, "--keep-checkpoints", "2")) == 0
+    after = {r["step"]: r for r in _read_jsonl(run.child("metrics.jsonl"))}
+    assert sorted(after) == [1, 2, 3, 4, 5, 6]
+    assert all(after[step] == before[step] for step in (1, 2, 3, 4))
+    assert min(after[5]["time"], after[6]["time"]) > resumed_at
+    assert _checkpoint_names(run.child("train")) == ["checkpoint_00000004", "checkpoint_00000006"]
+
+
+def test_changed_model_settings_on_an_existing_run_are_refused(faulted_run, prepared_bucket):
+    run, _ = faulted_run
+    args = _train_args(prepared_bucket, run.uri, "--workers", "2", "--dry-run")
+    assert main([*args, "--set", "optim.lr=0.5"]) == 2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--set", "optim.no_such_field=1"),
+        ("--set", "augment.crop_size=50"),
+        ("--set", "generator.norm=sync_batch"),
+        ("--workers", "3"),  # batch 2 < 3 workers
+    ],
+)
+def test_bad_settings_exit_2_before_any_compute(prepared_bucket, tmp_path, extra, capsys):
+    assert main(_train_args(prepared_bucket, str(tmp_path / "run"), *extra)) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_missing_data_and_missing_credentials_exit_2(prepared_bucket, tmp_path, monkeypatch):
+    assert main(_train_args(str(tmp_path / "nothing"), str(tmp_path / "run"))) == 2
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert main(_train_args(prepared_bucket, str(tmp_path / "run"))) == 2
+
+
+def test_one_worker_matches_a_plain_pytorch_loop(ray_local, photo_dataset, tmp_path):
+    """Same seeds, same step function, same batches: Ray adds no change to the maths."""
+    for domain, photo in (("low", photo_dataset.low[0]), ("normal", photo_dataset.normal[0])):
+        (tmp_path / "one" / domain).mkdir(parents=True)
+        source = getattr(photo_dataset, f"{domain}_dir") / photo.key
+        (tmp_path / "one" / domain / Path(photo.key).name).write_bytes(source.read_bytes())
+    data, run = tmp_path / "data", tmp_path / "run"
+    prepare(str(tmp_path / "one" / "low"), str(tmp_path / "one" / "normal"), str(data))
+    steps = 3
+    args = ["--workers", "1", "--steps", str(steps), "--sample-every", "0", "--torch-threads", "1"]
+    assert main(_train_args(str(data), str(run), *args)) == 0
+    ray_losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    config = TINY
+    images = {}
+    for domain in ("low", "normal"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(next((data / domain).glob("*.parquet")))
+        images[domain] = decode_png(table.column("image")[0].as_py())
+    torch.set_num_threads(1)
+    vgg = build_vgg_features(config.loss.vgg_weights, flavour=config.loss.vgg_flavour)
+    torch.manual_seed(config.seed)
+    modules = build_modules(config, vgg)
+    optimizers = build_optimizers(modules, config.optim)
+    augment_rng, step_rng = seeded_generators(config.seed, rank=0)
+    batch = config.optim.batch_size
+    for step in range(steps):
+        # One image per domain and a batch of 2: an epoch is one step.
+        set_learning_rate(optimizers, learning_rate(step, config.optim))
+        low, normal = make_training_batch(
+            [images["low"]] * batch, [images["normal"]] * batch, config.augment, augment_rng
+        )
+        plain = training_step(modules, optimizers, low, normal, config, step_rng)
+        for term in LOSS_TERMS:
+            assert ray_losses[step][term] == pytest.approx(plain[term], abs=1e-5, rel=1e-5)
+
+
+MULTI_NODE_SCRIPT = """
+import os, sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+cluster.add_node(num_cpus=2)
+cluster.wait_for_nodes()
+from pipelines.cli import main
+code = main(sys.argv[1:] + ["--address", cluster.address])
+cluster.shutdown()
+sys.exit(code)
+"""
+
+
+def test_two_nodes_one_worker_each(prepared_bucket, aws_environment):
+    """A separate process owns a two-node ``Cluster`` (the session's local Ray stays as is)."""
+    run = storage.resolve(prepared_bucket.rsplit("/", 1)[0] + "/runs/two-nodes")
+    args = ["--workers", "2", "--steps", "2", "--checkpoint-every", "2", "--sample-every", "0"]
+    args += ["--placement", "STRICT_SPREAD"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    completed = subprocess.run(
+        [sys.executable, "-c", MULTI_NODE_SCRIPT, *_train_args(prepared_bucket, run.uri, *args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    pointer = json.loads(storage.read_bytes(run.child("latest_checkpoint.json")))
+    assert pointer["step"] == 2
+    state = json.loads(storage.read_bytes(run.child(f"{pointer['path']}/trainer_state.json")))
+    assert state["world_size"] == 2 and state["local_world_size"] == 1  # one worker per node
