@@ -1,0 +1,311 @@
+"""Inference: enhance images of any size with a trained generator, batched and tiled.
+
+Pixels map to the network's range as ``x / 127.5 - 1`` and back as ``(y + 1) / 2 * 255``
+clipped to [0, 255]. The reference then truncates (``astype(uint8)``), which darkens by half a
+level on average; the default here rounds to nearest, and ``pixel_rounding="truncate"``
+reproduces the reference's PNGs exactly.
+
+Batching: images of the same size are stacked (at most ``batch_size`` images and
+``max_pixels_per_batch`` pixels per forward); eval-mode BatchNorm treats every sample alone,
+so batching changes results only by floating-point summation order.
+
+Tiling: an image whose longer side exceeds ``tile_size`` is cut into equal tiles that overlap
+by at least ``tile_overlap`` pixels; each tile goes through the generator (which pads it to a
+multiple of 16 itself) and overlaps are blended with a raised-cosine window, so the network
+never sees more than one tile batch at a time whatever the image size (the full-size output
+canvas lives in host memory). The U-Net's receptive field is larger than the overlap, so tiled
+results differ slightly from whole-image results (tests bound the difference).
+
+Interaction with the reference's halving of images wider than ``halve_above_width`` (2200 px):
+an image processed whole is halved inside the generator exactly as in the reference. When an
+image is tiled, the Enhancer applies that same decision to the WHOLE image first (average-pool
+by 2, enhance, bilinear upsample back), and keeps tiles no wider than ``halve_above_width`` so
+the generator never halves a tile a second time. The attention map is linear in the pixels,
+so pooling the image equals pooling its attention map, as the generator does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from enlightengan.checkpoint import (
+    INDEX_FILE,
+    CheckpointError,
+    find_latest_checkpoint,
+    load_generator,
+    load_official_generator,
+)
+from enlightengan.config import GeneratorConfig
+from enlightengan.generator import Generator, check_image_batch
+from enlightengan.official_weights import unwrap_module
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PIXEL_ROUNDINGS = ("round", "truncate")
+MIN_TILE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class EnhancerSettings:
+    """How an :class:`Enhancer` runs.
+
+    Attributes:
+        device: torch device string (``cpu``, ``cuda``, ``cuda:1``, ...).
+        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast on the device (weights stay fp32).
+        channels_last: NHWC memory format for weights and inputs (faster on recent CPUs/GPUs).
+        batch_size: most images (or tiles) of one size per forward.
+        tile_size: longest side processed whole; larger images are tiled. ``None``: never tile.
+        tile_overlap: minimum overlap between neighbouring tiles, blended smoothly.
+        max_pixels_per_batch: cap on batch * height * width per forward (bounds memory).
+        pixel_rounding: ``round`` (default) or ``truncate`` (the reference's ``astype``).
+    """
+
+    device: str = "cpu"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    batch_size: int = 4
+    tile_size: int | None = 1024
+    tile_overlap: int = 64
+    max_pixels_per_batch: int = 4 * 1024 * 1024
+    pixel_rounding: Literal["round", "truncate"] = "round"
+
+    def validate(self) -> EnhancerSettings:
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device {self.device!r} is not a torch device") from error
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.pixel_rounding not in PIXEL_ROUNDINGS:
+            raise ValueError(f"pixel_rounding must be one of {PIXEL_ROUNDINGS}")
+        if self.batch_size < 1 or self.max_pixels_per_batch < 1:
+            raise ValueError("batch_size and max_pixels_per_batch must be >= 1")
+        if self.tile_size is not None:
+            if self.tile_size < MIN_TILE_SIZE:
+                raise ValueError(f"tile_size must be None or >= {MIN_TILE_SIZE}")
+            if not 0 <= self.tile_overlap <= self.tile_size // 4:
+                raise ValueError("tile_overlap must be between 0 and tile_size / 4")
+        return self
+
+
+class Enhancer:
+    """Enhance uint8 RGB images (H, W, 3) or float batches with a generator in eval mode.
+
+    The generator is moved to ``settings.device`` (and to channels_last when asked) and put in
+    eval mode; the Enhancer owns it from then on.
+    """
+
+    def __init__(self, generator: Generator, settings: EnhancerSettings | None = None) -> None:
+        self.settings = (settings or EnhancerSettings()).validate()
+        self.device = torch.device(self.settings.device)
+        generator = unwrap_module(generator).to(self.device).eval()
+        if self.settings.channels_last:
+            generator = generator.to(memory_format=torch.channels_last)
+        self.generator = generator
+        self.config: GeneratorConfig = generator.config
+
+    @classmethod
+    def from_checkpoint(
+        cls, directory: str | os.PathLike, settings: EnhancerSettings | None = None
+    ) -> Enhancer:
+        """From a local checkpoint directory, or a run directory holding checkpoints (the
+        complete one with the highest step is used)."""
+        directory = Path(directory)
+        if not (directory / INDEX_FILE).exists():
+            latest = find_latest_checkpoint(directory)
+            if latest is None:
+                raise CheckpointError(
+                    f"no complete checkpoint in or under {directory}: pass a checkpoint "
+                    "directory written by training (it holds checkpoint.json)"
+                )
+            directory = latest
+        return cls(load_generator(directory, map_location="cpu"), settings)
+
+    @classmethod
+    def from_official_weights(
+        cls, path: str | os.PathLike, settings: EnhancerSettings | None = None
+    ) -> Enhancer:
+        """From the authors' released generator file (e.g. ``200_net_G_A.pth``)."""
+        return cls(load_official_generator(path), settings)
+
+    def __call__(self, images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        """Enhance uint8 RGB images; returns one uint8 (H, W, 3) array per input, same size.
+
+        ``images``: one (H, W, 3) array, an (N, H, W, 3) array, or a sequence of (H, W, 3)
+        arrays of any sizes. Grayscale, RGBA and non-uint8 inputs raise ValueError: convert
+        to 8-bit RGB first.
+        """
+        arrays = _as_image_list(images)
+        results: list[np.ndarray | None] = [None] * len(arrays)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for position, array in enumerate(arrays):
+            groups.setdefault(array.shape[:2], []).append(position)
+        for (height, width), positions in groups.items():
+            chunk = 1 if self._needs_tiling(height, width) else self._chunk_size(height, width)
+            for start in range(0, len(positions), chunk):
+                members = positions[start : start + chunk]
+                batch = torch.stack([_to_tensor(arrays[position]) for position in members])
+                pixels = self._to_pixels(self.enhance_tensor(batch))
+                for position, image in zip(members, pixels, strict=True):
+                    results[position] = image
+        return results  # type: ignore[return-value]
+
+    def enhance_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float in [-1, 1] -> the generator's output, float32, same shape.
+
+        The output is NOT clamped (like the generator's); clamp to [-1, 1] before turning it
+        into pixels. It is returned on the input's device; batches are split, and large images
+        tiled, as the settings say.
+        """
+        check_image_batch(batch)
+        height, width = batch.shape[-2:]
+        if self._needs_tiling(height, width):
+            parts = [self._enhance_whole_image_tiled(batch[i : i + 1]) for i in range(len(batch))]
+        else:
+            chunk = self._chunk_size(height, width)
+            parts = [self._forward(batch[i : i + chunk]) for i in range(0, len(batch), chunk)]
+        return torch.cat(parts).to(batch.device)
+
+    def _needs_tiling(self, height: int, width: int) -> bool:
+        return self.settings.tile_size is not None and max(height, width) > self.settings.tile_size
+
+    def _chunk_size(self, height: int, width: int) -> int:
+        by_pixels = self.settings.max_pixels_per_batch // (height * width)
+        return max(1, min(self.settings.batch_size, by_pixels))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.settings.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = AUTOCAST_DTYPES[self.settings.precision]
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """One generator forward on the device; float32 result on the host."""
+        inputs = batch.to(self.device, dtype=torch.float32, non_blocking=True)
+        if self.settings.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            outputs = self.generator(inputs)
+        return outputs.float().cpu().contiguous()
+
+    def _enhance_whole_image_tiled(self, image: torch.Tensor) -> torch.Tensor:
+        """One (1, 3, H, W) image, tiled, with the reference's halving decided on the whole."""
+        height, width = image.shape[-2:]
+        halve_above = self.config.halve_above_width
+        tile_size = self.settings.tile_size
+        if halve_above is not None:
+            tile_size = min(tile_size, halve_above)
+        image = image.detach().to("cpu", torch.float32)
+        if halve_above is not None and width > halve_above:
+            halved = self._enhance_tiles(F.avg_pool2d(image, 2), tile_size)
+            return F.interpolate(
+                halved,
+                size=(height, width),
+                mode="bilinear",
+                align_corners=self.config.upsample_align_corners,
+            )
+        return self._enhance_tiles(image, tile_size)
+
+    def _enhance_tiles(self, image: torch.Tensor, tile_size: int) -> torch.Tensor:
+        """Equal tiles of at most ``tile_size`` per side, batched, blended by their windows."""
+        height, width = image.shape[-2:]
+        overlap = self.settings.tile_overlap
+        tile_height, tile_width = min(tile_size, height), min(tile_size, width)
+        tops = tile_starts(height, tile_height, overlap)
+        lefts = tile_starts(width, tile_width, overlap)
+        vertical = {top: blend_window(top, tile_height, height, overlap) for top in tops}
+        horizontal = {left: blend_window(left, tile_width, width, overlap) for left in lefts}
+        canvas = torch.zeros_like(image)
+        total_weight = torch.zeros((1, 1, height, width), dtype=image.dtype)
+        corners = [(top, left) for top in tops for left in lefts]
+        chunk = self._chunk_size(tile_height, tile_width)
+        for start in range(0, len(corners), chunk):
+            members = corners[start : start + chunk]
+            tiles = torch.cat(
+                [image[..., t : t + tile_height, s : s + tile_width] for t, s in members]
+            )
+            outputs = self._forward(tiles)
+            for output, (top, left) in zip(outputs, members, strict=True):
+                weight = vertical[top][:, None] * horizontal[left][None, :]
+                rows, cols = slice(top, top + tile_height), slice(left, left + tile_width)
+                canvas[0, :, rows, cols] += output * weight
+                total_weight[0, 0, rows, cols] += weight
+        return canvas / total_weight
+
+    def _to_pixels(self, outputs: torch.Tensor) -> list[np.ndarray]:
+        values = ((outputs.float().cpu() + 1.0) / 2.0 * 255.0).clamp_(0.0, 255.0)
+        values = values.round_() if self.settings.pixel_rounding == "round" else values.floor_()
+        pixels = values.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return [np.ascontiguousarray(image) for image in pixels]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of equal tiles covering ``length``; neighbours overlap by >= ``overlap``."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def blend_window(start: int, tile: int, length: int, overlap: int) -> torch.Tensor:
+    """1-D weights of one tile: a raised-cosine ramp over ``overlap`` pixels on each side that
+    touches another tile, 1 elsewhere (and on image borders). Always > 0."""
+    weights = torch.ones(tile)
+    ramp_length = min(overlap, tile // 2)
+    if ramp_length == 0:
+        return weights
+    positions = (torch.arange(ramp_length, dtype=torch.float32) + 0.5) / ramp_length
+    ramp = 0.5 - 0.5 * torch.cos(math.pi * positions)
+    if start > 0:
+        weights[:ramp_length] = ramp
+    if start + tile < length:
+        weights[tile - ramp_length :] = torch.minimum(weights[tile - ramp_length :], ramp.flip(0))
+    return weights
+
+
+def _as_image_list(images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            candidates = list(images)
+        else:
+            candidates = [images]
+    elif isinstance(images, Sequence) and not isinstance(images, str | bytes):
+        candidates = list(images)
+    else:
+        raise ValueError(f"expected numpy images, got {type(images).__name__}")
+    for position, image in enumerate(candidates):
+        _check_pixels(image, position)
+    return candidates
+
+
+def _check_pixels(image: object, position: int) -> None:
+    where = f"image {position}"
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{where}: expected a numpy array, got {type(image).__name__}")
+    if image.ndim == 2:
+        raise ValueError(f"{where}: grayscale (H, W) image; convert it to RGB (H, W, 3) first")
+    if image.ndim != 3 or image.shape[2] != 3:
+        kind = "RGBA" if image.ndim == 3 and image.shape[2] == 4 else "not RGB"
+        raise ValueError(f"{where}: shape {image.shape} is {kind}; expected RGB (H, W, 3)")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{where}: empty image of shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{where}: dtype {image.dtype}; expected uint8 pixels")
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1] as x / 127.5 - 1."""
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return pixels.to(torch.float32) / 127.5 - 1.0
