@@ -4,7 +4,8 @@ Every input becomes an 8-bit RGB array (H, W, 3) or an :class:`ImageRejected` wi
 machine-friendly reason:
 
 ``empty-file``, ``not-an-image``, ``truncated``, ``corrupt``, ``decompression-bomb``,
-``too-small``, ``animated``, ``unreadable`` (the storage refused to give the bytes).
+``too-small``, ``animated``; prepare adds ``unreadable`` (the storage refused the bytes),
+``too-large`` (file bigger than its byte limit) and ``duplicate``.
 
 Normalisation rules:
 
@@ -39,7 +40,6 @@ REASONS = (
     "decompression-bomb",
     "too-small",
     "animated",
-    "unreadable",
 )
 _ROTATING_ORIENTATIONS = {5, 6, 7, 8}
 

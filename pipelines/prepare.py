@@ -18,15 +18,12 @@ import logging
 import math
 import platform
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from ray.data import Datasink
 
 from pipelines import storage
 from pipelines.errors import UserError
@@ -38,26 +35,17 @@ from pipelines.images import (
     encode_png,
 )
 from pipelines.ray_runtime import add_ray_arguments, init_ray
+from pipelines.shards import (
+    DOMAINS,
+    MANIFEST,
+    PROCESSED_SCHEMA,
+    SHARD_COLUMNS,
+    ShardDatasink,
+)
 
 log = logging.getLogger(__name__)
 
-DOMAINS = ("low", "normal")
-MANIFEST = "manifest.json"
 REJECTED = "rejected.parquet"
-SHARD_COLUMNS = ("key", "image", "height", "width", "uri", "sha256")
-_PROCESSED_SCHEMA = pa.schema(
-    [
-        ("domain", pa.string()),
-        ("key", pa.string()),
-        ("image", pa.binary()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("uri", pa.string()),
-        ("sha256", pa.string()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -68,6 +56,7 @@ class PrepareSettings:
     shard_size_mb: float = 256.0
     images_per_task: int = 16
     read_threads: int = 8
+    max_file_mb: float = 512.0
 
     def rows_per_shard(self) -> int:
         # A 600x400 photo is ~720 kB raw; fast PNG keeps roughly 60% of that.
@@ -95,6 +84,9 @@ def add_arguments(parser) -> None:
         type=int,
         default=DEFAULT_MAX_PIXELS,
         help=f"reject images with more pixels (decompression bombs; {DEFAULT_MAX_PIXELS})",
+    )
+    parser.add_argument(
+        "--max-file-mb", type=float, default=512.0, help="reject larger files unread (512)"
     )
     parser.add_argument("--no-dedup", action="store_true", help="keep identical source files")
     parser.add_argument("--shard-size-mb", type=float, default=256.0, help="target shard size")
@@ -131,7 +123,9 @@ class _ProcessBatch:
 
     def _read(self, domain: str, key: str) -> bytes | Exception:
         try:
-            return storage.read_bytes(self.sources[domain].child(key))
+            return storage.read_bytes(
+                self.sources[domain].child(key), max_bytes=int(self.settings.max_file_mb * 1e6)
+            )
         except Exception as error:
             return error
 
@@ -150,12 +144,14 @@ class _ProcessBatch:
             claims = [(d, h, k) for d, h, k in zip(domains, digests, keys, strict=True) if h]
             answers = iter(ray.get(self.seen.claim.remote(claims)) if claims else [])
             owners = [next(answers) if h else None for h in digests]
-        rows = {name: [] for name in _PROCESSED_SCHEMA.names}
+        rows = {name: [] for name in PROCESSED_SCHEMA.names}
         for domain, key, payload, digest, owner in zip(
             domains, keys, payloads, digests, owners, strict=True
         ):
             image = height = width = reason = detail = None
-            if isinstance(payload, Exception):
+            if isinstance(payload, storage.FileTooLarge):
+                reason, detail = "too-large", str(payload)
+            elif isinstance(payload, Exception):
                 reason, detail = "unreadable", type(payload).__name__
             elif owner is not None:
                 reason, detail = "duplicate", owner
@@ -167,73 +163,16 @@ class _ProcessBatch:
                     image, (height, width) = encode_png(array), array.shape[:2]
                 except ImageRejected as rejected:
                     reason, detail = rejected.reason, rejected.detail[:200]
+                except Exception as error:  # one odd file must never fail the whole job
+                    reason, detail = "corrupt", f"{type(error).__name__}: {error}"[:200]
             for name, value in zip(
-                _PROCESSED_SCHEMA.names,
+                PROCESSED_SCHEMA.names,
                 (domain, key, image, height, width, self.sources[domain].child(key).uri)
                 + (digest, reason, detail),
                 strict=True,
             ):
                 rows[name].append(value)
-        return pa.table(rows, schema=_PROCESSED_SCHEMA)
-
-
-class ShardDatasink(Datasink):
-    """Writes accepted rows as Parquet shards (one per domain per write task, one row group per
-    batch, so a task never holds more than a batch); returns rejections and file names."""
-
-    def __init__(self, output: storage.Location):
-        self.output = output
-        self.results: list[dict] = []
-
-    @property
-    def supports_distributed_writes(self) -> bool:
-        # A local output folder only exists on this machine.
-        return not self.output.is_local
-
-    def write(self, blocks, ctx) -> dict:
-        writers: dict[str, tuple[str, pq.ParquetWriter]] = {}
-        written = dict.fromkeys(DOMAINS, 0)
-        rejected, image_bytes = [], 0
-        try:
-            for block in blocks:
-                table = pa.table(block)
-                accepted = table.filter(pc.is_null(table.column("reason")))
-                for domain in DOMAINS:
-                    rows = accepted.filter(pc.equal(accepted.column("domain"), domain))
-                    if not rows.num_rows:
-                        continue
-                    if domain not in writers:
-                        writers[domain] = self._open_shard(domain, ctx.task_idx)
-                    writers[domain][1].write_table(rows.select(list(SHARD_COLUMNS)))
-                    written[domain] += rows.num_rows
-                    image_bytes += pc.sum(pc.binary_length(rows.column("image"))).as_py()
-                failed = table.filter(pc.is_valid(table.column("reason")))
-                rejected.extend(failed.select(["key", "domain", "reason", "detail"]).to_pylist())
-        finally:
-            for _, writer in writers.values():
-                writer.close()
-        return {
-            "written": written,
-            "files": {domain: name for domain, (name, _) in writers.items()},
-            "image_bytes": image_bytes,
-            "rejected": rejected,
-        }
-
-    def _open_shard(self, domain: str, task_index: int) -> tuple[str, pq.ParquetWriter]:
-        name = f"part-{task_index:05d}-{uuid.uuid4().hex[:12]}.parquet"
-        path = self.output.child(domain).child(name).path
-        writer = pq.ParquetWriter(
-            path,
-            pa.schema([_PROCESSED_SCHEMA.field(column) for column in SHARD_COLUMNS]),
-            filesystem=self.output.filesystem,
-            # PNG bytes do not compress further; the small columns do.
-            compression={"image": "NONE", **{c: "ZSTD" for c in SHARD_COLUMNS if c != "image"}},
-            use_dictionary=["uri"],
-        )
-        return name, writer
-
-    def on_write_complete(self, write_result) -> None:
-        self.results = list(write_result.write_returns)
+        return pa.table(rows, schema=PROCESSED_SCHEMA)
 
 
 def _versions() -> dict[str, str]:
@@ -261,6 +200,7 @@ def settings_from_args(args) -> PrepareSettings:
         dedup=not args.no_dedup,
         shard_size_mb=args.shard_size_mb,
         images_per_task=args.images_per_task,
+        max_file_mb=args.max_file_mb,
     )
 
 

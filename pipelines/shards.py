@@ -1,4 +1,7 @@
-"""Reading what ``prepare`` wrote: the manifest and per-domain Ray Datasets of decoded images.
+"""The shard format: the datasink ``prepare`` writes with, and the readers ``train`` uses.
+
+Layout under the output prefix: ``low/*.parquet`` and ``normal/*.parquet`` with columns
+:data:`SHARD_COLUMNS`, plus ``manifest.json`` and ``rejected.parquet``.
 
 ``read_domain(data_uri, "low")`` gives rows ``{"key": str, "image": uint8 (H, W, 3)}``; images of
 different sizes live in one column as Ray's variable-shaped tensors, so ``iter_batches(
@@ -9,9 +12,13 @@ array per row. PNG decoding happens in Ray tasks (``map_batches``), not on the c
 from __future__ import annotations
 
 import json
+import uuid
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from ray.data import Datasink
 
 from pipelines import storage
 from pipelines.errors import UserError
@@ -19,6 +26,20 @@ from pipelines.images import decode_png
 
 DOMAINS = ("low", "normal")
 MANIFEST = "manifest.json"
+SHARD_COLUMNS = ("key", "image", "height", "width", "uri", "sha256")
+PROCESSED_SCHEMA = pa.schema(
+    [
+        ("domain", pa.string()),
+        ("key", pa.string()),
+        ("image", pa.binary()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("uri", pa.string()),
+        ("sha256", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
 
 
 def read_manifest(data_uri: str, options: storage.StorageOptions | None = None) -> dict:
@@ -98,3 +119,62 @@ def read_domain(
     if not decode:
         return dataset
     return dataset.map_batches(_decode_batch, batch_format="pyarrow", batch_size=32)
+
+
+class ShardDatasink(Datasink):
+    """Writes accepted rows as Parquet shards (one per domain per write task, one row group per
+    batch, so a task never holds more than a batch); returns rejections and file names."""
+
+    def __init__(self, output: storage.Location):
+        self.output = output
+        self.results: list[dict] = []
+
+    @property
+    def supports_distributed_writes(self) -> bool:
+        # A local output folder only exists on this machine.
+        return not self.output.is_local
+
+    def write(self, blocks, ctx) -> dict:
+        writers: dict[str, tuple[str, pq.ParquetWriter]] = {}
+        written = dict.fromkeys(DOMAINS, 0)
+        rejected, image_bytes = [], 0
+        try:
+            for block in blocks:
+                table = pa.table(block)
+                accepted = table.filter(pc.is_null(table.column("reason")))
+                for domain in DOMAINS:
+                    rows = accepted.filter(pc.equal(accepted.column("domain"), domain))
+                    if not rows.num_rows:
+                        continue
+                    if domain not in writers:
+                        writers[domain] = self._open_shard(domain, ctx.task_idx)
+                    writers[domain][1].write_table(rows.select(list(SHARD_COLUMNS)))
+                    written[domain] += rows.num_rows
+                    image_bytes += pc.sum(pc.binary_length(rows.column("image"))).as_py()
+                failed = table.filter(pc.is_valid(table.column("reason")))
+                rejected.extend(failed.select(["key", "domain", "reason", "detail"]).to_pylist())
+        finally:
+            for _, writer in writers.values():
+                writer.close()
+        return {
+            "written": written,
+            "files": {domain: name for domain, (name, _) in writers.items()},
+            "image_bytes": image_bytes,
+            "rejected": rejected,
+        }
+
+    def _open_shard(self, domain: str, task_index: int) -> tuple[str, pq.ParquetWriter]:
+        name = f"part-{task_index:05d}-{uuid.uuid4().hex[:12]}.parquet"
+        path = self.output.child(domain).child(name).path
+        writer = pq.ParquetWriter(
+            path,
+            pa.schema([PROCESSED_SCHEMA.field(column) for column in SHARD_COLUMNS]),
+            filesystem=self.output.filesystem,
+            # PNG bytes do not compress further; the small columns do.
+            compression={"image": "NONE", **{c: "ZSTD" for c in SHARD_COLUMNS if c != "image"}},
+            use_dictionary=["uri"],
+        )
+        return name, writer
+
+    def on_write_complete(self, write_result) -> None:
+        self.results = list(write_result.write_returns)

@@ -285,9 +285,16 @@ def list_files(
     return sorted(keys)
 
 
-def read_bytes(target) -> bytes:
+class FileTooLarge(ValueError):
+    """A file bigger than the caller's ``max_bytes``: refused before reading it."""
+
+
+def read_bytes(target, max_bytes: int | None = None) -> bytes:
+    """The whole object; with ``max_bytes``, a bigger one raises :class:`FileTooLarge` unread."""
     location = as_location(target)
     with location.filesystem.open_input_file(location.path) as stream:
+        if max_bytes is not None and stream.size() > max_bytes:
+            raise FileTooLarge(f"{stream.size()} bytes > {max_bytes}")
         return stream.read()
 
 

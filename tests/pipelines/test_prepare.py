@@ -144,17 +144,24 @@ def test_upscale_setting_keeps_small_images(ray_local, mixed_source, tmp_path):
     assert (row["width"], row["height"]) == (481, 320)
 
 
-def test_unreadable_object_becomes_a_rejected_row(s3_env, tmp_path):
+def test_unreadable_and_oversized_objects_become_rejected_rows(s3_env, tmp_path):
     bucket = s3_env.make_bucket("unreadable")
     location = storage.resolve(f"s3://{bucket}/low")
-    storage.write_bytes(location.child("gone.jpg"), CORPUS[-1].data)
-    storage.write_bytes(location.child("kept.jpg"), CORPUS[-1].data + b"")
+    photo = CORPUS[-1].data
+    storage.write_bytes(location.child("gone.jpg"), photo)
+    storage.write_bytes(location.child("kept.jpg"), photo)
+    storage.write_bytes(location.child("huge.jpg"), photo + b"\0" * len(photo))
     keys = storage.list_files(location)
     storage.delete_file(location.child("gone.jpg"))
-    process = _ProcessBatch({"low": location}, PrepareSettings(dedup=False), seen=None)
+    settings = PrepareSettings(dedup=False, max_file_mb=1.5 * len(photo) / 1e6)
+    process = _ProcessBatch({"low": location}, settings, seen=None)
     result = process(pa.table({"domain": ["low"] * len(keys), "key": keys})).to_pylist()
     outcome = {row["key"]: (row["reason"], row["image"] is not None) for row in result}
-    assert outcome == {"gone.jpg": ("unreadable", False), "kept.jpg": (None, True)}
+    assert outcome == {
+        "gone.jpg": ("unreadable", False),
+        "huge.jpg": ("too-large", False),
+        "kept.jpg": (None, True),
+    }
 
 
 def test_missing_inputs_and_unprepared_data_are_user_errors(ray_local, tmp_path, mixed_source):

@@ -141,16 +141,6 @@ def test_display_uri_drops_embedded_secrets():
     assert storage.display_uri("/plain/path") == "/plain/path"
 
 
-def test_filesystem_is_usable_by_ray_data(s3_env, ray_local):
-    import ray
-
-    bucket = s3_env.make_bucket("raydata")
-    location = storage.resolve(f"s3://{bucket}/table")
-    ray.data.range(10).write_parquet(location.path, filesystem=location.filesystem)
-    back = ray.data.read_parquet(location.path, filesystem=location.filesystem)
-    assert sorted(row["id"] for row in back.iter_rows()) == list(range(10))
-
-
 def test_fsspec_filesystem_reads_what_storage_wrote(s3_env):
     bucket = s3_env.make_bucket("fsspec")
     storage.write_bytes(f"s3://{bucket}/f/a.jpg", b"abc")
