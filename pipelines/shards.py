@@ -113,9 +113,8 @@ def read_domain(
     dataset = ray.data.read_parquet(
         paths,
         filesystem=location.filesystem,
-        columns=columns,
         shuffle="files" if shuffle_files else None,
-    )
+    ).select_columns(columns)
     if not decode:
         return dataset
     return dataset.map_batches(_decode_batch, batch_format="pyarrow", batch_size=32)
