@@ -269,7 +269,6 @@ def run_pipeline(
     run_id: str,
 ) -> dict:
     """Build and execute the streaming dataset; returns the sink's summary (counts only)."""
-    import pyarrow as pa
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -277,11 +276,13 @@ def run_pipeline(
     context.execution_options.preserve_order = False
     total_cpus = ray.cluster_resources().get("CPU", 1.0)
     settings = inference_settings(args, total_cpus)
-    table = pa.table({"key": [k for k, _ in pending], "output_key": [o for _, o in pending]})
-    step = _rows_per_block(len(pending), args.batch_size, int(total_cpus))
-    blocks = [table.slice(start, step) for start in range(0, len(pending), step)]
+    rows_per_block = _rows_per_block(len(pending), args.batch_size, int(total_cpus))
     files_ref = ray.put(checkpoint_files)
-    dataset = ray.data.from_arrow(blocks)
+    # from_items builds the key blocks on the driver (no metadata tasks); keys are small.
+    dataset = ray.data.from_items(
+        [{"key": key, "output_key": output_key} for key, output_key in pending],
+        override_num_blocks=math.ceil(len(pending) / rows_per_block),
+    )
     dataset = dataset.map_batches(
         read_and_decode,
         fn_kwargs={
