@@ -301,6 +301,7 @@ def write_run_config(job: TrainJob) -> None:
 
 
 def _changed_settings(previous: dict, current: dict) -> list[str]:
+    current = json.loads(json.dumps(current))  # tuples become lists, as in the stored file
     changed = [
         f"config.{section}"
         for section in current["config"]
