@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import platform
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -120,6 +121,9 @@ class _ProcessBatch:
         self.sources = sources
         self.settings = settings
         self.seen = seen
+        self.uris = {
+            d: storage.display_uri(loc.uri).rstrip("/") + "/" for d, loc in sources.items()
+        }
 
     def _read(self, domain: str, key: str) -> bytes | Exception:
         try:
@@ -167,7 +171,7 @@ class _ProcessBatch:
                     reason, detail = "corrupt", f"{type(error).__name__}: {error}"[:200]
             for name, value in zip(
                 PROCESSED_SCHEMA.names,
-                (domain, key, image, height, width, self.sources[domain].child(key).uri)
+                (domain, key, image, height, width, self.uris[domain] + key)
                 + (digest, reason, detail),
                 strict=True,
             ):
@@ -336,4 +340,8 @@ def run(args) -> int:
     init_ray(args.address, args.num_cpus)
     manifest = prepare(args.low, args.normal, args.out, settings, options)
     print(summary(manifest))
+    empty = [domain for domain in DOMAINS if not manifest["domains"][domain]["written"]]
+    if empty:
+        print(f"prepare: no usable {' or '.join(empty)} images: see {REJECTED}", file=sys.stderr)
+        return 1
     return 0

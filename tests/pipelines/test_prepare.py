@@ -171,3 +171,8 @@ def test_missing_inputs_and_unprepared_data_are_user_errors(ray_local, tmp_path,
         read_manifest(str(tmp_path / "o"))
     with pytest.raises(UserError, match="no low shards"):
         read_domain(str(tmp_path / "o"), "low")
+    only_bad = str(mixed_source / "low" / "corpus" / "broken")
+    args = ["prepare", "--low", only_bad, "--normal", str(mixed_source / "normal")]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 1
+    with pytest.raises(UserError, match="no low shards"):
+        check_prepared(str(tmp_path / "o"))
