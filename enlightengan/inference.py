@@ -46,7 +46,7 @@ from enlightengan.checkpoint import (
     load_official_generator,
 )
 from enlightengan.config import GeneratorConfig
-from enlightengan.generator import Generator, check_image_batch
+from enlightengan.generator import Generator, check_image_batch, crop_padding, pad_to_multiple
 from enlightengan.official_weights import unwrap_module
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -217,22 +217,31 @@ class Enhancer:
         return self._enhance_tiles(image, tile_size)
 
     def _enhance_tiles(self, image: torch.Tensor, tile_size: int) -> torch.Tensor:
-        """Equal tiles of at most ``tile_size`` per side, batched, blended by their windows."""
-        height, width = image.shape[-2:]
-        overlap = self.settings.tile_overlap
+        """Equal tiles of at most ``tile_size`` per side, batched, blended by their windows.
+
+        The image is reflection-padded to a multiple of ``pad_multiple`` exactly as the
+        generator pads a whole image, and tiles start on multiples of it, so every tile sees
+        the same max-pool grid and border padding as a whole-image forward would; the
+        generator then never pads a tile. The result is cropped back.
+        """
+        multiple = self.config.pad_multiple
+        padded, padding = pad_to_multiple(image, multiple)
+        height, width = padded.shape[-2:]
+        tile_size = max(multiple, tile_size // multiple * multiple)
         tile_height, tile_width = min(tile_size, height), min(tile_size, width)
-        tops = tile_starts(height, tile_height, overlap)
-        lefts = tile_starts(width, tile_width, overlap)
+        overlap = self.settings.tile_overlap
+        tops = tile_starts(height, tile_height, overlap, multiple)
+        lefts = tile_starts(width, tile_width, overlap, multiple)
         vertical = {top: blend_window(top, tile_height, height, overlap) for top in tops}
         horizontal = {left: blend_window(left, tile_width, width, overlap) for left in lefts}
-        canvas = torch.zeros_like(image)
-        total_weight = torch.zeros((1, 1, height, width), dtype=image.dtype)
+        canvas = torch.zeros_like(padded)
+        total_weight = torch.zeros((1, 1, height, width), dtype=padded.dtype)
         corners = [(top, left) for top in tops for left in lefts]
         chunk = self._chunk_size(tile_height, tile_width)
         for start in range(0, len(corners), chunk):
             members = corners[start : start + chunk]
             tiles = torch.cat(
-                [image[..., t : t + tile_height, s : s + tile_width] for t, s in members]
+                [padded[..., t : t + tile_height, s : s + tile_width] for t, s in members]
             )
             outputs = self._forward(tiles)
             for output, (top, left) in zip(outputs, members, strict=True):
@@ -240,7 +249,7 @@ class Enhancer:
                 rows, cols = slice(top, top + tile_height), slice(left, left + tile_width)
                 canvas[0, :, rows, cols] += output * weight
                 total_weight[0, 0, rows, cols] += weight
-        return canvas / total_weight
+        return crop_padding(canvas / total_weight, padding)
 
     def _to_pixels(self, outputs: torch.Tensor) -> list[np.ndarray]:
         values = ((outputs.float().cpu() + 1.0) / 2.0 * 255.0).clamp_(0.0, 255.0)
@@ -249,11 +258,14 @@ class Enhancer:
         return [np.ascontiguousarray(image) for image in pixels]
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of equal tiles covering ``length``; neighbours overlap by >= ``overlap``."""
+def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> list[int]:
+    """Start offsets of equal tiles covering ``length``; neighbours overlap by >= ``overlap``.
+
+    With ``length`` and ``tile`` multiples of ``multiple``, every start is one too.
+    """
     if length <= tile:
         return [0]
-    stride = tile - overlap
+    stride = max(multiple, (tile - overlap) // multiple * multiple)
     starts = list(range(0, length - tile, stride))
     starts.append(length - tile)
     return starts
