@@ -291,8 +291,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         torch.backends.cudnn.benchmark = True
 
     restored = _restore_state(ray.train.get_checkpoint())
-    torch.manual_seed(config.seed)
     vgg = build_vgg_features(config.loss.vgg_weights, flavour=config.loss.vgg_flavour)
+    torch.manual_seed(config.seed)  # identical initial weights on every rank and attempt
     modules = build_modules(config, vgg)
     if restored is not None:
         for name, network in modules.trainable().items():

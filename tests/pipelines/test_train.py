@@ -184,7 +184,9 @@ def test_one_worker_matches_a_plain_pytorch_loop(ray_local, photo_dataset, tmp_p
 
         table = pq.read_table(next((data / domain).glob("*.parquet")))
         images[domain] = decode_png(table.column("image")[0].as_py())
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    plain_losses = []
     vgg = build_vgg_features(config.loss.vgg_weights, flavour=config.loss.vgg_flavour)
     torch.manual_seed(config.seed)
     modules = build_modules(config, vgg)
@@ -197,9 +199,10 @@ def test_one_worker_matches_a_plain_pytorch_loop(ray_local, photo_dataset, tmp_p
         low, normal = make_training_batch(
             [images["low"]] * batch, [images["normal"]] * batch, config.augment, augment_rng
         )
-        plain = training_step(modules, optimizers, low, normal, config, step_rng)
-        for term in LOSS_TERMS:
-            assert ray_losses[step][term] == pytest.approx(plain[term], abs=1e-5, rel=1e-5)
+        plain_losses.append(training_step(modules, optimizers, low, normal, config, step_rng))
+    torch.set_num_threads(threads)
+    for ray_step, plain in zip(ray_losses, plain_losses, strict=True):
+        assert {t: ray_step[t] for t in LOSS_TERMS} == pytest.approx(plain, abs=1e-5, rel=1e-5)
 
 
 MULTI_NODE_SCRIPT = """
