@@ -12,6 +12,7 @@ written to a 0600 file and never printed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -35,6 +36,11 @@ SECRET_FILE_NAME = "aws_secret_access_key"
 DEFAULT_REGION = "us-east-1"
 # Ray puts AF_UNIX sockets (107 bytes at most) under <temp>/session_<date>_<pid>/sockets/.
 LONGEST_RAY_TEMP_DIR = 32
+# After jobs ran, Ray's GCS and autoscaler monitor can sit on SIGTERM for half a minute; the dev
+# stack keeps nothing in them (`ray stop` also escalates after its grace period). SeaweedFS
+# holds the data: give it time to flush.
+RAY_STOP_GRACE_SECONDS = 10.0
+S3_STOP_GRACE_SECONDS = 30.0
 
 
 def default_state_dir() -> Path:
@@ -102,36 +108,70 @@ def _process_mentions(pid: int, marker: str) -> bool:
     return marker.encode() in command_line
 
 
-def stop_processes(processes: list[tuple[int, str]], timeout: float = 30.0) -> list[int]:
-    """SIGTERM each ``(pid, marker)`` whose command line names ``marker``, wait for all, then
-    SIGKILL the process group (each stack process leads its own session) of any still alive.
-    Returns the PIDs that were running."""
-    running = [(pid, marker) for pid, marker in processes if _process_mentions(pid, marker)]
-    for pid, _ in running:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    alive = list(running)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = [(p, m) for p, m in alive if _process_mentions(p, m) and not _is_zombie(p)]
-    for pid, _ in alive:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return [pid for pid, _ in running]
-
-
-def stop_process(pid: int, marker: str, timeout: float = 30.0) -> bool:
-    """Stop one process as :func:`stop_processes` does; returns whether it was running."""
-    return bool(stop_processes([(pid, marker)], timeout))
+def _stat_fields(pid: int) -> list[str]:
+    """``/proc/PID/stat`` after the command name: state, ppid, pgrp, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
 
 
 def _is_zombie(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+        return _stat_fields(pid)[0] == "Z"
     except (OSError, IndexError):
         return True
+
+
+def _session_members(session: int) -> list[int]:
+    """Live processes of session ``session`` (Ray's workers change process group, not session)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat_fields(int(entry.name))
+        except (OSError, IndexError):
+            continue
+        if fields[3] == str(session) and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def stop_processes(processes: list[tuple[int, str, float]]) -> list[int]:
+    """Stop each ``(pid, marker, grace_seconds)`` whose command line names ``marker`` (a
+    recycled PID is never signalled), with the session it leads: every stack process starts a
+    session of its own, so the session holds our processes only (Ray's GCS, raylet, dashboard,
+    workers...). SIGTERM to all, then SIGKILL to what is left after its grace period.
+    Returns the PIDs that were running."""
+    running = [(pid, grace) for pid, marker, grace in processes if _process_mentions(pid, marker)]
+    session_leaders = {pid for pid, _ in running if os.getsid(pid) == pid}
+
+    def leftovers(pid: int) -> set[int]:
+        members = set(_session_members(pid)) if pid in session_leaders else set()
+        return members | ({pid} if not _is_zombie(pid) else set())
+
+    started = time.monotonic()
+    for pid, _ in running:
+        for member in leftovers(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGTERM)
+    pending = list(running)
+    while pending:
+        time.sleep(0.1)
+        still = []
+        for pid, grace in pending:
+            left = leftovers(pid)
+            if left and time.monotonic() - started > grace:
+                for member in left:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(member, signal.SIGKILL)
+            elif left:
+                still.append((pid, grace))
+        pending = still
+    return [pid for pid, _ in running]
+
+
+def stop_process(pid: int, marker: str, grace: float = 30.0) -> bool:
+    """Stop one process as :func:`stop_processes` does; returns whether it was running."""
+    return bool(stop_processes([(pid, marker, grace)]))
 
 
 @dataclass
@@ -166,6 +206,10 @@ def start_ray_head(
         RAY_DASHBOARD_STARTUP_TIMEOUT_S=str(int(timeout)),
         AUTOSCALER_METRIC_PORT=str(ports[9]),
         DASHBOARD_METRIC_PORT=str(ports[10]),
+        # Ray's own helpers inside actors (Train's state API calls) look the cluster up by
+        # RAY_ADDRESS, else by scanning for GCS processes, which fails when this machine runs
+        # other Ray instances too.
+        RAY_ADDRESS=f"127.0.0.1:{ports[0]}",
         # Entrypoints say `python` / `enlightengan`: they must resolve to this environment.
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     )
@@ -422,7 +466,10 @@ def stop(state_dir: Path) -> list[str]:
     if stack is None:
         return []
     stopped_pids = stop_processes(
-        [(stack.ray.pid, stack.ray.temp_dir), (stack.s3.pid, stack.s3.directory)]
+        [
+            (stack.ray.pid, stack.ray.temp_dir, RAY_STOP_GRACE_SECONDS),
+            (stack.s3.pid, stack.s3.directory, S3_STOP_GRACE_SECONDS),
+        ]
     )
     stopped = [
         name for name, pid in (("ray", stack.ray.pid), ("s3", stack.s3.pid)) if pid in stopped_pids

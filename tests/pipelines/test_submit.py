@@ -24,7 +24,7 @@ from pyarrow import fs
 
 from enlightengan.config import tiny_config
 from pipelines.cli import main
-from pipelines.devstack import DevStack
+from pipelines.devstack import DevStack, _session_members
 from pipelines.submit import forwarded_arguments
 from tests.fixtures.photos import upload_folder
 
@@ -53,6 +53,8 @@ def stack(tmp_path_factory):
         code, out, _ = run_cli("dev", "stop", "--state-dir", str(state_dir))
         assert code == 0 and "ray" in out and "s3" in out
         assert not any(loaded.running().values())
+        # Every process of both sessions is gone: Ray's GCS, raylet, dashboard and workers too.
+        assert _session_members(loaded.ray.pid) == [] and _session_members(loaded.s3.pid) == []
 
 
 @pytest.fixture
@@ -185,13 +187,18 @@ def test_job_failing_on_the_cluster_surfaces_its_error_and_exit_status(cluster_e
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", cluster_env.ray.dashboard_url)
     missing = f"s3://{cluster_env.bucket}/no-such-prefix"
     code, out, err = run_cli(
-        "submit", "enhance", "--follow", "--checkpoint", f"{missing}/run",
+        "submit", "enhance", "--checkpoint", f"{missing}/run",
         "--input", missing, "--output", f"{missing}/out",
     )  # fmt: skip
+    assert code == 0, err  # without --follow: submitted, id printed, returns at once
+    job_id = out.strip()
+    assert re.fullmatch(r"raysubmit_\w+", job_id)
+    assert f"enlightengan jobs logs {job_id} --follow" in err
+
+    code, out, err = run_cli("jobs", "logs", job_id, "--follow")
     assert code == 1
-    job_id = out.splitlines()[0]
-    assert f"job {job_id} FAILED" in err
-    assert "enlightengan enhance: error:" in err
+    assert "enlightengan enhance: error:" in out  # the job's own one-line error, streamed
+    assert f"job {job_id} FAILED" in err and "exit code 2" in err
 
     code, out, _ = run_cli("jobs", "status", job_id)
     assert code == 1 and "FAILED" in out
