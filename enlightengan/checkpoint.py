@@ -44,6 +44,7 @@ from enlightengan.official_weights import (
 )
 from enlightengan.serialization import (
     CheckpointError,
+    fsync_directory,
     load_weights_only,
     torch_bytes,
     write_atomic,
@@ -185,7 +186,7 @@ def save_checkpoint(
         "files": files,
     }
     write_atomic(directory / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True).encode())
-    _fsync_directory(directory)
+    fsync_directory(directory)
     return directory
 
 
@@ -244,7 +245,9 @@ def load_generator(directory: str | os.PathLike, map_location: Any = "cpu") -> G
     config = _read_config(directory, index)
     state = _load_torch_file(directory, index, GENERATOR_FILE, map_location)
     generator = _generator_from_state(config, state, directory)
-    return generator.to(map_location) if map_location is not None else generator
+    if isinstance(map_location, str | torch.device):
+        generator = generator.to(map_location)
+    return generator
 
 
 def find_latest_checkpoint(root: str | os.PathLike) -> Path | None:
@@ -396,16 +399,3 @@ def _cpu_copy(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(_cpu_copy(item) for item in value)
     return value
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
