@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -239,14 +240,17 @@ def _average_over_workers(losses: dict[str, float], world_size: int) -> dict[str
     return {name: float(v) / world_size for name, v in zip(LOSS_TERMS, values, strict=True)}
 
 
-def _gather_rng_states(states: dict[str, torch.Tensor], rank: int, world_size: int) -> dict:
-    """Every rank's generator states, keyed ``<name>_rank<r>`` (collective: all ranks call)."""
-    gathered = [states] if world_size == 1 else [None] * world_size
+def _gather_worker_states(rng: dict[str, torch.Tensor], world_size: int) -> tuple[dict, list]:
+    """Every rank's generator states (keyed ``<name>_rank<r>``) and Ray node id, gathered on
+    all ranks (a collective: every rank calls it at the same step)."""
+    local = {"rng": rng, "node": ray.get_runtime_context().get_node_id()}
+    gathered = [local] if world_size == 1 else [None] * world_size
     if world_size > 1:
-        torch.distributed.all_gather_object(gathered, states)
-    return {
-        f"{name}_rank{r}": state for r, part in enumerate(gathered) for name, state in part.items()
+        torch.distributed.all_gather_object(gathered, local)
+    states = {
+        f"{name}_rank{r}": s for r, part in enumerate(gathered) for name, s in part["rng"].items()
     }
+    return states, [part["node"] for part in gathered]
 
 
 def _sample_grid(generator: torch.nn.Module, low: torch.Tensor, device, autocast, caption) -> bytes:
@@ -371,9 +375,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 run.write(f"samples/step_{step:08d}.png", grid)
             if step % settings.checkpoint_every == 0 or step == settings.total_steps:
                 rng_states = {"augment": batch.augment_state, "step": step_rng.get_state()}
-                rng_state = _gather_rng_states(rng_states, rank, world)
+                rng_state, nodes = _gather_worker_states(rng_states, world)
                 rng_state["torch"] = torch.get_rng_state()
-                _checkpoint_and_report(settings, config, modules, optimizers, record, rng_state)
+                _checkpoint_and_report(
+                    settings, config, modules, optimizers, record, rng_state, nodes
+                )
                 if rank == 0:
                     run.write_history(history, settings.steps_per_epoch)
                     pointer = {
@@ -389,7 +395,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         run.write("loss_curve.png", plots.loss_curve_png(history, LOSS_TERMS))
 
 
-def _checkpoint_and_report(settings, config, modules, optimizers, record, rng_state) -> None:
+def _checkpoint_and_report(
+    settings, config, modules, optimizers, record, rng_state, worker_nodes
+) -> None:
     """Rank 0 writes the checkpoint into a temporary folder; every rank reports (a barrier)."""
     rank = ray.train.get_context().get_world_rank()
     name = checkpoint_dir_name(record["step"])
@@ -409,6 +417,7 @@ def _checkpoint_and_report(settings, config, modules, optimizers, record, rng_st
                     "total_steps": settings.total_steps,
                     "per_worker_batch": settings.per_worker_batch,
                     "world_size": ray.train.get_context().get_world_size(),
+                    "worker_nodes": worker_nodes,
                 },
                 rng_state=rng_state,
             )

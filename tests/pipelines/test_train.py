@@ -206,13 +206,19 @@ def test_one_worker_matches_a_plain_pytorch_loop(ray_local, photo_dataset, tmp_p
 
 
 MULTI_NODE_SCRIPT = """
-import os, sys
+import sys, tempfile
+import ray
 from ray.cluster_utils import Cluster
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-cluster.add_node(num_cpus=2)
+node = {"num_cpus": 2, "node_ip_address": "127.0.0.1"}
+cluster = Cluster(
+    initialize_head=True,
+    head_node_args={**node, "include_dashboard": False, "temp_dir": tempfile.mkdtemp()},
+)
+cluster.add_node(**node)
 cluster.wait_for_nodes()
 from pipelines.cli import main
 code = main(sys.argv[1:] + ["--address", cluster.address])
+ray.shutdown()
 cluster.shutdown()
 sys.exit(code)
 """
@@ -237,4 +243,4 @@ def test_two_nodes_one_worker_each(prepared_bucket, aws_environment):
     pointer = json.loads(storage.read_bytes(run.child("latest_checkpoint.json")))
     assert pointer["step"] == 2
     state = json.loads(storage.read_bytes(run.child(f"{pointer['path']}/trainer_state.json")))
-    assert state["world_size"] == 2 and state["local_world_size"] == 1  # one worker per node
+    assert state["world_size"] == 2 and len(set(state["worker_nodes"])) == 2  # one per node
