@@ -158,14 +158,17 @@ class BatchPrefetcher:
                 normals = [next(normal_rows) for _ in range(batch_size)]
                 low, normal = make_training_batch(lows, normals, augment, rng)
                 item = PreparedBatch(low, normal, rng.get_state())
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
+                while not self._stop.is_set() and not self._put(item):
+                    pass
         except BaseException as error:  # surfaced to the training thread by next()
             self._queue.put(error)
+
+    def _put(self, item) -> bool:
+        try:
+            self._queue.put(item, timeout=0.2)
+        except queue.Full:
+            return False
+        return True
 
     def next(self) -> PreparedBatch:
         item = self._queue.get()
@@ -368,7 +371,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 "data_wait_share": waited / elapsed,
                 "time": time.time(),
             }
-            history.append(record)
+            if rank == 0:
+                history.append(record)
             if rank == 0 and settings.sample_every and step % settings.sample_every == 0:
                 caption = f"step {step} epoch {epoch}"
                 grid = _sample_grid(modules.generator, batch.low, device, autocast, caption)
