@@ -24,7 +24,8 @@ from pyarrow import fs
 
 from enlightengan.config import tiny_config
 from pipelines.cli import main
-from pipelines.devstack import DevStack, _session_members
+from pipelines.devstack import DevStack
+from pipelines.local_services import session_members
 from pipelines.submit import forwarded_arguments
 from tests.fixtures.photos import upload_folder
 
@@ -54,7 +55,7 @@ def stack(tmp_path_factory):
         assert code == 0 and "ray" in out and "s3" in out
         assert not any(loaded.running().values())
         # Every process of both sessions is gone: Ray's GCS, raylet, dashboard and workers too.
-        assert _session_members(loaded.ray.pid) == [] and _session_members(loaded.s3.pid) == []
+        assert session_members(loaded.ray.pid) == [] and session_members(loaded.s3.pid) == []
 
 
 @pytest.fixture
