@@ -18,7 +18,7 @@ from enlightengan.config import AugmentConfig
 
 def to_model_range(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 HxWx3 -> float (3, H, W) in [-1, 1]."""
-    tensor = torch.as_tensor(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    tensor = torch.from_numpy(np.array(image)) if isinstance(image, np.ndarray) else image
     if tensor.dtype != torch.uint8 or tensor.ndim != 3 or tensor.shape[-1] != 3:
         raise ValueError(
             f"expected a uint8 HxWx3 image, got dtype {tensor.dtype} shape {tuple(tensor.shape)}"

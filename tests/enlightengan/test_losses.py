@@ -1,0 +1,74 @@
+import pytest
+import torch
+from torch import nn
+
+from enlightengan.losses import LeastSquaresGAN, RelativisticAverageLSGAN, SelfFeaturePreservingLoss
+
+
+def test_relativistic_losses_match_hand_computation():
+    real = torch.tensor([2.0, 0.0])
+    fake = torch.tensor([1.0, -1.0])
+    loss = RelativisticAverageLSGAN()
+    # real - mean(fake) = [2, 0]; fake - mean(real) = [0, -2]
+    expected_d = 0.5 * (((2 - 1) ** 2 + (0 - 1) ** 2) / 2 + (0**2 + (-2) ** 2) / 2)
+    expected_g = 0.5 * ((2**2 + 0**2) / 2 + ((0 - 1) ** 2 + (-2 - 1) ** 2) / 2)
+    assert loss.discriminator_loss(real, fake).item() == pytest.approx(expected_d)
+    assert loss.generator_loss(real, fake).item() == pytest.approx(expected_g)
+
+
+def test_relativistic_discriminator_prefers_real_above_fake():
+    loss = RelativisticAverageLSGAN()
+    high, low = torch.ones(4), torch.zeros(4)
+    assert loss.discriminator_loss(high, low) < loss.discriminator_loss(low, high)
+    assert loss.generator_loss(high, low) > loss.generator_loss(low, high)
+
+
+def test_least_squares_losses():
+    loss = LeastSquaresGAN()
+    assert loss.discriminator_loss(torch.ones(3), torch.zeros(3)).item() == 0.0
+    assert loss.discriminator_loss(torch.zeros(3), torch.ones(3)).item() == pytest.approx(1.0)
+    assert loss.generator_loss(torch.ones(3)).item() == 0.0
+    assert loss.generator_loss(torch.full((3,), 3.0)).item() == pytest.approx(4.0)
+
+
+class ScaledFeatures(nn.Module):
+    """A frozen stand-in feature map: the SFP maths does not depend on which network it is."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1).requires_grad_(False)
+
+    def forward(self, images):
+        return self.conv(images)
+
+
+def test_sfp_is_zero_for_identical_images_and_positive_otherwise():
+    torch.manual_seed(0)
+    sfp = SelfFeaturePreservingLoss(ScaledFeatures())
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert sfp(images, images).item() == pytest.approx(0.0, abs=1e-10)
+    assert sfp(images.flip(-1), images).item() > 1e-3
+
+
+def test_sfp_instance_norm_ignores_global_feature_scale_and_shift():
+    torch.manual_seed(0)
+    images = torch.rand(1, 3, 16, 16) * 2 - 1
+    features = ScaledFeatures()
+    with torch.no_grad():
+        features.conv.bias.zero_()
+    normalised = SelfFeaturePreservingLoss(features, instance_norm=True)
+    raw = SelfFeaturePreservingLoss(features, instance_norm=False)
+    brighter = images * 2.0  # features scale by 2 per channel without bias
+    assert normalised(brighter, images).item() == pytest.approx(0.0, abs=1e-6)
+    assert raw(brighter, images).item() > 1e-3
+
+
+def test_sfp_gradient_reaches_the_enhanced_image_only():
+    torch.manual_seed(0)
+    sfp = SelfFeaturePreservingLoss(ScaledFeatures())
+    enhanced = (torch.rand(1, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    low = (torch.rand(1, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    sfp(enhanced, low).backward()
+    assert enhanced.grad is not None and enhanced.grad.abs().sum() > 0
+    assert low.grad is None
+    assert all(p.grad is None for p in sfp.parameters())
