@@ -319,5 +319,9 @@ def _check_pixels(image: object, position: int) -> None:
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1] as x / 127.5 - 1."""
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    array = np.ascontiguousarray(image)
+    if not array.flags.writeable:
+        # torch refuses to alias read-only memory (e.g. Arrow buffers) without a warning.
+        array = array.copy()
+    pixels = torch.from_numpy(array).permute(2, 0, 1)
     return pixels.to(torch.float32) / 127.5 - 1.0

@@ -112,3 +112,47 @@ def loss_curve_png(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def contact_sheet_png(
+    rows: Sequence[Mapping[str, tuple[np.ndarray, str]]],
+    row_labels: Sequence[str],
+    title: str,
+) -> bytes:
+    """A before/after sheet: one row per sample, one column per variant (``input``,
+    ``enhanced``, baselines), each panel titled with its variant and a caption (e.g. its NIQE).
+
+    ``rows[i]`` maps variant name -> (uint8 (H, W, 3) image, caption); every row has the same
+    variants in the same order. ``row_labels`` (e.g. the image keys) label the rows.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise ValueError("contact_sheet_png needs at least one row")
+    variants = list(rows[0])
+    aspect = max(image.shape[1] / image.shape[0] for row in rows for image, _ in row.values())
+    panel_width = 3.2
+    panel_height = panel_width / aspect + 0.55
+    figure = Figure(
+        figsize=(panel_width * len(variants), panel_height * len(rows) + 0.6),
+        dpi=110,
+        layout="constrained",
+    )
+    figure.suptitle(title, fontsize=12)
+    grid = figure.subplots(len(rows), len(variants), squeeze=False)
+    for row_index, (row, label) in enumerate(zip(rows, row_labels, strict=True)):
+        for column_index, variant in enumerate(variants):
+            axes = grid[row_index][column_index]
+            image, caption = row[variant]
+            axes.imshow(to_uint8_image(image))
+            axes.set_title(f"{variant}\n{caption}", fontsize=9)
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if column_index == 0:
+                axes.set_ylabel(label if len(label) <= 28 else "..." + label[-25:], fontsize=8)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -1,0 +1,369 @@
+"""``enlightengan evaluate``: NIQE of inputs, enhanced outputs and training-free baselines.
+
+A Ray Data job over an image prefix (local or ``s3://``)::
+
+    keys -> read + decode, score input and baselines (CPU tasks)
+         -> Enhancer (actor pool, GPU or CPU) -> score enhanced (CPU tasks) -> driver
+
+Per image it records NIQE (Mittal et al. 2013, lower is better; ``enlightengan.metrics``) and
+mean luma of the input, the generator's output, gamma correction and histogram equalisation,
+all computed in the same run on the same decoded pixels. The driver writes ``scores.parquet``,
+``scores.csv``, ``summary.md`` (means beside the paper's Table I) and ``contact_sheet.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import posixpath
+import sys
+import time
+
+import numpy as np
+
+from pipelines.enhance_actor import (
+    FAILED,
+    PENDING,
+    EnhanceActor,
+    InferenceSettings,
+    load_checkpoint_files,
+    read_and_decode,
+)
+from pipelines.errors import UserError
+from pipelines.images import DEFAULT_MAX_PIXELS
+from pipelines.ray_runtime import add_ray_arguments, init_ray
+from pipelines.storage import (
+    IMAGE_EXTENSIONS,
+    StorageOptions,
+    add_storage_arguments,
+    check_access,
+    list_files,
+    resolve,
+    write_bytes,
+)
+
+VARIANTS = ("input", "enhanced", "gamma", "histeq")
+THUMBNAIL_SIDE = 320
+# NIQE, Table I of the EnlightenGAN paper (as transcribed in the reference document).
+PAPER_TABLE = {
+    "columns": ("EnlightenGAN", "LIME", "NPE", "SRIE", "RetinexNet"),
+    "rows": {
+        "MEF": (3.232, 3.720, 3.524, 3.475, 4.149),
+        "LIME": (3.719, 4.155, 3.905, 3.788, 4.420),
+        "NPE": (4.113, 4.268, 3.953, 3.986, 4.485),
+        "VV": (2.581, 2.489, 2.524, 2.850, 2.602),
+        "DICM": (3.570, 3.846, 3.760, 3.899, 4.200),
+        "all": (3.385, 3.629, 3.525, 3.650, 3.920),
+    },
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint dir or training run root")
+    parser.add_argument("--input", required=True, help="images to evaluate: folder or s3:// prefix")
+    parser.add_argument(
+        "--output",
+        default="evaluation",
+        help="where the tables and pictures go (default ./evaluation)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    parser.add_argument("--samples", type=int, default=4, help="rows in the contact sheet")
+    parser.add_argument("--gamma", type=float, default=1 / 2.2, help="gamma baseline exponent")
+    parser.add_argument(
+        "--paper-set",
+        default="auto",
+        help="which row of the paper's NIQE table to print beside ours (MEF, LIME, NPE, VV, "
+        "DICM, all, none); auto: the input folder's name when it is one of them",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="enhancer actors (default 1)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="0: CPU actors")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward")
+    parser.add_argument("--tile-size", type=int, default=1024, help="tile above this; 0: never")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="bomb limit")
+    add_storage_arguments(parser)
+    add_ray_arguments(parser)
+
+
+def luma_mean(image: np.ndarray) -> float:
+    """Mean BT.601 luma (0-255) of a uint8 RGB image."""
+    return float((image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).mean())
+
+
+def safe_niqe(image: np.ndarray) -> float:
+    """NIQE, or NaN where it is undefined (smaller than one 96x96 block, no texture)."""
+    from enlightengan.metrics import niqe
+
+    try:
+        return niqe(image)
+    except ValueError:
+        return math.nan
+
+
+def thumbnail_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    picture = Image.fromarray(image)
+    picture.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _decoded(batch: dict[str, np.ndarray], index: int) -> np.ndarray:
+    height, width = int(batch["height"][index]), int(batch["width"][index])
+    return np.frombuffer(batch["pixels"][index], dtype=np.uint8).reshape(height, width, 3)
+
+
+def _score_into(batch, variant: str, images: dict[int, np.ndarray], sample_keys) -> None:
+    count = len(batch["key"])
+    scores = np.full(count, math.nan)
+    lumas = np.full(count, math.nan)
+    thumbnails = np.empty(count, dtype=object)
+    thumbnails[:] = b""
+    for index, image in images.items():
+        scores[index] = safe_niqe(image)
+        lumas[index] = luma_mean(image)
+        if batch["key"][index] in sample_keys:
+            thumbnails[index] = thumbnail_png(image)
+    batch[f"niqe_{variant}"] = scores
+    batch[f"luma_{variant}"] = lumas
+    batch[f"thumb_{variant}"] = thumbnails
+
+
+def score_input_and_baselines(batch, sample_keys: frozenset, gamma: float):
+    """CPU task before the generator: scores of the input and of each baseline."""
+    from enlightengan.baselines import gamma_correction, histogram_equalization
+
+    ready = {i: _decoded(batch, i) for i, s in enumerate(batch["status"]) if s == PENDING}
+    _score_into(batch, "input", ready, sample_keys)
+    _score_into(
+        batch, "gamma", {i: gamma_correction(im, gamma) for i, im in ready.items()}, sample_keys
+    )
+    _score_into(
+        batch, "histeq", {i: histogram_equalization(im) for i, im in ready.items()}, sample_keys
+    )
+    return batch
+
+
+def score_enhanced(batch, sample_keys: frozenset):
+    """CPU task after the generator: score its output, then drop the pixels."""
+    ready = {i: _decoded(batch, i) for i, s in enumerate(batch["status"]) if s == PENDING}
+    _score_into(batch, "enhanced", ready, sample_keys)
+    for column in ("pixels", "icc_profile", "exif", "output_key", "format", "input_bytes"):
+        batch.pop(column, None)
+    return batch
+
+
+def run_pipeline(keys, source, checkpoint_files, args) -> list[dict]:
+    """Build and run the dataset; returns one dict per image (scores and sample thumbnails)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    sample_keys = frozenset(keys[: max(0, args.samples)])
+    dataset = ray.data.from_items(
+        [{"key": key, "output_key": key} for key in keys],
+        override_num_blocks=max(1, min(len(keys), 4 * max(1, args.workers) * 4)),
+    )
+    dataset = dataset.map_batches(
+        read_and_decode,
+        fn_kwargs={
+            "input_filesystem": source.filesystem,
+            "input_root": source.path,
+            "max_pixels": args.max_pixels,
+        },
+        batch_size=None,
+        num_cpus=0.5,
+    )
+    dataset = dataset.map_batches(
+        score_input_and_baselines,
+        fn_kwargs={"sample_keys": sample_keys, "gamma": args.gamma},
+        batch_size=None,
+        num_cpus=0.5,
+    )
+    settings = InferenceSettings(
+        device="cuda" if args.gpus_per_worker > 0 else "cpu",
+        batch_size=args.batch_size,
+        tile_size=args.tile_size or None,
+    )
+    dataset = dataset.map_batches(
+        EnhanceActor,
+        fn_constructor_kwargs={
+            "checkpoint_files": [ray.put(checkpoint_files)],
+            "settings": settings,
+        },
+        compute=ActorPoolStrategy(size=args.workers),
+        batch_size=args.batch_size,
+        num_cpus=1.0 if not args.gpus_per_worker else 0.5,
+        num_gpus=args.gpus_per_worker or None,
+    )
+    dataset = dataset.map_batches(
+        score_enhanced, fn_kwargs={"sample_keys": sample_keys}, batch_size=None, num_cpus=0.5
+    )
+    rows = []
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        names = list(batch)
+        for index in range(len(batch["key"])):
+            rows.append({name: _plain(batch[name][index]) for name in names})
+    return sorted(rows, key=lambda row: row["key"])
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def paper_set_for(choice: str, input_uri: str) -> str | None:
+    """The paper table row to show: an explicit name, or the input folder's name (auto)."""
+    rows = {name.lower(): name for name in PAPER_TABLE["rows"]}
+    if choice.lower() == "none":
+        return None
+    if choice.lower() != "auto":
+        if choice.lower() not in rows:
+            raise UserError(f"--paper-set must be one of {', '.join(rows)}, auto or none")
+        return rows[choice.lower()]
+    return rows.get(posixpath.basename(input_uri.rstrip("/")).lower())
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Counts and per-variant means over images scored in every variant."""
+    scored = [
+        row
+        for row in rows
+        if row["status"] != FAILED and all(math.isfinite(row[f"niqe_{v}"]) for v in VARIANTS)
+    ]
+    failed = {}
+    for row in rows:
+        if row["status"] == FAILED:
+            failed[row["reason"]] = failed.get(row["reason"], 0) + 1
+    means = {
+        variant: {
+            "niqe": float(np.mean([row[f"niqe_{variant}"] for row in scored])) if scored else None,
+            "luma": float(np.mean([row[f"luma_{variant}"] for row in scored])) if scored else None,
+        }
+        for variant in VARIANTS
+    }
+    return {"images": len(rows), "scored": len(scored), "failed": failed, "means": means}
+
+
+def summary_markdown(summary: dict, paper_set: str | None, checkpoint: str, source: str) -> str:
+    lines = [
+        "# EnlightenGAN evaluation",
+        "",
+        f"- input: `{source}`",
+        f"- checkpoint: `{checkpoint}`",
+        f"- images: {summary['images']} listed, {summary['scored']} scored in every variant"
+        + (f", failed: {summary['failed']}" if summary["failed"] else ""),
+        "",
+        "NIQE (Mittal et al. 2013; lower is better) and mean luma (0-255), averaged over the "
+        "images scored in every variant:",
+        "",
+        "| variant | NIQE | mean luma |",
+        "|---|---|---|",
+    ]
+    for variant in VARIANTS:
+        mean = summary["means"][variant]
+        niqe_text = f"{mean['niqe']:.3f}" if mean["niqe"] is not None else "n/a"
+        luma_text = f"{mean['luma']:.1f}" if mean["luma"] is not None else "n/a"
+        lines.append(f"| {variant} | {niqe_text} | {luma_text} |")
+    columns, table = PAPER_TABLE["columns"], PAPER_TABLE["rows"]
+    lines += [
+        "",
+        "The paper's NIQE (Table I) for comparison"
+        + (
+            f"; this set is **{paper_set}**"
+            if paper_set
+            else " (this input is not one of its sets)"
+        )
+        + ":",
+        "",
+        "| set | " + " | ".join(columns) + " | ours (this run) |",
+        "|---|" + "---|" * (len(columns) + 1),
+    ]
+    ours = summary["means"]["enhanced"]["niqe"]
+    for name, values in table.items():
+        mark = f"{ours:.3f}" if name == paper_set and ours is not None else ""
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def _contact_sheet(rows: list[dict], title: str) -> bytes | None:
+    from PIL import Image
+
+    from pipelines.plots import contact_sheet_png
+
+    sheet_rows, labels = [], []
+    for row in rows:
+        if not all(row.get(f"thumb_{v}") for v in VARIANTS):
+            continue
+        panels = {}
+        for variant in VARIANTS:
+            with Image.open(io.BytesIO(row[f"thumb_{variant}"])) as picture:
+                image = np.asarray(picture.convert("RGB"))
+            panels[variant] = (
+                image,
+                f"NIQE {row[f'niqe_{variant}']:.2f}, luma {row[f'luma_{variant}']:.0f}",
+            )
+        sheet_rows.append(panels)
+        labels.append(row["key"])
+    return contact_sheet_png(sheet_rows, labels, title) if sheet_rows else None
+
+
+def write_results(rows: list[dict], summary: dict, markdown: str, output) -> dict[str, str]:
+    """Write the table (Parquet + CSV), summaries and contact sheet; returns name -> URI."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    columns = ["key", "status", "reason", "height", "width", "seconds"]
+    columns += [f"{kind}_{v}" for v in VARIANTS for kind in ("niqe", "luma")]
+    table = pa.table({name: [row.get(name) for row in rows] for name in columns})
+    written = {}
+    parquet = io.BytesIO()
+    pq.write_table(table, parquet)
+    csv = io.BytesIO()
+    pa_csv.write_csv(table, csv)
+    files = {
+        "scores.parquet": parquet.getvalue(),
+        "scores.csv": csv.getvalue(),
+        "summary.md": markdown.encode(),
+        "summary.json": json.dumps(summary, indent=2).encode(),
+    }
+    sheet = _contact_sheet(rows, "input | EnlightenGAN | gamma | histogram equalisation")
+    if sheet is not None:
+        files["contact_sheet.png"] = sheet
+    for name, data in files.items():
+        target = output.child(name)
+        write_bytes(target, data)
+        written[name] = target.uri
+    return written
+
+
+def run(args) -> int:
+    if args.workers < 1 or args.batch_size < 1:
+        raise UserError("--workers and --batch-size must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be >= 1")
+    if not args.gamma > 0:
+        raise UserError("--gamma must be > 0")
+    paper_set = paper_set_for(args.paper_set, args.input)
+    options = StorageOptions.from_args(args)
+    source = check_access(resolve(args.input, options))
+    output = check_access(resolve(args.output, options))
+    checkpoint = load_checkpoint_files(args.checkpoint, options)
+    keys = list_files(source, extensions=IMAGE_EXTENSIONS)
+    if args.limit is not None:
+        keys = keys[: args.limit]
+    if not keys:
+        raise UserError(f"no images under {args.input}")
+    print(f"evaluate: {len(keys)} images, checkpoint {checkpoint.description}", file=sys.stderr)
+    init_ray(args.address, args.num_cpus)
+    started = time.perf_counter()
+    rows = run_pipeline(keys, source, checkpoint.files, args)
+    summary = summarise(rows)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    markdown = summary_markdown(summary, paper_set, checkpoint.description, source.uri)
+    written = write_results(rows, summary, markdown, output)
+    print(markdown)
+    print("written:\n" + "\n".join(f"  {name}: {uri}" for name, uri in written.items()))
+    return 0
