@@ -45,6 +45,12 @@ from pipelines.storage import (
 )
 
 VARIANTS = ("input", "enhanced", "gamma", "histeq")
+VARIANT_TITLES = {
+    "input": "input",
+    "enhanced": "EnlightenGAN",
+    "gamma": "gamma correction",
+    "histeq": "histogram equalisation",
+}
 THUMBNAIL_SIDE = 320
 # NIQE, Table I of the EnlightenGAN paper (as transcribed in the reference document).
 PAPER_TABLE = {
@@ -161,7 +167,8 @@ def run_pipeline(keys, source, checkpoint_files, args) -> list[dict]:
     import ray
     from ray.data import ActorPoolStrategy
 
-    sample_keys = frozenset(keys[: max(0, args.samples)])
+    # Twice the sheet's rows: some of the first keys may fail to decode.
+    sample_keys = frozenset(keys[: 2 * max(0, args.samples)])
     dataset = ray.data.from_items(
         [{"key": key, "output_key": key} for key in keys],
         override_num_blocks=max(1, min(len(keys), 4 * max(1, args.workers) * 4)),
@@ -287,29 +294,34 @@ def summary_markdown(summary: dict, paper_set: str | None, checkpoint: str, sour
     return "\n".join(lines) + "\n"
 
 
-def _contact_sheet(rows: list[dict], title: str) -> bytes | None:
+def _contact_sheet(rows: list[dict], limit: int) -> bytes | None:
     from PIL import Image
 
     from pipelines.plots import contact_sheet_png
 
     sheet_rows, labels = [], []
     for row in rows:
-        if not all(row.get(f"thumb_{v}") for v in VARIANTS):
+        if len(sheet_rows) == limit or not all(row.get(f"thumb_{v}") for v in VARIANTS):
             continue
         panels = {}
         for variant in VARIANTS:
             with Image.open(io.BytesIO(row[f"thumb_{variant}"])) as picture:
                 image = np.asarray(picture.convert("RGB"))
-            panels[variant] = (
+            panels[VARIANT_TITLES[variant]] = (
                 image,
                 f"NIQE {row[f'niqe_{variant}']:.2f}, luma {row[f'luma_{variant}']:.0f}",
             )
         sheet_rows.append(panels)
         labels.append(row["key"])
-    return contact_sheet_png(sheet_rows, labels, title) if sheet_rows else None
+    if not sheet_rows:
+        return None
+    title = f"Before / after on {len(sheet_rows)} sample images (NIQE: lower is better)"
+    return contact_sheet_png(sheet_rows, labels, title)
 
 
-def write_results(rows: list[dict], summary: dict, markdown: str, output) -> dict[str, str]:
+def write_results(
+    rows: list[dict], summary: dict, markdown: str, output, samples: int
+) -> dict[str, str]:
     """Write the table (Parquet + CSV), summaries and contact sheet; returns name -> URI."""
     import pyarrow as pa
     import pyarrow.csv as pa_csv
@@ -329,7 +341,7 @@ def write_results(rows: list[dict], summary: dict, markdown: str, output) -> dic
         "summary.md": markdown.encode(),
         "summary.json": json.dumps(summary, indent=2).encode(),
     }
-    sheet = _contact_sheet(rows, "input | EnlightenGAN | gamma | histogram equalisation")
+    sheet = _contact_sheet(rows, samples)
     if sheet is not None:
         files["contact_sheet.png"] = sheet
     for name, data in files.items():
@@ -363,7 +375,7 @@ def run(args) -> int:
     summary = summarise(rows)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     markdown = summary_markdown(summary, paper_set, checkpoint.description, source.uri)
-    written = write_results(rows, summary, markdown, output)
+    written = write_results(rows, summary, markdown, output, args.samples)
     print(markdown)
     print("written:\n" + "\n".join(f"  {name}: {uri}" for name, uri in written.items()))
     return 0
