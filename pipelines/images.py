@@ -5,7 +5,8 @@ machine-friendly reason:
 
 ``empty-file``, ``not-an-image``, ``truncated``, ``corrupt``, ``decompression-bomb``,
 ``too-small``, ``animated``; prepare adds ``unreadable`` (the storage refused the bytes),
-``too-large`` (file bigger than its byte limit) and ``duplicate``.
+``too-large`` (file bigger than its byte limit), ``unsafe-key`` (a key ``safe_join`` refuses)
+and ``duplicate``.
 
 Normalisation rules:
 
@@ -99,6 +100,20 @@ class ResizePolicy:
         return (new_long, new_short) if width >= height else (new_short, new_long)
 
 
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def _failure_reason(error: Exception) -> str:
+    """``truncated`` when Pillow ran out of bytes (while opening or decoding), else ``corrupt``."""
+    return "truncated" if "truncat" in str(error).lower() else "corrupt"
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageRejected("empty-file")
@@ -109,9 +124,16 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise ImageRejected("decompression-bomb", str(error)) from None
     except UnidentifiedImageError:
+        known = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+        if known:
+            # A PNG cut after its header or with a damaged header chunk is a broken image,
+            # not a text file: say so.
+            raise ImageRejected(
+                "corrupt", f"starts like {known} but has no readable header"
+            ) from None
         raise ImageRejected("not-an-image") from None
     except Exception as error:  # Pillow plugins raise many types on garbage headers
-        raise ImageRejected("corrupt", f"{type(error).__name__}: {error}") from None
+        raise ImageRejected(_failure_reason(error), f"{type(error).__name__}: {error}") from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageRejected("corrupt", f"size {width}x{height}")
@@ -178,8 +200,7 @@ def decode_image(
     try:
         image.load()
     except Exception as error:
-        reason = "truncated" if "truncat" in str(error).lower() else "corrupt"
-        raise ImageRejected(reason, f"{type(error).__name__}: {error}") from None
+        raise ImageRejected(_failure_reason(error), f"{type(error).__name__}: {error}") from None
     icc_profile = image.info.get("icc_profile")
     exif = image.info.get("exif")
     if orientation != 1:

@@ -114,6 +114,10 @@ class _SeenHashes:
         return owners
 
 
+class _UnsafeKey(Exception):
+    """A listed key that ``storage.safe_join`` refuses (``..`` however spelt, control chars)."""
+
+
 class _ProcessBatch:
     """The per-task work: read, hash, dedup, decode, resize, encode (pyarrow in and out)."""
 
@@ -127,9 +131,11 @@ class _ProcessBatch:
 
     def _read(self, domain: str, key: str) -> bytes | Exception:
         try:
-            return storage.read_bytes(
-                self.sources[domain].child(key), max_bytes=int(self.settings.max_file_mb * 1e6)
-            )
+            location = self.sources[domain].child(key)
+        except ValueError as error:  # safe_join refused the key: it is never opened
+            return _UnsafeKey(str(error))
+        try:
+            return storage.read_bytes(location, max_bytes=int(self.settings.max_file_mb * 1e6))
         except Exception as error:
             return error
 
@@ -155,6 +161,8 @@ class _ProcessBatch:
             image = height = width = reason = detail = None
             if isinstance(payload, storage.FileTooLarge):
                 reason, detail = "too-large", str(payload)
+            elif isinstance(payload, _UnsafeKey):
+                reason, detail = "unsafe-key", str(payload)[:200]
             elif isinstance(payload, Exception):
                 reason, detail = "unreadable", type(payload).__name__
             elif owner is not None:
