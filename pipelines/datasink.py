@@ -24,7 +24,9 @@ from pyarrow import fs as pafs
 from ray.data import Datasink
 
 from pipelines.enhance_actor import ENHANCED, FAILED, PENDING, SKIPPED
+from pipelines.errors import UserError
 from pipelines.images import encode_like
+from pipelines.retries import is_transient
 from pipelines.storage import Location, write_bytes
 
 MANIFEST_DIR = "_manifest"
@@ -180,7 +182,9 @@ class EnhancedImageSink(Datasink):
             path = f"{self.output_root}/{row['output_key']}"
             write_bytes(Location(self.filesystem, path, path), encoded)
         except Exception as error:
-            reason = "write-error" if isinstance(error, OSError) else "encode-error"
+            if is_transient(error):
+                raise  # the task is retried; rewriting the same key duplicates nothing
+            reason = "write-error" if isinstance(error, OSError | UserError) else "encode-error"
             seconds = row["seconds"] + time.perf_counter() - started
             return manifest_row(
                 row["key"], row["output_key"], FAILED, reason, seconds=seconds, **sizes

@@ -43,6 +43,7 @@ from pipelines.enhance_actor import (
 from pipelines.errors import UserError
 from pipelines.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from pipelines.ray_runtime import add_ray_arguments, init_ray
+from pipelines.retries import retry_transient_task_errors, storage_failure
 from pipelines.storage import (
     IMAGE_EXTENSIONS,
     Location,
@@ -52,6 +53,7 @@ from pipelines.storage import (
     list_files,
     resolve,
     safe_join,
+    write_bytes,
 )
 
 DEFAULT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")
@@ -237,6 +239,7 @@ def run(args) -> int:
     if args.dry_run:
         _print_dry_run(plan, source, checkpoint.files, args)
         return 0
+    check_writable(output, args.output)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     if plan.decided:
         for row in plan.decided:
@@ -248,10 +251,26 @@ def run(args) -> int:
     if plan.pending:
         init_ray(args.address, args.num_cpus)
         started = time.perf_counter()
-        summary = run_pipeline(plan.pending, source, output, checkpoint.files, args, run_id)
+        try:
+            summary = run_pipeline(plan.pending, source, output, checkpoint.files, args, run_id)
+        except Exception as error:
+            raise storage_failure("enhance", error) or error from None
         seconds = time.perf_counter() - started
     _print_summary(plan, summary, seconds, output, run_id)
     return 0
+
+
+def check_writable(output: Location, uri: str) -> None:
+    """Write and delete one small object under the manifest folder, so an output that cannot
+    be written at all (permission denied, a file in the way, a full disk, a read-only bucket)
+    is one clear error before any image is read."""
+    probe = f"{_manifest_root(output)}/.write-check-{uuid.uuid4().hex}"
+    try:
+        write_bytes(Location(output.filesystem, probe, probe), b"enlightengan write check\n")
+        output.filesystem.delete_file(probe)
+    except (OSError, UserError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"cannot write to the output {uri}: {detail}") from None
 
 
 def _rows_per_block(count: int, batch_size: int, parallelism: int) -> int:
@@ -274,6 +293,7 @@ def run_pipeline(
 
     context = DataContext.get_current()
     context.execution_options.preserve_order = False
+    retry_transient_task_errors(context)
     total_cpus = ray.cluster_resources().get("CPU", 1.0)
     settings = inference_settings(args, total_cpus)
     rows_per_block = _rows_per_block(len(pending), args.batch_size, int(total_cpus))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.images import ImageRejected, decode_image
+from pipelines.retries import is_transient
 
 PENDING = "pending"
 FAILED = "failed"
@@ -51,7 +52,8 @@ def read_and_decode(
 ) -> dict[str, np.ndarray]:
     """CPU task: fetch each object's bytes and decode to upright RGB uint8 (EXIF applied).
 
-    Failures (unreadable object, :class:`ImageRejected`) become ``failed`` rows with a reason."""
+    Failures (unreadable object, :class:`ImageRejected`) become ``failed`` rows with a reason;
+    a transient storage fault is raised instead, so the task is retried."""
     rows = []
     for key, output_key in zip(batch["key"], batch["output_key"], strict=True):
         started = time.perf_counter()
@@ -71,7 +73,9 @@ def read_and_decode(
         try:
             with input_filesystem.open_input_file(f"{input_root.rstrip('/')}/{key}") as stream:
                 data = stream.read()
-        except OSError:
+        except OSError as error:
+            if is_transient(error):
+                raise  # Ray Data re-runs the task; the image is not lost for this run
             row.update(status=FAILED, reason="unreadable")
             data = None
         if data is not None:

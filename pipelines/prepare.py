@@ -19,6 +19,7 @@ import math
 import platform
 import sys
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ from pipelines.images import (
     encode_png,
 )
 from pipelines.ray_runtime import add_ray_arguments, init_ray
+from pipelines.retries import is_transient, retry_transient_task_errors, storage_failure
 from pipelines.shards import (
     DOMAINS,
     MANIFEST,
@@ -137,6 +139,8 @@ class _ProcessBatch:
         try:
             return storage.read_bytes(location, max_bytes=int(self.settings.max_file_mb * 1e6))
         except Exception as error:
+            if is_transient(error):
+                raise  # Ray Data re-runs the task: a store that blinked loses no image
             return error
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -243,6 +247,7 @@ def prepare(
     output = storage.resolve(out, options)
     listed = list_inputs(sources)
     storage.check_access(output)
+    check_writable(output)
     storage.delete_file(output.child(MANIFEST))
     for stale in (*DOMAINS, REJECTED):
         storage.delete_prefix(output.child(stale))
@@ -262,6 +267,7 @@ def prepare(
         zero_copy_batch=True,
     )
     sink = ShardDatasink(output)
+    retry_transient_task_errors(ray.data.DataContext.get_current())
     dataset.write_datasink(sink)
 
     written = Counter()
@@ -314,8 +320,35 @@ def prepare(
         "images_per_s": round(len(items) / duration, 3) if duration else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    _delete_stray_shards(output, shards)
     storage.write_bytes(output.child(MANIFEST), json.dumps(manifest, indent=2).encode())
     return manifest
+
+
+def check_writable(output: storage.Location) -> None:
+    """Write and delete one small object, so an output that cannot be written at all
+    (permission denied, a file in the way, a full disk, a read-only bucket) is one clear error
+    before anything is read or deleted."""
+    probe = output.child(f".write-check-{uuid.uuid4().hex}")
+    try:
+        storage.write_bytes(probe, b"enlightengan write check\n")
+        storage.delete_file(probe)
+    except (OSError, UserError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"cannot write to the output {storage.display_uri(output.uri)}: {detail}"
+        ) from None
+
+
+def _delete_stray_shards(output: storage.Location, shards: dict[str, list[str]]) -> None:
+    """Remove shard files no finished write task reported: a task that failed and was retried
+    (or was cut off) may have left a partial file whose rows its retry wrote again."""
+    for domain in DOMAINS:
+        folder = output.child(domain)
+        kept = set(shards[domain])
+        for name in storage.list_files(folder, extensions=(".parquet",)):
+            if name not in kept:
+                storage.delete_file(folder.child(name))
 
 
 def summary(manifest: dict) -> str:
@@ -346,7 +379,10 @@ def run(args) -> int:
         print(f"would write shards, {REJECTED} and {MANIFEST} under {args.out}")
         return 0
     init_ray(args.address, args.num_cpus)
-    manifest = prepare(args.low, args.normal, args.out, settings, options)
+    try:
+        manifest = prepare(args.low, args.normal, args.out, settings, options)
+    except Exception as error:
+        raise storage_failure("prepare", error) or error from None
     print(summary(manifest))
     empty = [domain for domain in DOMAINS if not manifest["domains"][domain]["written"]]
     if empty:
