@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from enlightengan.checkpoint import load_official_generator
 from enlightengan.generator import Generator, attention_map
 from pipelines.errors import UserError
 from pipelines.storage import StorageOptions, add_storage_arguments, display_uri
@@ -137,19 +138,22 @@ def run_export(args: argparse.Namespace) -> int:
     generator, resolved = load_source_generator(args.checkpoint, StorageOptions.from_args(args))
     partial = out.parent / f".{out.stem}.partial{out.suffix}"
     differences: dict[str, float] | None = None
+    print(f"exporting {display_uri(resolved)} to {args.format}...", flush=True)
     try:
         if args.format == "onnx":
             export_onnx(generator, partial, args.opset, args.exporter)
-            if args.check:
-                differences = check_onnx(partial, generator)
+            candidate = onnx_runner(partial) if args.check else None
         elif args.format == "torchscript":
             export_torchscript(generator, partial)
-            if args.check:
-                differences = check_against(_load_torchscript(partial), generator, "torchscript")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=FutureWarning)
+                candidate = torch.jit.load(str(partial), map_location="cpu")
         else:
             export_official(generator, partial)
-            if args.check:
-                differences = check_official(partial, generator)
+            candidate = load_official_generator(partial, generator.config)
+        if args.check and candidate is not None:
+            label = "onnxruntime" if args.format == "onnx" else args.format
+            differences = check_against(candidate, generator, label)
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
@@ -192,25 +196,22 @@ def add_import_official_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_import_official(args: argparse.Namespace) -> int:
-    from enlightengan.checkpoint import (
-        CheckpointError,
-        load_generator,
-        load_official_generator,
-        save_checkpoint,
-    )
+    from enlightengan.checkpoint import CheckpointError, load_generator, save_checkpoint
     from enlightengan.config import EnlightenGANConfig
 
     weights = Path(args.weights).expanduser()
     out = Path(args.out).expanduser().absolute()
     if not weights.is_file():
         raise UserError(f"no weights file at {weights}: pass the authors' generator .pth")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: pass a directory for the checkpoint")
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UserError(f"{out} exists and is not empty: choose a new directory or --overwrite")
     config = EnlightenGANConfig()
     try:
         generator = load_official_generator(weights, config.generator)
     except CheckpointError as error:
-        raise UserError(f"cannot import {weights}: {error}") from None
+        raise UserError(f"cannot import {weights}: {_first_line(error)}") from None
     save_checkpoint(
         out,
         config=config,
@@ -226,7 +227,7 @@ def run_import_official(args: argparse.Namespace) -> int:
         },
     )
     if args.check:
-        check_against(load_generator(out), generator)
+        check_against(load_generator(out), generator, "checkpoint")
     print(f"wrote checkpoint {out}: use it with `enlightengan enhance --checkpoint {out}`")
     return 0
 
@@ -248,46 +249,36 @@ def load_source_generator(uri: str, options: StorageOptions) -> tuple[Generator,
 def export_onnx(generator: Generator, path: Path, opset: int, exporter: str) -> None:
     """Write the :class:`PaddedGenerator` graph with dynamic batch, height and width."""
     _require_module("onnx")
+    if exporter == "dynamo":
+        _require_module("onnxscript")
+        dynamic = {index: torch.export.Dim.DYNAMIC for index in (0, 2, 3)}
+        options = {
+            "dynamic_shapes": {INPUT_NAME: dynamic},
+            "external_data": False,
+            "verbose": False,
+        }
+    else:
+        axes = {0: "batch", 2: "height", 3: "width"}
+        options = {"dynamic_axes": {INPUT_NAME: axes, OUTPUT_NAME: axes}}
     model = PaddedGenerator(generator).eval()
-    example = check_batch(TRACE_SHAPE)
-    common = {
-        "input_names": [INPUT_NAME],
-        "output_names": [OUTPUT_NAME],
-        "opset_version": opset,
-    }
     try:
         with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers(*NOISY_LOGGERS):
             warnings.simplefilter("ignore", category=DeprecationWarning)
-            if exporter == "dynamo":
-                _require_module("onnxscript")
-                dynamic = torch.export.Dim.DYNAMIC
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    str(path),
-                    dynamo=True,
-                    external_data=False,
-                    verbose=False,
-                    dynamic_shapes={INPUT_NAME: {0: dynamic, 2: dynamic, 3: dynamic}},
-                    **common,
-                )
-            else:
-                axes = {0: "batch", 2: "height", 3: "width"}
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    str(path),
-                    dynamo=False,
-                    dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-                    **common,
-                )
-    except UserError:
-        raise
+            torch.onnx.export(
+                model,
+                (check_batch(TRACE_SHAPE),),
+                str(path),
+                dynamo=exporter == "dynamo",
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                **options,
+            )
     except Exception as error:
-        summary = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        summary = _first_line(error)[:200]
         other = "legacy" if exporter == "dynamo" else "dynamo"
         raise UserError(
-            f"the {exporter} ONNX exporter failed ({type(error).__name__}: {summary[:200]}): "
+            f"the {exporter} ONNX exporter failed ({type(error).__name__}: {summary}): "
             f"try --exporter {other} or another --opset"
         ) from None
     _name_dynamic_axes(path)
@@ -306,9 +297,9 @@ def _name_dynamic_axes(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def check_onnx(path: Path, generator: Generator) -> dict[str, float]:
-    """``onnx.checker`` on the file, then onnxruntime against PyTorch on :data:`CHECK_SHAPES`
-    (only the checker when onnxruntime is not installed)."""
+def onnx_runner(path: Path):
+    """``onnx.checker`` on the file, then a callable running it in onnxruntime (None, with a
+    note, when onnxruntime is not installed: only the graph's validity is checked)."""
     import onnx
 
     onnx.checker.check_model(str(path), full_check=True)
@@ -317,13 +308,13 @@ def check_onnx(path: Path, generator: Generator) -> dict[str, float]:
         import onnxruntime
     except ImportError:
         print(f"onnxruntime is not installed: outputs not compared ({INSTALL_HINT})")
-        return {}
+        return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def run_session(batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0])
 
-    return check_against(run_session, generator, label="onnxruntime")
+    return run_session
 
 
 def export_torchscript(generator: Generator, path: Path) -> None:
@@ -338,12 +329,6 @@ def export_torchscript(generator: Generator, path: Path) -> None:
         torch.jit.save(torch.jit.script(model), str(path))
 
 
-def _load_torchscript(path: Path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=FutureWarning)
-        return torch.jit.load(str(path), map_location="cpu")
-
-
 def export_official(generator: Generator, path: Path) -> None:
     from enlightengan.checkpoint import CheckpointError, save_official_generator
 
@@ -356,12 +341,6 @@ def export_official(generator: Generator, path: Path) -> None:
             f"this one has base_channels {config.base_channels}, norm {config.norm}: "
             "use --format onnx or torchscript"
         ) from None
-
-
-def check_official(path: Path, generator: Generator) -> dict[str, float]:
-    from enlightengan.checkpoint import load_official_generator
-
-    return check_against(load_official_generator(path, generator.config), generator, "official")
 
 
 def check_against(candidate, generator: Generator, label: str = "export") -> dict[str, float]:
@@ -436,6 +415,14 @@ def _quiet_loggers(*names: str):
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def _first_line(error: Exception) -> str:
+    """The error's first line, without a parenthesis that a quoted library message left open."""
+    line = (str(error).strip().splitlines() or [""])[0]
+    if line.count("(") > line.count(")"):
+        line = line[: line.rindex("(")].rstrip()
+    return line
 
 
 def _require_module(name: str) -> None:

@@ -152,16 +152,20 @@ def test_official_export_of_a_tiny_model_is_one_clear_error(tiny_checkpoint, tmp
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("command", ["export", "import-official"])
-def test_missing_input_is_one_line_and_exit_2(tmp_path, capsys, command):
-    missing = str(tmp_path / "nothing-here")
-    if command == "export":
-        argv = ["export", "--checkpoint", missing, "--format", "onnx", "--out", str(tmp_path / "g")]
+@pytest.mark.parametrize("case", ["checkpoint", "weights", "not-weights"])
+def test_missing_or_wrong_input_is_one_line_and_exit_2(tmp_path, capsys, case):
+    source = tmp_path / "nothing-here"
+    if case == "not-weights":
+        source.write_bytes(b"\x89PNG\r\n\x1a\n not a torch file")
+    if case == "checkpoint":
+        argv = ["export", "--checkpoint", str(source), "--format", "onnx"]
+        argv += ["--out", str(tmp_path / "g.onnx")]
     else:
-        argv = ["import-official", "--weights", missing, "--out", str(tmp_path / "ckpt")]
+        argv = ["import-official", "--weights", str(source), "--out", str(tmp_path / "ckpt")]
     assert main(argv) == 2
     assert "nothing-here" in only_error_line(capsys)
-    assert list(tmp_path.iterdir()) == []
+    written = [path.name for path in tmp_path.iterdir()]
+    assert written == ([source.name] if case == "not-weights" else [])
 
 
 def test_s3_checkpoint_export_stores_no_secret(s3_env, tiny_checkpoint, tmp_path, capsys):
