@@ -38,6 +38,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray reads that variable once, when it is imported (before this runs). Left True, ray.init
+    # turns _node_ip_address="127.0.0.1" into the machine's routable address and its GCS,
+    # raylet, workers and agents listen on every interface (tests/reliability/test_security.py).
+    from ray._private import ray_constants
+
+    enable_cluster = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("1", "true")
+    ray_constants.ENABLE_RAY_CLUSTER = enable_cluster
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     temp_dir = os.environ.get("ENLIGHTENGAN_RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray-")
     ray.init(
