@@ -107,6 +107,25 @@ def tiny_checkpoint(directory: Path, with_training_state: bool = False) -> Path:
     )
 
 
+def test_the_scanner_sees_through_parquet_zip_and_gzip(tmp_path):
+    import pyarrow as pa
+
+    # Repetitive, so every compressor stores it as a back-reference, never verbatim.
+    needle = "needle-" + secrets.token_hex(4) + "-" + "z" * 64
+    parquet = io.BytesIO()
+    table = pa.table({"detail": [needle] * 50})
+    pq.write_table(table, parquet, compression="zstd", write_statistics=False)
+    deflated = io.BytesIO()
+    with zipfile.ZipFile(deflated, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("data.pkl", needle.encode() * 4)
+    samples = [parquet.getvalue(), deflated.getvalue(), gzip.compress(needle.encode() * 4)]
+    assert [needle.encode() in sample for sample in samples] == [False] * 3
+    assert [leaks(sample, [needle, "absent"]) for sample in samples] == [[needle]] * 3
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "deep" / "er" / "log.txt").write_text(f"... {needle} ...")
+    assert scan_tree(tmp_path, [needle])[1] == {str(tmp_path / "deep/er/log.txt"): [needle]}
+
+
 @pytest.fixture(scope="module")
 def secure_bucket(s3_server, photo_dataset) -> str:
     """A bucket holding the real photo set under ``in/``."""
