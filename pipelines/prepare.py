@@ -260,6 +260,7 @@ def prepare(
     # at least two blocks per CPU so small runs still use every core.
     blocks = max(math.ceil(len(items) / settings.rows_per_shard()), min(len(items), 2 * cpus))
     seen = ray.remote(num_cpus=0)(_SeenHashes).remote() if settings.dedup else None
+    retry_transient_task_errors(ray.data.DataContext.get_current())
     dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         _ProcessBatch(sources, settings, seen),
         batch_format="pyarrow",
@@ -267,7 +268,6 @@ def prepare(
         zero_copy_batch=True,
     )
     sink = ShardDatasink(output)
-    retry_transient_task_errors(ray.data.DataContext.get_current())
     dataset.write_datasink(sink)
 
     written = Counter()
