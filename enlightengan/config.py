@@ -94,6 +94,9 @@ class LossConfig:
         vgg_weights: optional path of a VGG-16 weights file; ``None`` resolves as
             :func:`enlightengan.vgg.resolve_vgg16_weights` documents.
         sfp_instance_norm: InstanceNorm2d(affine=False) on both feature maps before the MSE.
+        exposure: weight of an extra exposure-control term (Zero-DCE's L_exp) on the output;
+            0 (the reference) leaves it out. ``exposure_target`` is its mean intensity goal in
+            [0, 1], ``exposure_patch_size`` its averaging window.
     """
 
     global_adversarial: float = 1.0
@@ -103,11 +106,24 @@ class LossConfig:
     vgg_flavour: str = "torchvision"
     vgg_weights: str | None = None
     sfp_instance_norm: bool = True
+    exposure: float = 0.0
+    exposure_target: float = 0.6
+    exposure_patch_size: int = 16
 
     def validate(self) -> None:
-        _require(self.vgg_flavour in VGG_FLAVOURS, f"loss.vgg_flavour must be one of {VGG_FLAVOURS}")
-        for name in ("global_adversarial", "local_adversarial", "self_feature", "self_feature_patches"):
+        _require(
+            self.vgg_flavour in VGG_FLAVOURS, f"loss.vgg_flavour must be one of {VGG_FLAVOURS}"
+        )
+        for name in (
+            "global_adversarial",
+            "local_adversarial",
+            "self_feature",
+            "self_feature_patches",
+            "exposure",
+        ):
             _require(getattr(self, name) >= 0, f"loss.{name} must be >= 0")
+        _require(0.0 < self.exposure_target < 1.0, "loss.exposure_target must be in (0, 1)")
+        _require(self.exposure_patch_size >= 1, "loss.exposure_patch_size must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -130,8 +146,13 @@ class AugmentConfig:
     darken_range: tuple[float, float] = (2.0, 4.0)
 
     def validate(self) -> None:
-        _require(self.crop_size >= 16 and self.crop_size % 16 == 0, "augment.crop_size must be a multiple of 16")
-        _require(0.0 <= self.darken_probability <= 1.0, "augment.darken_probability must be in [0, 1]")
+        _require(
+            self.crop_size >= 16 and self.crop_size % 16 == 0,
+            "augment.crop_size must be a multiple of 16",
+        )
+        _require(
+            0.0 <= self.darken_probability <= 1.0, "augment.darken_probability must be in [0, 1]"
+        )
         low, high = self.darken_range
         _require(1.0 <= low <= high, "augment.darken_range must satisfy 1 <= low <= high")
 
@@ -225,7 +246,11 @@ class EnlightenGANConfig:
                     raise ValueError(f"override {dotted!r} must look like section.field")
                 data["seed"] = value
                 continue
-            if section not in data or not isinstance(data[section], dict) or name not in data[section]:
+            if (
+                section not in data
+                or not isinstance(data[section], dict)
+                or name not in data[section]
+            ):
                 raise ValueError(f"unknown setting {dotted!r}")
             data[section][name] = value
         return EnlightenGANConfig.from_dict(data)

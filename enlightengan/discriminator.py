@@ -45,7 +45,9 @@ class Discriminator(nn.Module):
         return self.layers(images)
 
 
-def build_discriminators(config: DiscriminatorConfig | None = None) -> tuple[Discriminator, Discriminator]:
+def build_discriminators(
+    config: DiscriminatorConfig | None = None,
+) -> tuple[Discriminator, Discriminator]:
     """Return (global D, patch D) as the reference builds them."""
     config = config or DiscriminatorConfig()
     config.validate()

@@ -24,7 +24,9 @@ class RelativisticAverageLSGAN:
     Means run over every element of the score maps; fake is detached by the caller for D.
     """
 
-    def discriminator_loss(self, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    def discriminator_loss(
+        self, real_scores: torch.Tensor, fake_scores: torch.Tensor
+    ) -> torch.Tensor:
         real_scores, fake_scores = real_scores.float(), fake_scores.float()
         real_vs_fake = real_scores - fake_scores.mean()
         fake_vs_real = fake_scores - real_scores.mean()
@@ -40,7 +42,9 @@ class RelativisticAverageLSGAN:
 class LeastSquaresGAN:
     """Plain LSGAN: D 0.5 * [(D(real) - 1)^2 + D(fake)^2]; G (D(fake) - 1)^2 (paper Eqs. 4-5)."""
 
-    def discriminator_loss(self, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    def discriminator_loss(
+        self, real_scores: torch.Tensor, fake_scores: torch.Tensor
+    ) -> torch.Tensor:
         return 0.5 * (_mse_to(real_scores.float(), 1.0) + _mse_to(fake_scores.float(), 0.0))
 
     def generator_loss(self, fake_scores: torch.Tensor) -> torch.Tensor:
@@ -72,3 +76,22 @@ class SelfFeaturePreservingLoss(nn.Module):
 
 def _mse_to(scores: torch.Tensor, target: float) -> torch.Tensor:
     return torch.mean((scores - target) ** 2)
+
+
+class ExposureControlLoss:
+    """Exposure control (Guo et al., Zero-DCE, CVPR 2020, Eq. 4), NOT part of EnlightenGAN.
+
+    L_exp = mean over non-overlapping ``patch_size`` patches of |mean intensity - target|, with
+    intensity the mean of the RGB channels in [0, 1]. Off unless ``loss.exposure > 0``: the
+    demo turns it on so a few dozen CPU steps of a tiny model brighten visibly, where the
+    adversarial terms alone need thousands of steps.
+    """
+
+    def __init__(self, target: float = 0.6, patch_size: int = 16) -> None:
+        self.target = target
+        self.patch_size = patch_size
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        intensity = ((images.float() + 1.0) / 2.0).mean(dim=1, keepdim=True)
+        size = min(self.patch_size, *intensity.shape[-2:])
+        return (F.avg_pool2d(intensity, size) - self.target).abs().mean()

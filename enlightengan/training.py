@@ -19,7 +19,12 @@ from enlightengan.augment import random_darken
 from enlightengan.config import EnlightenGANConfig, OptimConfig
 from enlightengan.discriminator import build_discriminators
 from enlightengan.generator import Generator
-from enlightengan.losses import LeastSquaresGAN, RelativisticAverageLSGAN, SelfFeaturePreservingLoss
+from enlightengan.losses import (
+    ExposureControlLoss,
+    LeastSquaresGAN,
+    RelativisticAverageLSGAN,
+    SelfFeaturePreservingLoss,
+)
 
 LOSS_TERMS = (
     "g_total",
@@ -30,6 +35,13 @@ LOSS_TERMS = (
     "d_global",
     "d_patch",
 )
+# Reported only when its weight is non-zero (a setting outside the reference recipe).
+OPTIONAL_LOSS_TERMS = ("g_exposure",)
+
+
+def reported_terms(config: EnlightenGANConfig) -> tuple[str, ...]:
+    """The loss names :func:`training_step` returns for this config, in a fixed order."""
+    return LOSS_TERMS + (OPTIONAL_LOSS_TERMS if config.loss.exposure > 0 else ())
 
 
 @dataclass
@@ -102,7 +114,9 @@ def random_patch_corners(
     return corners
 
 
-def cut_patches(images: torch.Tensor, corners: Iterable[tuple[int, int]], size: int) -> torch.Tensor:
+def cut_patches(
+    images: torch.Tensor, corners: Iterable[tuple[int, int]], size: int
+) -> torch.Tensor:
     """Stack the patches at ``corners`` along the batch axis: (P * B, 3, size, size)."""
     return torch.cat([images[..., top : top + size, left : left + size] for top, left in corners])
 
@@ -150,6 +164,11 @@ def training_step(
             + weights.self_feature * g_sfp
             + weights.self_feature_patches * g_sfp_patches
         )
+        extra = {}
+        if weights.exposure > 0:
+            exposure = ExposureControlLoss(weights.exposure_target, weights.exposure_patch_size)
+            extra["g_exposure"] = exposure(enhanced)
+            g_total = g_total + weights.exposure * extra["g_exposure"]
     optimizers.generator.zero_grad(set_to_none=True)
     g_total.backward()
     optimizers.generator.step()
@@ -172,7 +191,8 @@ def training_step(
     optimizers.patch_d.step()
 
     values = (g_total, g_global, g_local, g_sfp, g_sfp_patches, d_global, d_patch)
-    return {name: float(value.detach()) for name, value in zip(LOSS_TERMS, values, strict=True)}
+    losses = dict(zip(LOSS_TERMS, values, strict=True)) | extra
+    return {name: float(value.detach()) for name, value in losses.items()}
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

@@ -34,6 +34,7 @@ from enlightengan.checkpoint import load_checkpoint, save_checkpoint
 from enlightengan.config import AugmentConfig, EnlightenGANConfig
 from enlightengan.training import (
     LOSS_TERMS,
+    OPTIONAL_LOSS_TERMS,
     build_modules,
     build_optimizers,
     learning_rate,
@@ -238,9 +239,10 @@ def _restore_state(checkpoint) -> object | None:
 def _average_over_workers(losses: dict[str, float], world_size: int) -> dict[str, float]:
     if world_size == 1:
         return losses
-    values = torch.tensor([losses[name] for name in LOSS_TERMS], dtype=torch.float64)
+    names = list(losses)
+    values = torch.tensor([losses[name] for name in names], dtype=torch.float64)
     torch.distributed.all_reduce(values)
-    return {name: float(v) / world_size for name, v in zip(LOSS_TERMS, values, strict=True)}
+    return {name: float(v) / world_size for name, v in zip(names, values, strict=True)}
 
 
 def _gather_worker_states(rng: dict[str, torch.Tensor], world_size: int) -> tuple[dict, list]:
@@ -396,7 +398,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     finally:
         prefetcher.close()
     if rank == 0:
-        run.write("loss_curve.png", plots.loss_curve_png(history, LOSS_TERMS))
+        run.write("loss_curve.png", plots.loss_curve_png(history, LOSS_TERMS + OPTIONAL_LOSS_TERMS))
 
 
 def _checkpoint_and_report(

@@ -2,7 +2,12 @@ import pytest
 import torch
 from torch import nn
 
-from enlightengan.losses import LeastSquaresGAN, RelativisticAverageLSGAN, SelfFeaturePreservingLoss
+from enlightengan.losses import (
+    ExposureControlLoss,
+    LeastSquaresGAN,
+    RelativisticAverageLSGAN,
+    SelfFeaturePreservingLoss,
+)
 
 
 def test_relativistic_losses_match_hand_computation():
@@ -72,3 +77,15 @@ def test_sfp_gradient_reaches_the_enhanced_image_only():
     assert enhanced.grad is not None and enhanced.grad.abs().sum() > 0
     assert low.grad is None
     assert all(p.grad is None for p in sfp.parameters())
+
+
+def test_exposure_control_is_mean_patch_distance_to_the_target():
+    loss = ExposureControlLoss(target=0.6, patch_size=4)
+    grey = torch.full((1, 3, 8, 8), 0.2 * 2 - 1)  # intensity 0.2 everywhere
+    assert float(loss(grey)) == pytest.approx(0.4)
+    half = grey.clone()
+    half[..., :4] = 1.0  # left half white: patches at 1.0 and 0.2
+    assert float(loss(half)) == pytest.approx((0.4 + 0.4) / 2)
+    dark = torch.full((1, 3, 8, 8), -0.9, requires_grad=True)
+    loss(dark).backward()
+    assert (dark.grad < 0).all()  # descending the loss brightens a dark image

@@ -11,6 +11,7 @@ from enlightengan.training import (
     build_modules,
     build_optimizers,
     learning_rate,
+    reported_terms,
     training_step,
 )
 from enlightengan.vgg import build_vgg_features
@@ -51,6 +52,16 @@ def test_step_returns_every_finite_loss_term(vgg, unpaired_photos):
     _, history = run_steps(small_config(), vgg, unpaired_photos, steps=1)
     assert set(history[0]) == set(LOSS_TERMS)
     assert all(math.isfinite(value) for value in history[0].values())
+
+
+def test_exposure_term_is_reported_and_added_only_when_enabled(vgg, unpaired_photos):
+    config = small_config(**{"loss.exposure": 2.0})
+    _, history = run_steps(config, vgg, unpaired_photos, steps=1)
+    assert set(history[0]) == set(reported_terms(config)) == {*LOSS_TERMS, "g_exposure"}
+    parts = ("g_global_adv", "g_local_adv", "g_sfp", "g_sfp_patches")
+    expected = sum(history[0][name] for name in parts) + 2.0 * history[0]["g_exposure"]
+    assert history[0]["g_total"] == pytest.approx(expected, rel=1e-5)
+    assert reported_terms(small_config()) == LOSS_TERMS
 
 
 def test_gradients_reach_every_trainable_parameter_and_vgg_stays_frozen(vgg, unpaired_photos):
