@@ -61,6 +61,7 @@ def only_error_line(capsys) -> str:
     return err
 
 
+@pytest.mark.slow  # the dynamo exporter takes 35-70 s on 2 cores; CI covers --exporter legacy
 def test_onnx_export_matches_torch_on_sizes_not_multiples_of_16(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "generator.onnx"
     assert main(["export", "--checkpoint", str(tiny_checkpoint.parent), "--format", "onnx",
