@@ -71,8 +71,12 @@ def storage_failure(job: str, error: BaseException) -> UserError | None:
     cause = root_cause(error)
     if not isinstance(cause, OSError | UserError):
         return None
-    first_line = next((line for line in str(cause).splitlines() if line.strip()), "")
-    detail = first_line.strip()[:300] or type(cause).__name__
+    if isinstance(cause, OSError) and cause.strerror:
+        # Ray adds its retry notes to an OSError's filename: keep the system's own words.
+        detail = f"{cause.strerror} (errno {cause.errno})"
+    else:
+        detail = next((line for line in str(cause).splitlines() if line.strip()), "")
+    detail = detail.strip()[:300] or type(cause).__name__
     return UserError(
         f"{job} stopped: storage failed ({detail}); finished work is kept, "
         "rerun the same command to complete it"

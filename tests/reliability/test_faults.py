@@ -281,11 +281,14 @@ def _mentions(pid: int, marker: str) -> bool:
         return False
 
 
-def _assert_one_clear_line(code: int, text: str) -> None:
-    """Exit 2 and one ``error:`` line for the user, never a traceback."""
+def _assert_one_clear_line(code: int, text: str, only_output: bool = False) -> None:
+    """Exit 2 and the job's last word one ``enlightengan JOB: error:`` line (Ray's own log
+    lines may come before it; ``only_output``: nothing else, no traceback)."""
     assert code == 2, text
-    errors = [line for line in text.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "Traceback" not in text, text
+    lines = [line for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("enlightengan ") and ": error:" in line]
+    assert len(errors) == 1 and errors[0] == lines[-1], text
+    assert not only_output or (len(lines) == 1 and "Traceback" not in text), text
 
 
 @pytest.mark.slow
@@ -415,13 +418,22 @@ def test_unwritable_output_is_one_clear_error_before_any_work(
         (tmp_path / "locked").mkdir(mode=0o555)
         output = tmp_path / "locked" / "out"
     code = main(enhance_argv(checkpoint, str(small_photos.root), str(output)))
-    _assert_one_clear_line(code, capsys.readouterr().err)
+    error = capsys.readouterr().err
+    _assert_one_clear_line(code, error.replace(_checkpoint_line(error), ""), only_output=True)
+    assert "cannot write to the output" in error
     low, normal = (str(training_photos[d].root) for d in ("low", "normal"))
     code = main(_prepare_argv(low, normal, str(output)))
     error = capsys.readouterr().err
-    _assert_one_clear_line(code, error)
+    _assert_one_clear_line(code, error, only_output=True)
     assert "cannot write to the output" in error
     assert not output.exists()
+
+
+def _checkpoint_line(stderr: str) -> str:
+    """enhance names the checkpoint it loaded on stderr before any work."""
+    return next(
+        (line for line in stderr.splitlines() if line.startswith("enhance: checkpoint")), ""
+    )
 
 
 def _unshare_works() -> bool:
@@ -471,7 +483,7 @@ def test_disk_full_output_is_a_clear_error_without_false_success(
     assert completed.returncode != 97, "tmpfs mount refused"
     if job_name == "prepare":
         _assert_one_clear_line(completed.returncode, text)
-        assert "No space left" in text or "Errno 28" in text
+        assert "No space left on device" in text.splitlines()[-1]
         assert not (copy / "manifest.json").exists()
         return
     # Enhance: per-image write failures are rows; a manifest that cannot be written stops the
@@ -486,3 +498,31 @@ def test_disk_full_output_is_a_clear_error_without_false_success(
     for key in enhanced:
         pixels = decode_image((copy / key).read_bytes()).array
         assert pixels.shape[:2] == small_photos.sizes[key] and np.any(pixels)
+
+
+def test_checkpoint_cut_off_by_a_crash_is_never_picked_as_latest(s3_env, tmp_path):
+    """A job that dies while writing a checkpoint leaves its index with a file short or missing
+    (in whatever order the files landed): enhance, locally and on S3, picks the newest complete
+    checkpoint instead, however high the broken one's step."""
+    from pipelines.enhance_actor import load_checkpoint_files
+
+    config = tiny_config()
+    generator = Generator(config.generator)
+    run = tmp_path / "run" / "exp"
+    for step in (3, 9, 12):
+        save_checkpoint(
+            run / f"checkpoint_{step:06d}",
+            config=config,
+            networks={"generator": generator},
+            trainer_state={"step": step},
+        )
+    weights = run / "checkpoint_000009" / "generator.pt"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (run / "checkpoint_000012" / "generator.pt").unlink()
+    local = load_checkpoint_files(str(tmp_path / "run"))
+    assert local.description.endswith("checkpoint_000003")
+    bucket = s3_env.make_bucket("ckpt")
+    upload_folder(tmp_path / "run", s3_env.filesystem(), f"{bucket}/run")
+    remote = load_checkpoint_files(f"s3://{bucket}/run")
+    assert remote.description.endswith("checkpoint_000003 (step 3)")
+    assert remote.files == local.files
