@@ -268,7 +268,13 @@ def prepare(
         zero_copy_batch=True,
     )
     sink = ShardDatasink(output)
-    dataset.write_datasink(sink)
+    try:
+        dataset.write_datasink(sink)
+    finally:
+        if seen is not None:
+            # The finished dataset still holds a handle, so in a long-lived driver (tests, a
+            # notebook) the actor and its worker process would outlive every run.
+            ray.kill(seen)
 
     written = Counter()
     rejected_rows, image_bytes = [], 0
