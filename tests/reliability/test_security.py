@@ -291,15 +291,10 @@ def test_enhance_and_evaluate_refuse_a_pickled_checkpoint_before_any_work(
     assert not output.exists() or not any(output.rglob("*.*"))
 
 
-def test_s3_keys_that_would_escape_the_output_are_refused(
-    ray_local, s3_env, secure_bucket, tmp_path, capfd
-):
-    """Object keys spelling ``..`` (percent-encoded, full-width, across a control character)
-    are failed as ``unsafe-key`` in both directions, and nothing is written outside the output.
-    A literal ``../`` key cannot even be stored: SeaweedFS refuses it (checked, so that if a
-    store ever accepts one it joins the keys that must be refused)."""
-    filesystem = s3_env.filesystem()
-    prefix = f"{secure_bucket}/escape-{secrets.token_hex(3)}"
+def _escape_attempts(filesystem, prefix: str) -> list[str]:
+    """Upload one photo under ``prefix/in/`` at every key spelling ``..`` that the store keeps
+    (a literal ``../`` is refused by SeaweedFS itself; if a store ever accepts one it joins the
+    list), plus ``fine/ok.png``; returns the keys the input listing then shows."""
     photo = encode(darken(fit_within(wheel_photo("chelsea"), 96, 64)), "PNG")
     unsafe = ["%2e%2e/escape.png", "x/%2E%2E/%2e%2e/escape.png", "\uff0e\uff0e/escape.png"]
     unsafe += ["\u2024\u2024/escape.png", "line\nbreak/escape.png"]
@@ -313,6 +308,19 @@ def test_s3_keys_that_would_escape_the_output_are_refused(
     for key in [*unsafe, "fine/ok.png"]:
         with filesystem.open_output_stream(f"{prefix}/in/{key}") as stream:
             stream.write(photo)
+    listed = storage.list_files(f"s3://{prefix}/in")
+    assert set(listed) >= {"%2e%2e/escape.png", "\uff0e\uff0e/escape.png", "fine/ok.png"}
+    return listed
+
+
+def test_s3_keys_that_would_escape_the_output_are_refused(
+    ray_local, s3_env, secure_bucket, tmp_path
+):
+    """S3 -> local: every object key spelling ``..`` (percent-encoded, full-width or one-dot
+    leaders, beside a control character) is failed as ``unsafe-key`` and nothing is written
+    outside the output folder."""
+    prefix = f"{secure_bucket}/escape-{secrets.token_hex(3)}"
+    listed = _escape_attempts(s3_env.filesystem(), prefix)
     checkpoint = tiny_checkpoint(tmp_path / "ckpt")
     sandbox = tmp_path / "sandbox"
     output = sandbox / "deep" / "out"
@@ -320,22 +328,30 @@ def test_s3_keys_that_would_escape_the_output_are_refused(
     assert main([*argv, "--output", str(output)]) == 0
     rows = read_manifest(pafs.LocalFileSystem(), str(output / "_manifest")).to_pylist()
     outcome = {row["key"]: row["reason"] or row["status"] for row in rows}
-    listed = storage.list_files(f"s3://{prefix}/in")
     assert outcome == {key: "enhanced" if key == "fine/ok.png" else "unsafe-key" for key in listed}
-    assert set(listed) >= {"%2e%2e/escape.png", "\uff0e\uff0e/escape.png", "fine/ok.png"}
     written = [p.relative_to(sandbox).as_posix() for p in sandbox.rglob("*") if p.is_file()]
     assert [p for p in written if "_manifest" not in p] == ["deep/out/fine/ok.png"]
 
+
+@pytest.mark.slow
+def test_local_files_named_to_escape_never_reach_other_s3_keys(
+    ray_local, s3_env, secure_bucket, tmp_path, capfd
+):
+    """Local -> S3, the same names as files: only ``fine/ok.png`` becomes an object."""
+    prefix = f"{secure_bucket}/escape-{secrets.token_hex(3)}"
+    listed = _escape_attempts(s3_env.filesystem(), prefix)
     local_input = tmp_path / "local-in"
+    photo = encode(darken(fit_within(wheel_photo("chelsea"), 96, 64)), "PNG")
     for key in listed:
         (local_input / key).parent.mkdir(parents=True, exist_ok=True)
         (local_input / key).write_bytes(photo)
+    checkpoint = tiny_checkpoint(tmp_path / "ckpt")
     argv = ["enhance", "--checkpoint", str(checkpoint), "--input", str(local_input)]
     assert main([*argv, "--output", f"s3://{prefix}/deep/out"]) == 0
     objects = storage.list_files(f"s3://{prefix}", extensions=None)
     outside_input = [key for key in objects if not key.startswith("in/")]
     assert [key for key in outside_input if "_manifest" not in key] == ["deep/out/fine/ok.png"]
-    assert "unsafe-key" in capfd.readouterr().out
+    assert f"unsafe-key={len(listed) - 1}" in capfd.readouterr().out
 
 
 def _listening_addresses(pids: set[int]) -> list[tuple[int, str, int]]:
