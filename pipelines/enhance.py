@@ -36,8 +36,8 @@ from pipelines.enhance_actor import (
     EnhanceActor,
     InferenceSettings,
     build_enhancer,
+    decoded_images,
     load_checkpoint_files,
-    read_and_decode,
     stage_checkpoint,
 )
 from pipelines.errors import UserError
@@ -298,24 +298,8 @@ def run_pipeline(
     settings = inference_settings(args, total_cpus)
     rows_per_block = _rows_per_block(len(pending), args.batch_size, int(total_cpus))
     files_ref = ray.put(checkpoint_files)
-    # from_items builds the key blocks on the driver (no metadata tasks); keys are small.
-    dataset = ray.data.from_items(
-        [{"key": key, "output_key": output_key} for key, output_key in pending],
-        override_num_blocks=math.ceil(len(pending) / rows_per_block),
-    )
-    dataset = dataset.map_batches(
-        read_and_decode,
-        fn_kwargs={
-            "input_filesystem": source.filesystem,
-            "input_root": source.path,
-            "max_pixels": args.max_pixels,
-        },
-        batch_size=None,
-        batch_format="numpy",
-        # Half a CPU each for decode and write tasks: a different request than the actors',
-        # so Ray Data keeps decoding in tasks (scaling with CPUs) instead of fusing it into
-        # the actor, and on a small machine both fit beside one actor.
-        num_cpus=0.5,
+    dataset = decoded_images(
+        pending, source, args.max_pixels, math.ceil(len(pending) / rows_per_block)
     )
     dataset = dataset.map_batches(
         EnhanceActor,

@@ -97,6 +97,31 @@ def read_and_decode(
     return _to_columns(rows)
 
 
+def decoded_images(pending: list[tuple[str, str]], source, max_pixels: int, num_blocks: int):
+    """The Ray Dataset of decoded input rows: ``(key, output_key)`` pairs built on the driver
+    (keys are small: no metadata tasks), read and decoded by :func:`read_and_decode` tasks.
+
+    Half a CPU per decode task: a different request than the actors', so Ray Data keeps decoding
+    in tasks (scaling with CPUs) instead of fusing it into the actor."""
+    import ray
+
+    dataset = ray.data.from_items(
+        [{"key": key, "output_key": output_key} for key, output_key in pending],
+        override_num_blocks=max(1, num_blocks),
+    )
+    return dataset.map_batches(
+        read_and_decode,
+        fn_kwargs={
+            "input_filesystem": source.filesystem,
+            "input_root": source.path,
+            "max_pixels": max_pixels,
+        },
+        batch_size=None,
+        batch_format="numpy",
+        num_cpus=0.5,
+    )
+
+
 def _rgb_icc_profile(profile: bytes | None) -> bytes:
     """The source's ICC profile if it describes RGB (header bytes 16-20); a CMYK or gray profile
     would be wrong on the RGB pixels written back, so it is dropped."""

@@ -28,8 +28,8 @@ from pipelines.enhance_actor import (
     PENDING,
     EnhanceActor,
     InferenceSettings,
+    decoded_images,
     load_checkpoint_files,
-    read_and_decode,
 )
 from pipelines.errors import UserError
 from pipelines.images import DEFAULT_MAX_PIXELS
@@ -169,20 +169,8 @@ def run_pipeline(keys, source, checkpoint_files, args) -> list[dict]:
 
     # Twice the sheet's rows: some of the first keys may fail to decode.
     sample_keys = frozenset(keys[: 2 * max(0, args.samples)])
-    dataset = ray.data.from_items(
-        [{"key": key, "output_key": key} for key in keys],
-        override_num_blocks=max(1, min(len(keys), 4 * max(1, args.workers) * 4)),
-    )
-    dataset = dataset.map_batches(
-        read_and_decode,
-        fn_kwargs={
-            "input_filesystem": source.filesystem,
-            "input_root": source.path,
-            "max_pixels": args.max_pixels,
-        },
-        batch_size=None,
-        num_cpus=0.5,
-    )
+    pairs = [(key, key) for key in keys]
+    dataset = decoded_images(pairs, source, args.max_pixels, min(len(keys), 16 * args.workers))
     dataset = dataset.map_batches(
         score_input_and_baselines,
         fn_kwargs={"sample_keys": sample_keys, "gamma": args.gamma},

