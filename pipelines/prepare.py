@@ -1,12 +1,13 @@
 """``enlightengan prepare``: two unpaired photo collections -> Parquet training shards.
 
 One streaming Ray Data pass over both domains: keys are listed on the driver, then each task
-reads a batch of files (threads overlap object-store latency), hashes the source bytes, drops
-duplicates within a domain (a tiny registry actor, first seen wins), decodes (EXIF orientation,
+reads a batch of files (threads overlap object-store latency), hashes the source bytes, decodes (EXIF orientation,
 colour normalisation, JPEG draft mode), resizes by :class:`~pipelines.images.ResizePolicy` and
 PNG-encodes. A custom datasink writes ``<out>/low/*.parquet`` and ``<out>/normal/*.parquet``
 (key, image, height, width, uri, sha256) and returns rejected keys with their reason, which
-become ``<out>/rejected.parquet``. ``<out>/manifest.json`` is deleted first and written last,
+become ``<out>/rejected.parquet``. Identical source files within a domain (same sha256) are
+dropped after the pass: the smallest key keeps its row, so which copy survives never depends on
+task timing, and only the shards holding a copy are rewritten. ``<out>/manifest.json`` is deleted first and written last,
 so only a finished run has one; old shards are deleted before writing, so a rerun replaces.
 """
 
@@ -44,6 +45,7 @@ from pipelines.shards import (
     PROCESSED_SCHEMA,
     SHARD_COLUMNS,
     ShardDatasink,
+    drop_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -101,21 +103,6 @@ def add_arguments(parser) -> None:
     add_ray_arguments(parser)
 
 
-class _SeenHashes:
-    """Registry of source hashes per domain: the first claim of a hash wins."""
-
-    def __init__(self):
-        self.seen: dict[tuple[str, str], str] = {}
-
-    def claim(self, entries: list[tuple[str, str, str]]) -> list[str | None]:
-        """For each (domain, sha256, key): ``None`` if new, else the key that owns the hash."""
-        owners = []
-        for domain, digest, key in entries:
-            owner = self.seen.setdefault((domain, digest), key)
-            owners.append(None if owner == key else owner)
-        return owners
-
-
 class _UnsafeKey(Exception):
     """A listed key that ``storage.safe_join`` refuses (``..`` however spelt, control chars)."""
 
@@ -123,10 +110,9 @@ class _UnsafeKey(Exception):
 class _ProcessBatch:
     """The per-task work: read, hash, dedup, decode, resize, encode (pyarrow in and out)."""
 
-    def __init__(self, sources: dict[str, storage.Location], settings: PrepareSettings, seen):
+    def __init__(self, sources: dict[str, storage.Location], settings: PrepareSettings):
         self.sources = sources
         self.settings = settings
-        self.seen = seen
         self.uris = {
             d: storage.display_uri(loc.uri).rstrip("/") + "/" for d, loc in sources.items()
         }
@@ -151,17 +137,8 @@ class _ProcessBatch:
         digests = [
             hashlib.sha256(p).hexdigest() if isinstance(p, bytes) else None for p in payloads
         ]
-        owners: list[str | None] = [None] * len(keys)
-        if self.settings.dedup and self.seen is not None:
-            import ray
-
-            claims = [(d, h, k) for d, h, k in zip(domains, digests, keys, strict=True) if h]
-            answers = iter(ray.get(self.seen.claim.remote(claims)) if claims else [])
-            owners = [next(answers) if h else None for h in digests]
         rows = {name: [] for name in PROCESSED_SCHEMA.names}
-        for domain, key, payload, digest, owner in zip(
-            domains, keys, payloads, digests, owners, strict=True
-        ):
+        for domain, key, payload, digest in zip(domains, keys, payloads, digests, strict=True):
             image = height = width = reason = detail = None
             if isinstance(payload, storage.FileTooLarge):
                 reason, detail = "too-large", str(payload)
@@ -169,8 +146,6 @@ class _ProcessBatch:
                 reason, detail = "unsafe-key", str(payload)[:200]
             elif isinstance(payload, Exception):
                 reason, detail = "unreadable", type(payload).__name__
-            elif owner is not None:
-                reason, detail = "duplicate", owner
             else:
                 try:
                     array, _ = decode_for_training(
@@ -259,22 +234,20 @@ def prepare(
     # One block per shard (each write task streams its block into one file per domain), but
     # at least two blocks per CPU so small runs still use every core.
     blocks = max(math.ceil(len(items) / settings.rows_per_shard()), min(len(items), 2 * cpus))
-    seen = ray.remote(num_cpus=0)(_SeenHashes).remote() if settings.dedup else None
-    retry_transient_task_errors(ray.data.DataContext.get_current())
+    context = ray.data.DataContext.get_current()
+    retry_transient_task_errors(context)
+    # Ray Data otherwise holds half the CPUs back for the write stage, whose tasks take
+    # milliseconds: on two cores that left one core decoding and the other idle (2.1x the
+    # serial loop instead of 3.5x, benchmarks/bench_prepare.py).
+    context.op_resource_reservation_enabled = False
     dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        _ProcessBatch(sources, settings, seen),
+        _ProcessBatch(sources, settings),
         batch_format="pyarrow",
         batch_size=settings.images_per_task,
         zero_copy_batch=True,
     )
     sink = ShardDatasink(output)
-    try:
-        dataset.write_datasink(sink)
-    finally:
-        if seen is not None:
-            # The finished dataset still holds a handle, so in a long-lived driver (tests, a
-            # notebook) the actor and its worker process would outlive every run.
-            ray.kill(seen)
+    dataset.write_datasink(sink)
 
     written = Counter()
     rejected_rows, image_bytes = [], 0
@@ -285,6 +258,11 @@ def prepare(
         image_bytes += result["image_bytes"]
         for domain, name in result["files"].items():
             shards[domain].append(name)
+    if settings.dedup:
+        duplicates, dropped_bytes = _drop_duplicates(output, sink.results, shards)
+        written.subtract(row["domain"] for row in duplicates)
+        image_bytes -= dropped_bytes
+        rejected_rows.extend(duplicates)
     rejected_table = pa.Table.from_pylist(
         sorted(rejected_rows, key=lambda row: (row["domain"], row["key"])),
         schema=pa.schema([(n, pa.string()) for n in ("key", "domain", "reason", "detail")]),
@@ -329,6 +307,42 @@ def prepare(
     _delete_stray_shards(output, shards)
     storage.write_bytes(output.child(MANIFEST), json.dumps(manifest, indent=2).encode())
     return manifest
+
+
+def _drop_duplicates(
+    output: storage.Location, results: list[dict], shards: dict[str, list[str]]
+) -> tuple[list[dict], int]:
+    """Remove every copy but the smallest key of each (domain, sha256) from the shards (and
+    from ``shards``, which names the files); returns their ``duplicate`` rejection rows and the
+    image bytes removed."""
+    owners: dict[tuple[str, str], str] = {}
+    homes: dict[tuple[str, str], str] = {}
+    for result in results:
+        for domain, rows in result["hashes"].items():
+            for key, digest in rows:
+                homes[domain, key] = result["files"][domain]
+                owner = owners.get((domain, digest))
+                if owner is None or key < owner:
+                    owners[domain, digest] = key
+    duplicates: dict[tuple[str, str], set[str]] = {}
+    rows = []
+    for result in results:
+        for domain, entries in result["hashes"].items():
+            for key, digest in entries:
+                owner = owners[domain, digest]
+                if key != owner:
+                    duplicates.setdefault((domain, homes[domain, key]), set()).add(key)
+                    rows.append(
+                        {"key": key, "domain": domain, "reason": "duplicate", "detail": owner}
+                    )
+    dropped_bytes = 0
+    for (domain, name), keys in duplicates.items():
+        new_name, dropped = drop_rows(output.child(domain), name, keys)
+        shards[domain].remove(name)
+        if new_name:
+            shards[domain].append(new_name)
+        dropped_bytes += dropped
+    return rows, dropped_bytes
 
 
 def check_writable(output: storage.Location) -> None:

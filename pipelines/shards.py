@@ -120,6 +120,37 @@ def read_domain(
     return dataset.map_batches(_decode_batch, batch_format="pyarrow", batch_size=32)
 
 
+SHARD_SCHEMA = pa.schema([PROCESSED_SCHEMA.field(column) for column in SHARD_COLUMNS])
+
+
+def open_shard_writer(location: storage.Location) -> pq.ParquetWriter:
+    """A Parquet writer for one shard file with the shard schema and compression."""
+    return pq.ParquetWriter(
+        location.path,
+        SHARD_SCHEMA,
+        filesystem=location.filesystem,
+        # PNG bytes do not compress further; the small columns do.
+        compression={"image": "NONE", **{c: "ZSTD" for c in SHARD_COLUMNS if c != "image"}},
+        use_dictionary=["uri"],
+    )
+
+
+def drop_rows(location: storage.Location, name: str, keys: set[str]) -> tuple[str, int]:
+    """Rewrite shard ``name`` in ``location`` without the rows whose key is in ``keys``: the new
+    file is complete before the old one is deleted. Returns (new name, image bytes dropped)."""
+    table = pq.read_table(location.child(name).path, filesystem=location.filesystem)
+    dropped = pc.is_in(table.column("key"), value_set=pa.array(sorted(keys), pa.string()))
+    kept = table.filter(pc.invert(dropped))
+    dropped_bytes = pc.sum(pc.binary_length(table.filter(dropped).column("image"))).as_py() or 0
+    new_name = f"{name.removesuffix('.parquet')}-d{uuid.uuid4().hex[:6]}.parquet"
+    if kept.num_rows:
+        writer = open_shard_writer(location.child(new_name))
+        writer.write_table(kept)
+        writer.close()
+    storage.delete_file(location.child(name))
+    return (new_name if kept.num_rows else ""), dropped_bytes
+
+
 class ShardDatasink(Datasink):
     """Writes accepted rows as Parquet shards (one per domain per write task, one row group per
     batch, so a task never holds more than a batch); returns rejections and file names."""
@@ -136,6 +167,7 @@ class ShardDatasink(Datasink):
     def write(self, blocks, ctx) -> dict:
         writers: dict[str, tuple[str, pq.ParquetWriter]] = {}
         written = dict.fromkeys(DOMAINS, 0)
+        hashes: dict[str, list[tuple[str, str]]] = {domain: [] for domain in DOMAINS}
         rejected, image_bytes = [], 0
         try:
             for block in blocks:
@@ -149,6 +181,13 @@ class ShardDatasink(Datasink):
                         writers[domain] = self._open_shard(domain, ctx.task_idx)
                     writers[domain][1].write_table(rows.select(list(SHARD_COLUMNS)))
                     written[domain] += rows.num_rows
+                    hashes[domain].extend(
+                        zip(
+                            rows.column("key").to_pylist(),
+                            rows.column("sha256").to_pylist(),
+                            strict=True,
+                        )
+                    )
                     image_bytes += pc.sum(pc.binary_length(rows.column("image"))).as_py()
                 failed = table.filter(pc.is_valid(table.column("reason")))
                 rejected.extend(failed.select(["key", "domain", "reason", "detail"]).to_pylist())
@@ -158,22 +197,14 @@ class ShardDatasink(Datasink):
         return {
             "written": written,
             "files": {domain: name for domain, (name, _) in writers.items()},
+            "hashes": hashes,
             "image_bytes": image_bytes,
             "rejected": rejected,
         }
 
     def _open_shard(self, domain: str, task_index: int) -> tuple[str, pq.ParquetWriter]:
         name = f"part-{task_index:05d}-{uuid.uuid4().hex[:12]}.parquet"
-        path = self.output.child(domain).child(name).path
-        writer = pq.ParquetWriter(
-            path,
-            pa.schema([PROCESSED_SCHEMA.field(column) for column in SHARD_COLUMNS]),
-            filesystem=self.output.filesystem,
-            # PNG bytes do not compress further; the small columns do.
-            compression={"image": "NONE", **{c: "ZSTD" for c in SHARD_COLUMNS if c != "image"}},
-            use_dictionary=["uri"],
-        )
-        return name, writer
+        return name, open_shard_writer(self.output.child(domain).child(name))
 
     def on_write_complete(self, write_result) -> None:
         self.results = list(write_result.write_returns)

@@ -29,4 +29,7 @@ def test_enlightengan_imports_no_ray_storage_or_arrow():
 
 
 def test_detector_sees_forbidden_imports():
-    assert imported_top_level_modules("import ray.data\nfrom pyarrow import fs") == {"ray", "pyarrow"}
+    assert imported_top_level_modules("import ray.data\nfrom pyarrow import fs") == {
+        "ray",
+        "pyarrow",
+    }

@@ -61,6 +61,10 @@ def _check_output(out: str, source_root, manifest: dict) -> None:
     assert {"ray", "pillow", "pyarrow"} <= set(manifest["versions"])
 
     policy = ResizePolicy()
+    stored = sum(
+        len(image) for d in ("low", "normal") for image in _shard_table(out, d)["image"].to_pylist()
+    )
+    assert manifest["image_bytes_written"] == stored
     for domain in ("low", "normal"):
         table = _shard_table(out, domain)
         assert table.column_names == ["key", "image", "height", "width", "uri", "sha256"]
@@ -85,9 +89,11 @@ def _check_output(out: str, source_root, manifest: dict) -> None:
     by_key = {(row["domain"], row["key"]): row["reason"] for row in rejected}
     for entry in CORPUS:
         assert by_key.get(("low", f"corpus/{entry.key}")) == entry.expected_reason
-    # The first copy seen wins, so either of the identical pair is the duplicate.
-    copies = [by_key.get(("normal", key)) for key in ("flower.png", "copies/flower copy.png")]
-    assert set(copies) == {"duplicate", None}
+    # The smallest key keeps its row, whichever task saw its copy first.
+    assert by_key.get(("normal", "copies/flower copy.png")) is None
+    assert by_key[("normal", "flower.png")] == "duplicate"
+    details = {(row["domain"], row["key"]): row["detail"] for row in rejected}
+    assert details[("normal", "flower.png")] == "copies/flower copy.png"
 
 
 def test_prepare_from_s3_end_to_end_and_rerun_replaces(s3_env, ray_local, mixed_source):
@@ -107,7 +113,7 @@ def test_prepare_from_s3_end_to_end_and_rerun_replaces(s3_env, ray_local, mixed_
 
     images = {row["key"]: row["image"] for row in read_domain(out, "normal").iter_rows()}
     flower = {"flower.png", "copies/flower copy.png"} & set(images)
-    assert len(flower) == 1 and len(images) == 4
+    assert flower == {"copies/flower copy.png"} and len(images) == 4
     assert {"animals/chelsea.png", "street/motorcycle.jpg", "sky/deep/hubble.jpg"} < set(images)
     assert images["animals/chelsea.png"].shape == (399, 600, 3)
     assert images["animals/chelsea.png"].dtype == np.uint8
@@ -154,7 +160,7 @@ def test_unreadable_and_oversized_objects_become_rejected_rows(s3_env, tmp_path)
     keys = storage.list_files(location)
     storage.delete_file(location.child("gone.jpg"))
     settings = PrepareSettings(dedup=False, max_file_mb=1.5 * len(photo) / 1e6)
-    process = _ProcessBatch({"low": location}, settings, seen=None)
+    process = _ProcessBatch({"low": location}, settings)
     result = process(pa.table({"domain": ["low"] * len(keys), "key": keys})).to_pylist()
     outcome = {row["key"]: (row["reason"], row["image"] is not None) for row in result}
     assert outcome == {

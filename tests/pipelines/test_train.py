@@ -34,6 +34,11 @@ from pipelines.train_worker import seeded_generators
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = tiny_config()
+# The faulted run decays its learning rate from the first epoch (3 steps: 5 low images over
+# 2 workers of batch 1), so a restart or a rerun that lost its place in the schedule shows.
+DECAY = {"optim.epochs_constant": 0, "optim.epochs_decay": 3}
+DECAYING = tiny_config(**DECAY)
+STEPS_PER_EPOCH = 3
 
 
 def _train_args(data: str, run: str, *extra: str) -> list[str]:
@@ -74,9 +79,11 @@ def prepared_bucket(ray_local, aws_environment, photo_bucket) -> str:
 
 @pytest.fixture(scope="module")
 def faulted_run(prepared_bucket, aws_environment):
-    """Two CPU workers, 4 steps, a checkpoint every 2; rank 1 raises once at step 3."""
+    """Two CPU workers, 4 steps, a checkpoint every 2; rank 1 raises once at step 3; the
+    learning rate decays by a third each epoch of 3 steps."""
     run = prepared_bucket.rsplit("/", 1)[0] + "/runs/faulted"
     args = ["--workers", "2", "--steps", "4", "--checkpoint-every", "2", "--sample-every", "2"]
+    args += [item for name, value in DECAY.items() for item in ("--set", f"{name}={value}")]
     args += ["--keep-checkpoints", "2", "--max-failures", "2", "--fail-at-step", "3"]
     started = time.time()
     assert main(_train_args(prepared_bucket, run, *args)) == 0
@@ -92,8 +99,12 @@ def test_checkpoints_metrics_and_pictures_land_in_the_bucket(faulted_run):
     assert [record["step"] for record in records] == [1, 2, 3, 4]
     for record in records:
         assert all(math.isfinite(record[term]) for term in LOSS_TERMS)
-        assert record["lr"] == pytest.approx(TINY.optim.lr)
+        assert record["epoch"] == (record["step"] - 1) // STEPS_PER_EPOCH
+        assert record["lr"] == pytest.approx(learning_rate(record["epoch"], DECAYING.optim))
         assert record["images_per_s"] > 0 and 0.0 <= record["data_wait_share"] <= 1.0
+    # Step 3 ran after the restart from the step-2 checkpoint, step 4 in the next epoch.
+    assert records[2]["lr"] == pytest.approx(TINY.optim.lr)
+    assert records[3]["lr"] == pytest.approx(TINY.optim.lr * 2 / 3)
     epochs = _read_jsonl(run.child("epochs.jsonl"))
     assert sum(epoch["steps"] for epoch in epochs) == 4
     for key in ("loss_curve.png", "samples/step_00000002.png", "samples/step_00000004.png"):
@@ -120,20 +131,44 @@ def test_injected_fault_is_retried_from_the_last_checkpoint(faulted_run, tmp_pat
     assert checkpoint.step == 4 and checkpoint.trainer_state["world_size"] == 2
     adam_steps = checkpoint.optimizer_states["generator"]["state"][0]["step"]
     assert int(adam_steps) == 4  # the optimiser state continued, it did not restart at step 2
+    assert checkpoint.trainer_state["epoch"] == 1
+    for name in ("generator", "global_d", "patch_d"):
+        group = checkpoint.optimizer_states[name]["param_groups"][0]
+        assert group["lr"] == pytest.approx(TINY.optim.lr * 2 / 3)
     assert {"augment_rank0", "augment_rank1", "step_rank1"} <= set(checkpoint.rng_state)
 
 
-def test_rerun_resumes_from_the_last_step(faulted_run, prepared_bucket):
+def test_rerun_resumes_from_the_last_step(faulted_run, prepared_bucket, tmp_path):
+    """The rerun continues from step 4 on the same schedule, and a newer checkpoint folder
+    that a crash cut off mid-upload (step 5, weights half written) is never resumed from."""
     run, _ = faulted_run
     before = {r["step"]: r for r in _read_jsonl(run.child("metrics.jsonl"))}
+    complete = run.child("train/checkpoint_00000004")
+    broken = run.child("train/checkpoint_00000005")
+    for key in storage.list_files(complete, extensions=None):
+        data = storage.read_bytes(complete.child(key))
+        storage.write_bytes(
+            broken.child(key), data[: len(data) // 2] if key.endswith(".pt") else data
+        )
     resumed_at = time.time()
     args = ["--workers", "2", "--steps", "6", "--checkpoint-every", "2", "--sample-every", "0"]
+    args += [item for name, value in DECAY.items() for item in ("--set", f"{name}={value}")]
     assert main(_train_args(prepared_bucket, run.uri, *args, "--keep-checkpoints", "2")) == 0
     after = {r["step"]: r for r in _read_jsonl(run.child("metrics.jsonl"))}
     assert sorted(after) == [1, 2, 3, 4, 5, 6]
     assert all(after[step] == before[step] for step in (1, 2, 3, 4))
     assert min(after[5]["time"], after[6]["time"]) > resumed_at
-    assert _checkpoint_names(run.child("train")) == ["checkpoint_00000004", "checkpoint_00000006"]
+    assert [after[step]["lr"] for step in (5, 6)] == pytest.approx([TINY.optim.lr * 2 / 3] * 2)
+    pointer = json.loads(storage.read_bytes(run.child("latest_checkpoint.json")))
+    assert pointer == {"step": 6, "path": "train/checkpoint_00000006"}
+    local = tmp_path / "final"
+    source = run.child(pointer["path"])
+    for key in storage.list_files(source, extensions=None):
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        (local / key).write_bytes(storage.read_bytes(source.child(key)))
+    final = load_checkpoint(local)
+    assert final.step == 6
+    assert int(final.optimizer_states["generator"]["state"][0]["step"]) == 6
 
 
 def test_changed_model_settings_on_an_existing_run_are_refused(faulted_run, prepared_bucket):
