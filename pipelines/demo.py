@@ -4,6 +4,7 @@ No network, no GPU, no S3 server: builds a small unpaired set from scikit-image,
 scikit-learn and matplotlib sample photos (low-light copies darkened with gamma 2.2 then
 x0.25), then runs prepare -> a short CPU train of a tiny model -> enhance -> evaluate, all through local
 folders and one in-process Ray. A second run reuses the photos, shards and training run.
+``--s3`` runs the same jobs against a bucket on a local SeaweedFS server instead of folders.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image
 from pipelines.errors import UserError
 from pipelines.ray_runtime import add_ray_arguments
 
+DEMO_BUCKET = "enlightengan-demo"
 TINY_MODEL = (
     "generator.base_channels=8",
     "discriminator.base_channels=16",
@@ -46,102 +48,104 @@ def add_arguments(parser) -> None:
         help="learning rate (default 0.002, 20x the paper's 1e-4, so that a few hundred CPU "
         "steps of a tiny model already brighten; the paper trains ~6,000 steps at 1e-4)",
     )
+    parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="run the same steps through a local SeaweedFS S3 server (started on 127.0.0.1 "
+        "with random credentials, stopped at the end; data kept in OUT/s3)",
+    )
     add_ray_arguments(parser)
 
 
 def run(args) -> int:
+    out = Path(args.out).resolve()
+    if not args.s3:
+        return _run_steps(args, out, str(out))
+    from pipelines.local_services import create_bucket, start_object_store, stop_process
+
+    print(f"[demo] starting a local SeaweedFS S3 server on 127.0.0.1, data in {out / 's3'}")
+    store = start_object_store(out / "s3")
+    saved = {name: os.environ.get(name) for name in (*store.environment(), "AWS_PROFILE")}
+    try:
+        create_bucket(store, DEMO_BUCKET)
+        os.environ.pop("AWS_PROFILE", None)
+        os.environ.update(store.environment())
+        print(f"[demo] bucket s3://{DEMO_BUCKET} at {store.endpoint_url}")
+        return _run_steps(args, out, f"s3://{DEMO_BUCKET}")
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        stop_process(store.pid, str(out / "s3"))
+
+
+def _run_steps(args, out: Path, base: str) -> int:
+    """The five steps with every job's data under ``base`` (``out`` itself, or a bucket);
+    the evaluation report and a copy of the enhanced images always land in ``out``."""
+    from pipelines import storage
     from pipelines.cli import main as cli_main
-    from pipelines.sample_photos import build_photo_dataset
+    from pipelines.sample_photos import build_photo_dataset, upload_folder
 
     started = time.perf_counter()
-    out = Path(args.out).resolve()
-    photos = out / "photos"
+    photos_dir = out / "photos"
     ray_args = ["--num-cpus", str(args.num_cpus)] if args.num_cpus else []
-    if not (photos / "low").is_dir():
-        print(f"[demo 1/5] building an unpaired photo set from installed wheels in {photos}")
-        build_photo_dataset(photos)
+    if not (photos_dir / "low").is_dir():
+        print(f"[demo 1/5] building an unpaired photo set from installed wheels in {photos_dir}")
+        build_photo_dataset(photos_dir)
     else:
-        print(f"[demo 1/5] reusing photos in {photos}")
+        print(f"[demo 1/5] reusing photos in {photos_dir}")
+    photos = f"{base}/photos"
+    if base != str(out):
+        bucket = storage.resolve(photos)
+        if not storage.list_files(bucket.child("low")):
+            upload_folder(photos_dir, bucket.filesystem, bucket.path)
+            print(f"[demo 1/5] uploaded the photos to {photos}")
 
-    shards = out / "shards"
-    if not (shards / "manifest.json").exists():
+    shards = f"{base}/shards"
+    if not storage.exists(storage.resolve(shards).child("manifest.json")):
         print("[demo 2/5] prepare: photos -> Parquet shards")
         _step(
             cli_main,
-            [
-                "prepare",
-                "--low",
-                str(photos / "low"),
-                "--normal",
-                str(photos / "normal"),
-                "--out",
-                str(shards),
-                *ray_args,
-            ],
+            ["prepare", "--low", f"{photos}/low", "--normal", f"{photos}/normal"]
+            + ["--out", shards, *ray_args],
         )
     else:
         print(f"[demo 2/5] reusing shards in {shards}")
 
-    run_dir = out / "run"
+    run_dir = f"{base}/run"
     print(f"[demo 3/5] train: {args.steps} steps of a tiny model on CPU (resumes if already done)")
     settings = [item for pair in (*TINY_MODEL, f"optim.lr={args.lr}") for item in ("--set", pair)]
+    every = str(max(1, args.steps // 2))
     _step(
         cli_main,
-        [
-            "train",
-            "--data",
-            str(shards),
-            "--run",
-            str(run_dir),
-            "--steps",
-            str(args.steps),
-            "--checkpoint-every",
-            str(max(1, args.steps // 2)),
-            "--sample-every",
-            str(max(1, args.steps // 2)),
-            # One worker on a laptop: let it use every core, not Ray's one thread per worker.
-            "--torch-threads",
-            str(os.cpu_count() or 1),
-            *settings,
-            *ray_args,
-        ],
+        ["train", "--data", shards, "--run", run_dir, "--steps", str(args.steps)]
+        + ["--checkpoint-every", every, "--sample-every", every]
+        # One worker on a laptop: let it use every core, not Ray's one thread per worker.
+        + ["--torch-threads", str(os.cpu_count() or 1), *settings, *ray_args],
     )
 
-    enhanced = out / "enhanced"
-    print(f"[demo 4/5] enhance: {photos / 'low'} -> {enhanced}")
+    enhanced = f"{base}/enhanced"
+    print(f"[demo 4/5] enhance: {photos}/low -> {enhanced}")
     _step(
         cli_main,
-        [
-            "enhance",
-            "--checkpoint",
-            str(run_dir),
-            "--input",
-            str(photos / "low"),
-            "--output",
-            str(enhanced),
-            "--format",
-            "png",
-            *ray_args,
-        ],
+        ["enhance", "--checkpoint", run_dir, "--input", f"{photos}/low", "--output", enhanced]
+        + ["--format", "png", *ray_args],
     )
+    enhanced_dir = out / "enhanced"
+    if base != str(out):
+        _download(storage.resolve(enhanced), enhanced_dir)
 
     evaluation = out / "evaluation"
     print(f"[demo 5/5] evaluate: NIQE of inputs, enhanced and baselines -> {evaluation}")
     _step(
         cli_main,
-        [
-            "evaluate",
-            "--checkpoint",
-            str(run_dir),
-            "--input",
-            str(photos / "low"),
-            "--output",
-            str(evaluation),
-            *ray_args,
-        ],
+        ["evaluate", "--checkpoint", run_dir, "--input", f"{photos}/low"]
+        + ["--output", str(evaluation), *ray_args],
     )
 
-    summary = _brightness_summary(photos / "low", enhanced)
+    summary = _brightness_summary(photos_dir / "low", enhanced_dir)
     scores = json.loads((evaluation / "summary.json").read_text())["means"]
     summary["niqe"] = {variant: values["niqe"] for variant, values in scores.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -152,12 +156,23 @@ def run(args) -> int:
         f"{_fmt(summary['niqe']['enhanced'])}.\n"
         f"  contact sheet:   {evaluation / 'contact_sheet.png'}\n"
         f"  NIQE table:      {evaluation / 'summary.md'} (per image: scores.csv)\n"
-        f"  loss curve:      {run_dir / 'loss_curve.png'}\n"
+        f"  loss curve:      {run_dir}/loss_curve.png\n"
         f"  enhanced images: {enhanced}\n"
-        f"  metrics:         {run_dir / 'metrics.jsonl'}\n  samples:         {run_dir / 'samples'}\n"
+        f"  metrics:         {run_dir}/metrics.jsonl\n  samples:         {run_dir}/samples\n"
         f"  summary:         {out / 'summary.json'}"
     )
     return 0
+
+
+def _download(location, folder: Path) -> None:
+    """Copy the enhanced images (not the manifest) from the bucket into ``folder``."""
+    from pipelines import storage
+
+    for key in storage.list_files(location, extensions=None):
+        if key.split("/", 1)[0] != "_manifest":
+            target = folder / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(storage.read_bytes(location.child(key)))
 
 
 def _fmt(value) -> str:

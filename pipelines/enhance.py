@@ -274,9 +274,12 @@ def check_writable(output: Location, uri: str) -> None:
 
 
 def _rows_per_block(count: int, batch_size: int, parallelism: int) -> int:
-    """Blocks of a few batches: big enough to amortise Ray's per-task cost, small enough that
-    several are in flight (decode of one overlaps the enhancement of another)."""
-    return max(batch_size, min(16 * batch_size, math.ceil(count / max(4, 4 * parallelism))))
+    """Blocks of a few whole batches: big enough to amortise Ray's per-task cost, small enough
+    that several are in flight (decode of one overlaps the enhancement of another). A block that
+    is not a multiple of the batch size ends in a short batch (6 rows at batch 4: a batch of 2),
+    which the generator runs at a worse cost per image."""
+    batches = max(1, min(16, math.ceil(count / max(4, 4 * parallelism) / batch_size)))
+    return batches * batch_size
 
 
 def run_pipeline(
