@@ -285,18 +285,11 @@ def write_private(path: Path, text: str) -> None:
     path.chmod(0o600)
 
 
-def start_object_store(directory: Path, timeout: float = 30.0) -> ObjectStore:
-    """Start SeaweedFS (``weed mini``) under ``directory`` on free loopback ports.
-
-    Credentials are random and always configured: without them SeaweedFS accepts anonymous
-    writes. Data lives in ``directory/data`` and survives a restart on the same directory."""
-    directory = Path(directory)
-    for sub in ("data", "logs"):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
+def seaweed_identity(directory: Path) -> tuple[str, str, Path]:
+    """A random access key and secret, written as SeaweedFS's ``s3.json`` (mode 0600) in
+    ``directory``: (access key, secret key, config path)."""
     access_key = "AK" + secrets.token_hex(8).upper()
     secret_key = secrets.token_urlsafe(30)
-    secret_file = directory / SECRET_FILE_NAME
-    write_private(secret_file, secret_key)
     identity = {"accessKey": access_key, "secretKey": secret_key}
     config = {
         "identities": [
@@ -307,8 +300,15 @@ def start_object_store(directory: Path, timeout: float = 30.0) -> ObjectStore:
             }
         ]
     }
-    config_path = directory / "s3.json"
+    config_path = Path(directory) / "s3.json"
     write_private(config_path, json.dumps(config))
+    return access_key, secret_key, config_path
+
+
+def seaweed_command(directory: Path, config_path: Path) -> tuple[list[str], int]:
+    """The ``weed mini`` command line for a store in ``directory`` on free loopback ports
+    (every listener on 127.0.0.1), and its S3 port."""
+    directory = Path(directory)
     master, volume, filer, admin, s3 = free_ports(5, with_grpc_twin=True)
     command = [
         _executable("weed"),
@@ -331,6 +331,21 @@ def start_object_store(directory: Path, timeout: float = 30.0) -> ObjectStore:
         "-s3.port.lance=0",
         "-master.telemetry=false",
     ]
+    return command, s3
+
+
+def start_object_store(directory: Path, timeout: float = 30.0) -> ObjectStore:
+    """Start SeaweedFS (``weed mini``) under ``directory`` on free loopback ports.
+
+    Credentials are random and always configured: without them SeaweedFS accepts anonymous
+    writes. Data lives in ``directory/data`` and survives a restart on the same directory."""
+    directory = Path(directory)
+    for sub in ("data", "logs"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    access_key, secret_key, config_path = seaweed_identity(directory)
+    secret_file = directory / SECRET_FILE_NAME
+    write_private(secret_file, secret_key)
+    command, s3 = seaweed_command(directory, config_path)
     log = directory / "logs" / "weed.out"
     with open(log, "wb") as log_file:
         process = subprocess.Popen(

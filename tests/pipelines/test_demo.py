@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
+import pytest
 from PIL import Image
 
 from pipelines.cli import main
+from pipelines.local_services import process_mentions
 
 
 def _files(folder):
@@ -35,3 +38,33 @@ def test_demo_smallest_settings_runs_every_job_and_a_rerun_reuses(ray_local, tmp
     printed = capsys.readouterr().out
     assert "reusing photos" in printed and "reusing shards" in printed
     assert "enhanced: 0  skipped: 5" in printed
+
+
+@pytest.mark.slow
+def test_demo_s3_runs_every_job_through_a_local_bucket_and_stops_the_server(
+    ray_local, tmp_path, capsys
+):
+    out = tmp_path / "demo-s3"
+    def aws_variables():
+        return {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+
+    before = aws_variables()
+    assert main(["demo", "--out", str(out), "--steps", "2", "--s3"]) == 0
+    assert aws_variables() == before  # the store's credentials do not outlive the demo
+    printed = capsys.readouterr().out
+    assert "s3://enlightengan-demo/shards" in printed and "[demo 5/5]" in printed
+    data = out / "s3" / "data"
+    assert data.is_dir() and any(data.rglob("*"))
+    assert not any(process_mentions(pid, str(out / "s3")) for pid in _pids())
+    low = _files(out / "photos" / "low")
+    enhanced = [p for p in _files(out / "enhanced") if p.parts[0] != "_manifest"]
+    assert [p.with_suffix("") for p in enhanced] == [p.with_suffix("") for p in low]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == len(low)
+    assert (out / "evaluation" / "contact_sheet.png").is_file()
+    identity = json.loads((out / "s3" / "s3.json").read_text())["identities"][0]
+    assert identity["credentials"][0]["secretKey"] not in printed
+
+
+def _pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
