@@ -79,8 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report-every",
         type=int,
-        default=1,
-        help="ray.train.report metrics every N steps (default 1)",
+        default=50,
+        help="ray.train.report metrics every N steps (default 50; checkpoints always report). "
+        "Each report is a barrier across workers that cost about 1.7 s per call on Ray 2.60 "
+        "here; metrics.jsonl records every step whatever this is",
     )
     parser.add_argument(
         "--precision",

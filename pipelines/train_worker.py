@@ -16,6 +16,7 @@ the step loop still waits for a batch is reported as ``data_wait_share``.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import tempfile
 import threading
@@ -47,6 +48,7 @@ from pipelines.images import decode_png
 
 DOMAINS = ("low", "normal")
 CHECKPOINT_PREFIX = "checkpoint_"
+log = logging.getLogger(__name__)
 LATEST_POINTER = "latest_checkpoint.json"
 FAULT_MARKER = ".fault_injected"
 SAMPLE_COUNT = 4
@@ -346,6 +348,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         augment_rng,
     )
     current_lr = None
+    progress = ProgressLine(settings.total_steps, step)
     try:
         while step < settings.total_steps:
             epoch = step // settings.steps_per_epoch
@@ -375,6 +378,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             }
             if rank == 0:
                 history.append(record)
+                progress.update(record)
             if rank == 0 and settings.sample_every and step % settings.sample_every == 0:
                 caption = f"step {step} epoch {epoch}"
                 grid = _sample_grid(modules.generator, batch.low, device, autocast, caption)
@@ -399,6 +403,31 @@ def train_loop_per_worker(loop_config: dict) -> None:
         prefetcher.close()
     if rank == 0:
         run.write("loss_curve.png", plots.loss_curve_png(history, LOSS_TERMS + OPTIONAL_LOSS_TERMS))
+
+
+class ProgressLine:
+    """Rank 0 prints one line at most every ``interval`` seconds, and at the last step: step,
+    epoch, learning rate, the main losses, throughput and the time left."""
+
+    def __init__(self, total_steps: int, first_step: int, interval: float = 10.0):
+        self.total_steps, self.interval = total_steps, interval
+        self.first_step, self.started = first_step, time.perf_counter()
+        self.last_print = self.started
+
+    def update(self, record: dict) -> None:
+        now = time.perf_counter()
+        step = record["step"]
+        if now - self.last_print < self.interval and step < self.total_steps:
+            return
+        self.last_print = now
+        rate = (step - self.first_step) / max(now - self.started, 1e-9)
+        left = (self.total_steps - step) / rate if rate > 0 else float("nan")
+        # A logger, not print: Ray Train patches print to both echo and log it (two lines).
+        log.info(
+            f"train: step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%), "
+            f"epoch {record['epoch']}, lr {record['lr']:.2e}, g_total {record['g_total']:.3f}, "
+            f"d_global {record['d_global']:.3f}, {rate:.2f} steps/s, {left:.0f} s left"
+        )
 
 
 def _checkpoint_and_report(

@@ -23,8 +23,10 @@ def test_demo_smallest_settings_runs_every_job_and_a_rerun_reuses(ray_local, tmp
     printed = capsys.readouterr().out
     for step in ("[demo 1/5]", "[demo 2/5]", "[demo 3/5]", "[demo 4/5]", "[demo 5/5]"):
         assert step in printed
-    for path in ("evaluation/contact_sheet.png", "evaluation/summary.md", "run/loss_curve.png"):
-        assert str(out / path) in printed and (out / path).is_file()
+    (run,) = out.glob("run-2-steps-*")
+    for path in (out / "evaluation/contact_sheet.png", out / "evaluation/summary.md"):
+        assert str(path) in printed and path.is_file()
+    assert str(run / "loss_curve.png") in printed and (run / "loss_curve.png").is_file()
     low = _files(out / "photos" / "low")
     enhanced = [p for p in _files(out / "enhanced") if p.parts[0] != "_manifest"]
     assert [p.with_suffix("") for p in enhanced] == [p.with_suffix("") for p in low]
@@ -45,6 +47,7 @@ def test_demo_s3_runs_every_job_through_a_local_bucket_and_stops_the_server(
     ray_local, tmp_path, capsys
 ):
     out = tmp_path / "demo-s3"
+
     def aws_variables():
         return {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
 
@@ -68,3 +71,14 @@ def test_demo_s3_runs_every_job_through_a_local_bucket_and_stops_the_server(
 
 def _pids() -> list[int]:
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+@pytest.mark.slow
+def test_demo_default_settings_visibly_brighten_the_photos(ray_local, tmp_path):
+    """The README's first command as it stands (400 steps, about 2 minutes on 2 cores)."""
+    out = tmp_path / "demo-default"
+    assert main(["demo", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["input_mean_luma"] < 20
+    assert summary["enhanced_mean_luma"] > 3 * summary["input_mean_luma"]
+    assert math.isfinite(summary["niqe"]["enhanced"])
