@@ -43,7 +43,11 @@ from enlightengan.vgg import build_vgg_features  # noqa: E402
 from pipelines.train_worker import seeded_generators  # noqa: E402
 
 CLUSTER_SCRIPT = """
-import json, sys, tempfile, time
+import json, os, sys, tempfile, time
+# Cluster writes its address file under the default temp dir (/tmp/ray), which a fresh machine
+# lacks: point that default at a folder of our own.
+os.environ["RAY_TMPDIR"] = tempfile.mkdtemp()
+os.makedirs(os.path.join(os.environ["RAY_TMPDIR"], "ray"))
 import ray
 from ray.cluster_utils import Cluster
 node = {"num_cpus": 2, "node_ip_address": "127.0.0.1"}

@@ -238,16 +238,21 @@ def prepare(
     retry_transient_task_errors(context)
     # Ray Data otherwise holds half the CPUs back for the write stage, whose tasks take
     # milliseconds: on two cores that left one core decoding and the other idle (2.1x the
-    # serial loop instead of 3.5x, benchmarks/bench_prepare.py).
+    # serial loop instead of 3.5x, benchmarks/bench_prepare.py). Only for this dataset: the
+    # enhance job in the same driver (the demo) runs better with the reservation.
+    reservation = context.op_resource_reservation_enabled
     context.op_resource_reservation_enabled = False
-    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        _ProcessBatch(sources, settings),
-        batch_format="pyarrow",
-        batch_size=settings.images_per_task,
-        zero_copy_batch=True,
-    )
-    sink = ShardDatasink(output)
-    dataset.write_datasink(sink)
+    try:
+        dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+            _ProcessBatch(sources, settings),
+            batch_format="pyarrow",
+            batch_size=settings.images_per_task,
+            zero_copy_batch=True,
+        )
+        sink = ShardDatasink(output)
+        dataset.write_datasink(sink)
+    finally:
+        context.op_resource_reservation_enabled = reservation
 
     written = Counter()
     rejected_rows, image_bytes = [], 0

@@ -241,7 +241,11 @@ def test_one_worker_matches_a_plain_pytorch_loop(ray_local, photo_dataset, tmp_p
 
 
 MULTI_NODE_SCRIPT = """
-import sys, tempfile
+import os, sys, tempfile
+# Cluster writes its address file under the default temp dir (/tmp/ray), which a fresh machine
+# lacks: point that default at a folder of our own.
+os.environ["RAY_TMPDIR"] = tempfile.mkdtemp()
+os.makedirs(os.path.join(os.environ["RAY_TMPDIR"], "ray"))
 import ray
 from ray.cluster_utils import Cluster
 node = {"num_cpus": 2, "node_ip_address": "127.0.0.1"}
