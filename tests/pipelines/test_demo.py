@@ -6,7 +6,6 @@ import json
 import math
 import os
 
-import pytest
 from PIL import Image
 
 from pipelines.cli import main
@@ -42,7 +41,6 @@ def test_demo_smallest_settings_runs_every_job_and_a_rerun_reuses(ray_local, tmp
     assert "enhanced: 0  skipped: 5" in printed
 
 
-@pytest.mark.slow
 def test_demo_s3_runs_every_job_through_a_local_bucket_and_stops_the_server(
     ray_local, tmp_path, capsys
 ):
@@ -73,9 +71,10 @@ def _pids() -> list[int]:
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
 
 
-@pytest.mark.slow
 def test_demo_default_settings_visibly_brighten_the_photos(ray_local, tmp_path):
     """The README's first command as it stands (400 steps, about 2 minutes on 2 cores)."""
+    # The faithful losses alone barely move the tiny model in 400 steps (14.5 -> 20.7 measured
+    # in a plain loop); the demo's exposure term is what this checks, with margin: 109.6 here.
     out = tmp_path / "demo-default"
     assert main(["demo", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
