@@ -13,7 +13,7 @@ that ship inside wheels and adding noise (so they compress like real photos), th
   of Ray Data ``read_binary_files`` through ``pipelines.storage``, and of prepare from S3.
 
 Prints each figure and the ratios. Run: ``python benchmarks/bench_prepare.py --count 300 --s3``. Each prepare run pays fixed costs
-(a fresh dedup actor, worker processes re-importing after Ray recycles them) of a few CPU
+(worker processes that Ray recycled re-importing the pipeline, listing, the manifest) of a few CPU
 seconds, so small counts understate throughput.
 """
 
