@@ -12,9 +12,9 @@ that ship inside wheels and adding noise (so they compress like real photos), th
 * with ``--s3``: the same files in a real SeaweedFS bucket: MB/s of a bare serial s3fs read loop,
   of Ray Data ``read_binary_files`` through ``pipelines.storage``, and of prepare from S3.
 
-Prints each figure and the ratios. Run: ``python benchmarks/bench_prepare.py --count 300 --s3``. Each prepare run pays fixed costs
-(worker processes that Ray recycled re-importing the pipeline, listing, the manifest) of a few CPU
-seconds, so small counts understate throughput.
+Prints each figure and the ratios. Run: ``python benchmarks/bench_prepare.py --count 300 --s3``.
+Each prepare run pays fixed costs of a few CPU seconds (worker processes that Ray recycled
+re-importing the pipeline, listing, the manifest), so small counts understate throughput.
 """
 
 from __future__ import annotations
