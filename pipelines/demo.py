@@ -24,13 +24,14 @@ from pipelines.ray_runtime import add_ray_arguments
 
 DEMO_BUCKET = "enlightengan-demo"
 EXPOSURE_TARGET = 0.5
+TINY_BATCH = 2
 TINY_MODEL = (
     "generator.base_channels=8",
     "discriminator.base_channels=16",
     "discriminator.patch_size=16",
     "discriminator.num_patches=2",
     "augment.crop_size=64",
-    "optim.batch_size=2",
+    f"optim.batch_size={TINY_BATCH}",
 )
 
 
@@ -187,10 +188,11 @@ def _schedule(shards: str, steps: int) -> tuple[str, str]:
     """Epoch settings that fit the paper's schedule (constant, then linear decay to 0) into
     ``steps``: the epoch length comes from the prepared image counts, as train computes it."""
     from pipelines.shards import check_prepared
+    from pipelines.train import epoch_length
 
-    counts = [domain["written"] for domain in check_prepared(shards)["domains"].values()]
-    batch = int(dict(item.split("=") for item in TINY_MODEL)["optim.batch_size"])
-    epochs = max(1, math.ceil(steps / math.ceil(max(counts) / batch)))
+    domains = check_prepared(shards)["domains"]
+    per_epoch = epoch_length({name: d["written"] for name, d in domains.items()}, TINY_BATCH)
+    epochs = max(1, math.ceil(steps / per_epoch))
     constant = math.ceil(epochs / 2)
     return f"optim.epochs_constant={constant}", f"optim.epochs_decay={epochs - constant}"
 

@@ -1,14 +1,15 @@
 """``enlightengan prepare``: two unpaired photo collections -> Parquet training shards.
 
 One streaming Ray Data pass over both domains: keys are listed on the driver, then each task
-reads a batch of files (threads overlap object-store latency), hashes the source bytes, decodes (EXIF orientation,
-colour normalisation, JPEG draft mode), resizes by :class:`~pipelines.images.ResizePolicy` and
-PNG-encodes. A custom datasink writes ``<out>/low/*.parquet`` and ``<out>/normal/*.parquet``
-(key, image, height, width, uri, sha256) and returns rejected keys with their reason, which
-become ``<out>/rejected.parquet``. Identical source files within a domain (same sha256) are
-dropped after the pass: the smallest key keeps its row, so which copy survives never depends on
-task timing, and only the shards holding a copy are rewritten. ``<out>/manifest.json`` is deleted first and written last,
-so only a finished run has one; old shards are deleted before writing, so a rerun replaces.
+reads a batch of files (threads overlap object-store latency), hashes the source bytes, decodes
+(EXIF orientation, colour normalisation, JPEG draft mode), resizes by
+:class:`~pipelines.images.ResizePolicy` and PNG-encodes. A custom datasink writes
+``<out>/low/*.parquet`` and ``<out>/normal/*.parquet`` (key, image, height, width, uri, sha256)
+and returns rejected keys with their reason, which become ``<out>/rejected.parquet``. Identical
+source files within a domain (same sha256) are dropped after the pass: the smallest key keeps
+its row, so which copy survives never depends on task timing, and only the shards holding a
+copy are rewritten. ``<out>/manifest.json`` is deleted first and written last, so only a
+finished run has one; old shards are deleted before writing, so a rerun replaces.
 """
 
 from __future__ import annotations
@@ -234,25 +235,20 @@ def prepare(
     # One block per shard (each write task streams its block into one file per domain), but
     # at least two blocks per CPU so small runs still use every core.
     blocks = max(math.ceil(len(items) / settings.rows_per_shard()), min(len(items), 2 * cpus))
-    context = ray.data.DataContext.get_current()
-    retry_transient_task_errors(context)
+    retry_transient_task_errors(ray.data.DataContext.get_current())
+    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        _ProcessBatch(sources, settings),
+        batch_format="pyarrow",
+        batch_size=settings.images_per_task,
+        zero_copy_batch=True,
+    )
     # Ray Data otherwise holds half the CPUs back for the write stage, whose tasks take
     # milliseconds: on two cores that left one core decoding and the other idle (2.1x the
-    # serial loop instead of 3.5x, benchmarks/bench_prepare.py). Only for this dataset: the
-    # enhance job in the same driver (the demo) runs better with the reservation.
-    reservation = context.op_resource_reservation_enabled
-    context.op_resource_reservation_enabled = False
-    try:
-        dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            _ProcessBatch(sources, settings),
-            batch_format="pyarrow",
-            batch_size=settings.images_per_task,
-            zero_copy_batch=True,
-        )
-        sink = ShardDatasink(output)
-        dataset.write_datasink(sink)
-    finally:
-        context.op_resource_reservation_enabled = reservation
+    # serial loop instead of 3.5x, benchmarks/bench_prepare.py). Set on this dataset's own
+    # context: the enhance job in the same driver (the demo) runs better with the reservation.
+    dataset.context.op_resource_reservation_enabled = False
+    sink = ShardDatasink(output)
+    dataset.write_datasink(sink)
 
     written = Counter()
     rejected_rows, image_bytes = [], 0
@@ -321,11 +317,9 @@ def _drop_duplicates(
     from ``shards``, which names the files); returns their ``duplicate`` rejection rows and the
     image bytes removed."""
     owners: dict[tuple[str, str], str] = {}
-    homes: dict[tuple[str, str], str] = {}
     for result in results:
-        for domain, rows in result["hashes"].items():
-            for key, digest in rows:
-                homes[domain, key] = result["files"][domain]
+        for domain, entries in result["hashes"].items():
+            for key, digest in entries:
                 owner = owners.get((domain, digest))
                 if owner is None or key < owner:
                     owners[domain, digest] = key
@@ -336,7 +330,7 @@ def _drop_duplicates(
             for key, digest in entries:
                 owner = owners[domain, digest]
                 if key != owner:
-                    duplicates.setdefault((domain, homes[domain, key]), set()).add(key)
+                    duplicates.setdefault((domain, result["files"][domain]), set()).add(key)
                     rows.append(
                         {"key": key, "domain": domain, "reason": "duplicate", "detail": owner}
                     )

@@ -214,7 +214,7 @@ def resolve_job(args) -> TrainJob:
                 f"the {domain} domain has {count} images, fewer than --workers "
                 f"{args.workers}: every worker needs at least one"
             )
-    steps_per_epoch = math.ceil(max(counts.values()) / (per_worker_batch * args.workers))
+    steps_per_epoch = epoch_length(counts, per_worker_batch * args.workers)
     if args.steps is not None and args.steps < 1 or args.epochs is not None and args.epochs < 1:
         raise UserError("--steps and --epochs must be >= 1")
     epochs = args.epochs if args.epochs is not None else config.optim.total_epochs
@@ -285,6 +285,11 @@ def check_vgg_weights(config: EnlightenGANConfig) -> None:
         resolve_vgg16_weights(config.loss.vgg_weights)
     except FileNotFoundError as error:
         raise UserError(str(error).replace("\n", " ")) from None
+
+
+def epoch_length(counts: dict[str, int], global_batch: int) -> int:
+    """Steps per epoch: the larger domain seen once (the reference's epoch is the larger set)."""
+    return math.ceil(max(counts.values()) / global_batch)
 
 
 def write_run_config(job: TrainJob) -> None:

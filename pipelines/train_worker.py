@@ -46,9 +46,10 @@ from enlightengan.vgg import build_vgg_features
 from pipelines import plots, storage
 from pipelines.images import decode_png
 
+log = logging.getLogger(__name__)
+
 DOMAINS = ("low", "normal")
 CHECKPOINT_PREFIX = "checkpoint_"
-log = logging.getLogger(__name__)
 LATEST_POINTER = "latest_checkpoint.json"
 FAULT_MARKER = ".fault_injected"
 SAMPLE_COUNT = 4
