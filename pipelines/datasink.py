@@ -1,11 +1,11 @@
 """Writing enhanced images under their source keys, and the per-image Parquet manifest.
 
-Ray Data's ``write_images`` names files itself; :class:`EnhancedImageSink` keeps each image's
+Ray Data's ``write_images`` names files itself; :func:`write_enhanced` keeps each image's
 relative key instead. Every object is written atomically from a reader's view (one S3 PUT, or a
-temporary file renamed into place on a local disk), and each write task then adds its own
-manifest part ``<output>/_manifest/run-<run id>-<task>.parquet`` for the rows it handled. An
-image only counts as done once a manifest row says ``enhanced`` with the size its object really
-has, so an object cut off by a crash (no manifest row yet, or a different size) is redone.
+temporary file renamed into place on a local disk). Its manifest row follows in a later part
+``<output>/_manifest/run-<run id>-<task>.parquet`` (:class:`ManifestSink`). An image only counts
+as done once a manifest row says ``enhanced`` with the size its object really has, so an object
+cut off by a crash, or written just before one (no manifest row yet), is redone.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 from ray.data import Datasink
 
-from pipelines.enhance_actor import ENHANCED, FAILED, PENDING, SKIPPED
+from pipelines.enhance_actor import ENHANCED, FAILED, PENDING
 from pipelines.errors import UserError
 from pipelines.images import encode_like
 from pipelines.retries import is_transient
@@ -86,21 +87,6 @@ def read_manifest(filesystem: pafs.FileSystem, manifest_root: str, columns=None)
     return dataset.to_table(columns=columns)
 
 
-def completed_outputs(filesystem: pafs.FileSystem, manifest_root: str) -> dict[str, int]:
-    """``output_key -> output_bytes`` of every row that recorded a finished output."""
-    table = read_manifest(filesystem, manifest_root, ["output_key", "status", "output_bytes"])
-    done: dict[str, int] = {}
-    for output_key, status, size in zip(
-        table["output_key"].to_pylist(),
-        table["status"].to_pylist(),
-        table["output_bytes"].to_pylist(),
-        strict=True,
-    ):
-        if status in (ENHANCED, SKIPPED) and size:
-            done[output_key] = size
-    return done
-
-
 def choose_format(source_format: str, output_format: str) -> str:
     """The Pillow format to write: the source's (``same``) or the one asked for."""
     if output_format == "same":
@@ -109,68 +95,60 @@ def choose_format(source_format: str, output_format: str) -> str:
     return OUTPUT_FORMATS[output_format]
 
 
-class EnhancedImageSink(Datasink):
-    """Encode each enhanced row, write it at ``<output_root>/<output_key>``, record the manifest.
+def write_enhanced(
+    batch: dict[str, np.ndarray],
+    filesystem: pafs.FileSystem,
+    output_root: str,
+    run_id: str,
+    output_format: str = "same",
+    jpeg_quality: int = 95,
+) -> dict[str, np.ndarray]:
+    """Ray Data stage (CPU tasks): encode each enhanced row and write it at
+    ``<output_root>/<output_key>``; returns the batch's manifest rows (no pixels)."""
+    writer = _ImageWriter(filesystem, output_root.rstrip("/"), run_id, output_format, jpeg_quality)
+    count = len(batch["key"])
+    rows = [writer.write({name: column[index] for name, column in batch.items()})
+            for index in range(count)]  # fmt: skip
+    return {
+        name: np.array([row[name] for row in rows], dtype=object if kind == "o" else kind)
+        for name, kind in _MANIFEST_KINDS.items()
+    }
 
-    ``write`` returns a small summary per task (counts by status and failure reason, bytes), so
-    the driver never collects per-image rows."""
 
-    def __init__(
-        self,
-        filesystem: pafs.FileSystem,
-        output_root: str,
-        run_id: str,
-        output_format: str = "same",
-        jpeg_quality: int = 95,
-    ):
+_MANIFEST_KINDS = {
+    field.name: ("o" if pa.types.is_string(field.type) else field.type.to_pandas_dtype())
+    for field in MANIFEST_SCHEMA
+}
+
+
+class _ImageWriter:
+    def __init__(self, filesystem, output_root: str, run_id: str, output_format, jpeg_quality):
         self.filesystem = filesystem
-        self.output_root = output_root.rstrip("/")
-        self.manifest_root = f"{self.output_root}/{MANIFEST_DIR}"
+        self.output_root = output_root
         self.run_id = run_id
         self.output_format = output_format
         self.jpeg_quality = jpeg_quality
-        self.summary: dict = {}
 
-    def get_name(self) -> str:
-        return "WriteEnhanced"
-
-    def write(self, blocks: Iterable, ctx) -> dict:
-        rows = []
-        for block in blocks:
-            table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-            for row in table.to_pylist():
-                rows.append(self._write_one(row))
-        if rows:
-            name = f"run-{self.run_id}-{ctx.task_idx:06d}-{uuid.uuid4().hex[:8]}.parquet"
-            write_manifest_part(self.filesystem, self.manifest_root, name, rows)
-        statuses = Counter(row["status"] for row in rows)
-        reasons = Counter(row["reason"] for row in rows if row["status"] == FAILED)
-        return {
-            "status": dict(statuses),
-            "reasons": dict(reasons),
-            "output_bytes": sum(row["output_bytes"] for row in rows),
-        }
-
-    def _write_one(self, row: dict) -> dict:
+    def write(self, row: dict) -> dict:
         sizes = {
-            "input_bytes": row["input_bytes"],
-            "width": row["width"],
-            "height": row["height"],
+            "input_bytes": int(row["input_bytes"]),
+            "width": int(row["width"]),
+            "height": int(row["height"]),
             "run_id": self.run_id,
         }
         if row["status"] != PENDING:
             return manifest_row(
                 row["key"],
                 row["output_key"],
-                FAILED,
+                row["status"],
                 row["reason"],
-                seconds=row["seconds"],
+                seconds=float(row["seconds"]),
                 **sizes,
             )
         started = time.perf_counter()
         try:
             pixels = np.frombuffer(row["pixels"], dtype=np.uint8)
-            pixels = pixels.reshape(row["height"], row["width"], 3)
+            pixels = pixels.reshape(int(row["height"]), int(row["width"]), 3)
             fmt = choose_format(row["format"], self.output_format)
             encoded = encode_like(
                 pixels,
@@ -185,11 +163,11 @@ class EnhancedImageSink(Datasink):
             if is_transient(error):
                 raise  # the task is retried; rewriting the same key duplicates nothing
             reason = "write-error" if isinstance(error, OSError | UserError) else "encode-error"
-            seconds = row["seconds"] + time.perf_counter() - started
+            seconds = float(row["seconds"]) + time.perf_counter() - started
             return manifest_row(
                 row["key"], row["output_key"], FAILED, reason, seconds=seconds, **sizes
             )
-        seconds = row["seconds"] + time.perf_counter() - started
+        seconds = float(row["seconds"]) + time.perf_counter() - started
         return manifest_row(
             row["key"],
             row["output_key"],
@@ -199,16 +177,58 @@ class EnhancedImageSink(Datasink):
             **sizes,
         )
 
-    def on_write_complete(self, write_result) -> None:
-        statuses: Counter = Counter()
-        reasons: Counter = Counter()
-        output_bytes = 0
-        for task_summary in write_result.write_returns:
-            statuses.update(task_summary["status"])
-            reasons.update(task_summary["reasons"])
-            output_bytes += task_summary["output_bytes"]
-        self.summary = {
-            "status": dict(statuses),
-            "reasons": dict(reasons),
-            "output_bytes": output_bytes,
-        }
+
+class ManifestSink(Datasink):
+    """Write the manifest rows as parts of at least ``rows_per_part`` rows (the last one may be
+    smaller): fewer, larger parts make the next run's resume index quick to read; images whose
+    row was still waiting for its part when a run crashed are redone, never lost."""
+
+    def __init__(self, filesystem: pafs.FileSystem, output_root: str, run_id: str, rows_per_part):
+        self.filesystem = filesystem
+        self.manifest_root = f"{output_root.rstrip('/')}/{MANIFEST_DIR}"
+        self.run_id = run_id
+        self.rows_per_part = rows_per_part
+
+    def get_name(self) -> str:
+        return "WriteManifest"
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_part
+
+    def write(self, blocks: Iterable, ctx) -> None:
+        tables = [block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+                  for block in blocks]  # fmt: skip
+        rows = [row for table in tables for row in table.to_pylist()]
+        if rows:
+            name = f"run-{self.run_id}-{ctx.task_idx:06d}-{uuid.uuid4().hex[:8]}.parquet"
+            write_manifest_part(self.filesystem, self.manifest_root, name, rows)
+
+
+def summarize_run(filesystem: pafs.FileSystem, manifest_root: str, run_id: str) -> dict:
+    """Counts by status and failure reason, and bytes written, of one run's manifest parts,
+    read a batch at a time."""
+    selector = pafs.FileSelector(manifest_root, allow_not_found=True)
+    parts = [
+        info.path
+        for info in filesystem.get_file_info(selector)
+        if info.base_name.startswith(f"run-{run_id}-") and info.base_name.endswith(".parquet")
+    ]
+    statuses: Counter = Counter()
+    reasons: Counter = Counter()
+    output_bytes = 0
+    if parts:
+        dataset = pads.dataset(
+            parts, filesystem=filesystem, format="parquet", schema=MANIFEST_SCHEMA
+        )
+        for batch in dataset.to_batches(columns=["status", "reason", "output_bytes"]):
+            statuses.update(batch["status"].to_pylist())
+            reasons.update(
+                reason
+                for status, reason in zip(
+                    batch["status"].to_pylist(), batch["reason"].to_pylist(), strict=True
+                )
+                if status == FAILED
+            )
+            output_bytes += pc.sum(batch["output_bytes"]).as_py() or 0
+    return {"status": dict(statuses), "reasons": dict(reasons), "output_bytes": output_bytes}

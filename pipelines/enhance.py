@@ -2,46 +2,43 @@
 
 A streaming Ray Data job (see ``docs/enhance.md``)::
 
-    keys (driver listing) -> read + decode (CPU tasks) -> Enhancer (actor pool, GPU or CPU)
-        -> encode + atomic write under the same relative key, manifest part per task (CPU tasks)
+    list keys, sorted, a page at a time (one task) -> skip finished ones (CPU tasks)
+        -> read + decode (CPU tasks) -> Enhancer (actor pool, GPU or CPU)
+        -> encode + atomic write under the same relative key (CPU tasks) -> manifest parts
 
-The driver only lists keys, reads the manifest to skip finished work, and validates the
-checkpoint before any image is touched. Nothing assumes a disk shared between nodes: the
-generator's checkpoint files travel to the actors through the object store.
+The driver validates the checkpoint and the output before any image is touched, and holds no
+per-image state: keys, the resume index and the manifest rows all stay in Ray's object store
+as they stream past. Nothing assumes a disk shared between nodes: the generator's checkpoint
+files travel to the actors through the object store.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import posixpath
 import sys
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 
 from pyarrow import fs as pafs
 
-from pipelines.datasink import (
-    MANIFEST_DIR,
-    EnhancedImageSink,
-    completed_outputs,
-    manifest_row,
-    write_manifest_part,
-)
+from pipelines.datasink import MANIFEST_DIR, ManifestSink, summarize_run, write_enhanced
 from pipelines.enhance_actor import (
+    ENHANCED,
     FAILED,
+    PENDING,
     SKIPPED,
     EnhanceActor,
     InferenceSettings,
     build_enhancer,
-    decoded_images,
+    decode_stage,
     load_checkpoint_files,
     stage_checkpoint,
 )
+from pipelines.enhance_plan import KeyRules, build_resume_index, check_finished, list_work
 from pipelines.errors import UserError
 from pipelines.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from pipelines.listing import PAGE_SIZE, ListingSource
 from pipelines.ray_runtime import add_ray_arguments, init_ray
 from pipelines.retries import retry_transient_task_errors, storage_failure
 from pipelines.storage import (
@@ -50,14 +47,11 @@ from pipelines.storage import (
     StorageOptions,
     add_storage_arguments,
     check_access,
-    list_files,
     resolve,
-    safe_join,
     write_bytes,
 )
 
 DEFAULT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")
-FORMAT_EXTENSIONS = {"png": (".png",), "jpeg": (".jpg", ".jpeg")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,103 +85,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="enhance at most N images")
     parser.add_argument("--overwrite", action="store_true", help="redo finished images too")
     parser.add_argument("--dry-run", action="store_true", help="plan and estimate, write nothing")
+    parser.add_argument(
+        "--manifest-rows",
+        type=int,
+        default=256,
+        help="manifest rows per Parquet part (default 256); after a crash, images whose row "
+        "had not reached a part yet are redone",
+    )
     add_storage_arguments(parser)
     add_ray_arguments(parser)
 
 
-@dataclass
-class Plan:
-    """What a run will do: ``pending`` (key, output_key) pairs to enhance, plus the rows the
-    driver already decided (skipped because done, failed because the key is unusable)."""
-
-    pending: list[tuple[str, str]] = field(default_factory=list)
-    decided: list[dict] = field(default_factory=list)
-    listed: int = 0
-    deferred: int = 0
-
-    def count(self, status: str) -> int:
-        return sum(1 for row in self.decided if row["status"] == status)
-
-
-def output_key_for(key: str, output_format: str) -> str:
-    """The output's relative key: the input's, with the extension changed only when
-    ``--format`` asks for a format the extension does not name."""
-    if output_format == "same":
-        return key
-    stem, extension = posixpath.splitext(key)
-    wanted = FORMAT_EXTENSIONS[output_format]
-    return key if extension.lower() in wanted else stem + wanted[0]
-
-
-def _list_sizes(location: Location) -> dict[str, int]:
-    """``relative key -> size`` of every file under ``location`` (outputs, for resuming)."""
-    selector = pafs.FileSelector(location.path, recursive=True, allow_not_found=True)
-    base = location.path.rstrip("/") + "/"
-    return {
-        info.path[len(base) :]: info.size
-        for info in location.filesystem.get_file_info(selector)
-        if info.type == pafs.FileType.File and info.path.startswith(base)
-    }
-
-
-def plan_work(
-    keys: list[str],
-    output: Location,
-    output_format: str = "same",
-    overwrite: bool = False,
-    limit: int | None = None,
-) -> Plan:
-    """Decide per key: unusable (failed row), finished earlier (skipped row) or pending.
-
-    Finished means a manifest row says ``enhanced`` (or ``skipped``) with exactly the size the
-    output object has now: existence alone never counts, so a half-written object is redone."""
-    plan = Plan(listed=len(keys))
-    done = {} if overwrite else completed_outputs(output.filesystem, _manifest_root(output))
-    sizes = _list_sizes(output) if done else {}
-    claimed: set[str] = set()
-    for key in keys:
-        output_key = output_key_for(key, output_format)
-        reason = _unusable_key_reason(output, output_key, claimed)
-        if reason:
-            plan.decided.append(manifest_row(key, output_key, FAILED, reason))
-            continue
-        claimed.add(output_key)
-        size = sizes.get(output_key)
-        if size is not None and done.get(output_key) == size:
-            plan.decided.append(manifest_row(key, output_key, SKIPPED, output_bytes=size))
-        elif limit is not None and len(plan.pending) >= limit:
-            plan.deferred += 1
-        else:
-            plan.pending.append((key, output_key))
-    return plan
-
-
-def _unusable_key_reason(output: Location, output_key: str, claimed: set[str]) -> str | None:
-    try:
-        safe_join(output.path, output_key)
-    except ValueError:
-        return "unsafe-key"
-    if output_key.split("/", 1)[0] == MANIFEST_DIR:
-        return "reserved-key"
-    if output_key in claimed:
-        return "output-key-collision"
-    return None
+def key_rules(source: Location, output: Location, args) -> KeyRules:
+    """The listing's filters: wanted extensions, and the output prefix when it lies inside the
+    input (its images must not be enhanced again)."""
+    wanted = None if args.extensions.strip() == "*" else _parse_extensions(args.extensions)
+    nested = output.path.rstrip("/") + "/"
+    base = source.path.rstrip("/") + "/"
+    inside = None
+    if type(source.filesystem) is type(output.filesystem) and nested.startswith(base):
+        inside = nested[len(base) :]
+    return KeyRules(output.path, args.format, wanted, inside)
 
 
 def _manifest_root(output: Location) -> str:
     return f"{output.path.rstrip('/')}/{MANIFEST_DIR}"
-
-
-def list_input_keys(source: Location, output: Location, extensions: str) -> list[str]:
-    """Keys under the input prefix, leaving out the output prefix when it lies inside it."""
-    wanted = None if extensions.strip() == "*" else _parse_extensions(extensions)
-    keys = list_files(source, extensions=wanted)
-    nested = output.path.rstrip("/") + "/"
-    base = source.path.rstrip("/") + "/"
-    if type(source.filesystem) is type(output.filesystem) and nested.startswith(base):
-        inside = nested[len(base) :]
-        keys = [key for key in keys if not key.startswith(inside)]
-    return keys
 
 
 def _parse_extensions(text: str) -> tuple[str, ...]:
@@ -221,6 +143,8 @@ def _check_arguments(args) -> None:
         raise UserError("--gpus-per-worker and --cpus-per-worker must be >= 0")
     if not 1 <= args.jpeg_quality <= 100:
         raise UserError("--jpeg-quality must be between 1 and 100")
+    if args.manifest_rows < 1:
+        raise UserError("--manifest-rows must be >= 1")
     if args.limit is not None and args.limit < 0:
         raise UserError("--limit must be >= 0")
 
@@ -234,29 +158,27 @@ def run(args) -> int:
         raise UserError(f"input {args.input} is not a folder or prefix with images")
     checkpoint = load_checkpoint_files(args.checkpoint, options)
     print(f"enhance: checkpoint {checkpoint.description}", file=sys.stderr)
-    keys = list_input_keys(source, output, args.extensions)
-    plan = plan_work(keys, output, args.format, args.overwrite, args.limit)
-    if args.dry_run:
-        _print_dry_run(plan, source, checkpoint.files, args)
-        return 0
-    check_writable(output, args.output)
+    rules = key_rules(source, output, args)
+    listing = ListingSource.of(source, options)
+    if not args.dry_run:
+        check_writable(output, args.output)
+    init_ray(args.address, args.num_cpus)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    if plan.decided:
-        for row in plan.decided:
-            row["run_id"] = run_id
-        name = f"run-{run_id}-planned.parquet"
-        write_manifest_part(output.filesystem, _manifest_root(output), name, plan.decided)
-    summary = {"status": {}, "reasons": {}, "output_bytes": 0}
-    seconds = 0.0
-    if plan.pending:
-        init_ray(args.address, args.num_cpus)
+    try:
+        resume = None
+        if not args.overwrite:
+            resume = build_resume_index(output.filesystem, _manifest_root(output))
+        work = planned_work(listing, rules, resume, output, run_id, args)
+        if args.dry_run:
+            _dry_run(work, source, checkpoint.files, args)
+            return 0
         started = time.perf_counter()
-        try:
-            summary = run_pipeline(plan.pending, source, output, checkpoint.files, args, run_id)
-        except Exception as error:
-            raise storage_failure("enhance", error) or error from None
+        run_pipeline(work, source, output, checkpoint.files, args, run_id)
         seconds = time.perf_counter() - started
-    _print_summary(plan, summary, seconds, output, run_id)
+    except Exception as error:
+        raise storage_failure("enhance", error) or error from None
+    summary = summarize_run(output.filesystem, _manifest_root(output), run_id)
+    _print_summary(summary, seconds, output, run_id, args.limit)
     return 0
 
 
@@ -273,37 +195,65 @@ def check_writable(output: Location, uri: str) -> None:
         raise UserError(f"cannot write to the output {uri}: {detail}") from None
 
 
-def _rows_per_block(count: int, batch_size: int, parallelism: int) -> int:
-    """Blocks of a few whole batches: big enough to amortise Ray's per-task cost, small enough
-    that several are in flight (decode of one overlaps the enhancement of another). A block that
-    is not a multiple of the batch size ends in a short batch (6 rows at batch 4: a batch of 2),
-    which the generator runs at a worse cost per image."""
-    batches = max(1, min(16, math.ceil(count / max(4, 4 * parallelism) / batch_size)))
-    return batches * batch_size
+def _rows_per_block(batch_size: int) -> int:
+    """Rows per decode task: two whole batches, so that every forward is a full batch (a block
+    of 6 rows at batch 4 would end in a batch of 2, which costs more per image) and the decode
+    of one block overlaps the enhancement of another."""
+    return 2 * batch_size
 
 
-def run_pipeline(
-    pending: list[tuple[str, str]],
-    source: Location,
-    output: Location,
-    checkpoint_files: dict[str, bytes],
-    args,
-    run_id: str,
-) -> dict:
-    """Build and execute the streaming dataset; returns the sink's summary (counts only)."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
+def _configure(context) -> None:
+    """Settings of the enhance dataset's own ``DataContext``.
 
-    context = DataContext.get_current()
+    Ray Data merges a task's small outputs into one block until it reaches
+    ``target_max_block_size``; at the default 128 MiB, a listing task's pages of keys (about
+    200 KB each) would all wait for the end of the listing. At 1 MiB a block leaves every few
+    pages, and a decoded image larger than that travels as a block of its own."""
     context.execution_options.preserve_order = False
+    context.target_max_block_size = 1024 * 1024
     retry_transient_task_errors(context)
+
+
+def planned_work(listing, rules: KeyRules, resume, output: Location, run_id: str, args):
+    """The dataset of rows to work on: listed, checked against the manifest, unread."""
+    import ray
+
+    _configure(ray.data.DataContext.get_current())
+    dataset = ray.data.from_items([{"root": listing.root}])
+    dataset = dataset.map_batches(
+        list_work,
+        fn_kwargs={"source": listing, "rules": rules, "resume": resume, "page_size": PAGE_SIZE},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=0.5,
+    )
+    dataset = dataset.repartition(target_num_rows_per_block=_rows_per_block(args.batch_size))
+    if resume is not None:
+        dataset = dataset.map_batches(
+            check_finished,
+            fn_kwargs={
+                "output_filesystem": output.filesystem,
+                "output_root": output.path,
+                "run_id": run_id,
+                "record": not args.dry_run,
+            },
+            batch_size=None,
+            batch_format="numpy",
+            num_cpus=0.5,
+        )
+    return dataset
+
+
+def run_pipeline(work, source: Location, output: Location, checkpoint_files, args, run_id: str):
+    """Decode, enhance, write and record every row of ``work`` (see :func:`planned_work`)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
     total_cpus = ray.cluster_resources().get("CPU", 1.0)
     settings = inference_settings(args, total_cpus)
-    rows_per_block = _rows_per_block(len(pending), args.batch_size, int(total_cpus))
     files_ref = ray.put(checkpoint_files)
-    dataset = decoded_images(
-        pending, source, args.max_pixels, math.ceil(len(pending) / rows_per_block)
-    )
+    dataset = work.limit(args.limit) if args.limit is not None else work
+    dataset = decode_stage(dataset, source, args.max_pixels)
     dataset = dataset.map_batches(
         EnhanceActor,
         fn_constructor_kwargs={"checkpoint_files": [files_ref], "settings": settings},
@@ -313,23 +263,50 @@ def run_pipeline(
         num_cpus=args.cpus_per_worker,
         num_gpus=args.gpus_per_worker or None,
     )
-    sink = EnhancedImageSink(output.filesystem, output.path, run_id, args.format, args.jpeg_quality)
-    dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.5})
-    return sink.summary
+    dataset = dataset.map_batches(
+        write_enhanced,
+        fn_kwargs={
+            "filesystem": output.filesystem,
+            "output_root": output.path,
+            "run_id": run_id,
+            "output_format": args.format,
+            "jpeg_quality": args.jpeg_quality,
+        },
+        batch_size=args.batch_size,
+        batch_format="numpy",
+        num_cpus=0.5,
+    )
+    sink = ManifestSink(output.filesystem, output.path, run_id, args.manifest_rows)
+    _configure(dataset.context)
+    dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
 
 
-def _print_dry_run(plan: Plan, source: Location, checkpoint_files, args) -> None:
-    estimate = _estimate_seconds_per_image(plan, source, checkpoint_files, args)
-    failed = Counter(row["reason"] for row in plan.decided if row["status"] == FAILED)
+def _dry_run(work, source: Location, checkpoint_files, args) -> None:
+    """Count what a run would do (listing and checks only, nothing read or written)."""
+    statuses: Counter = Counter()
+    failed: Counter = Counter()
+    samples: list[str] = []
+    for batch in work.iter_batches(batch_size=None, batch_format="numpy"):
+        for key, status, reason in zip(batch["key"], batch["status"], batch["reason"], strict=True):
+            statuses[status] += 1
+            if status == FAILED:
+                failed[reason] += 1
+            elif status == PENDING and len(samples) < 5:
+                samples.append(str(key))
+    pending = statuses[PENDING]
+    would = pending if args.limit is None else min(pending, args.limit)
     lines = [
-        f"dry run: {plan.listed} images listed under {args.input}",
-        f"  would enhance: {len(plan.pending)}"
-        + (f" (--limit leaves {plan.deferred} for later)" if plan.deferred else ""),
-        f"  already done (skipped): {plan.count(SKIPPED)}",
-        f"  unusable keys (failed): {plan.count(FAILED)} {dict(failed) if failed else ''}",
+        f"dry run: {sum(statuses.values())} images listed under {args.input}",
+        f"  would enhance: {would}"
+        + (f" (--limit leaves {pending - would} for later)" if would < pending else ""),
+        f"  already done (skipped): {statuses[SKIPPED]}",
+        f"  unusable keys (failed): {statuses[FAILED]} {dict(failed) if failed else ''}",
     ]
+    if samples:
+        lines.append("  first to enhance: " + ", ".join(samples))
+    estimate = _estimate_seconds_per_image(samples[:2], source, checkpoint_files, args)
     if estimate is not None:
-        total = estimate * len(plan.pending) / max(1, args.workers)
+        total = estimate * would / max(1, args.workers)
         lines.append(
             f"  estimated time: {total:.0f} s ({estimate:.2f} s per image per worker, measured "
             "on this machine's CPU with a sample of the inputs)"
@@ -337,10 +314,10 @@ def _print_dry_run(plan: Plan, source: Location, checkpoint_files, args) -> None
     print("\n".join(lines))
 
 
-def _estimate_seconds_per_image(plan: Plan, source: Location, checkpoint_files, args):
+def _estimate_seconds_per_image(keys: list[str], source: Location, checkpoint_files, args):
     """Time the enhancer on up to two pending images on the driver (CPU)."""
     samples = []
-    for key, _ in plan.pending[:2]:
+    for key in keys:
         try:
             with source.filesystem.open_input_file(f"{source.path}/{key}") as stream:
                 samples.append(decode_image(stream.read(), max_pixels=args.max_pixels).array)
@@ -355,23 +332,26 @@ def _estimate_seconds_per_image(plan: Plan, source: Location, checkpoint_files, 
     return (time.perf_counter() - started) / len(samples)
 
 
-def _print_summary(plan: Plan, summary: dict, seconds: float, output: Location, run_id) -> None:
+def _print_summary(summary: dict, seconds: float, output: Location, run_id, limit) -> None:
     statuses = Counter(summary["status"])
-    reasons = Counter(summary["reasons"])
-    for row in plan.decided:
-        statuses[row["status"]] += 1
-        if row["status"] == FAILED:
-            reasons[row["reason"]] += 1
-    enhanced = statuses.get("enhanced", 0)
+    enhanced = statuses.get(ENHANCED, 0)
+    worked = enhanced + statuses.get(FAILED, 0)
     rate = enhanced / seconds if seconds > 0 else 0.0
     lines = [
-        f"enhance summary (run {run_id}): {plan.listed} listed",
+        f"enhance summary (run {run_id}): {sum(statuses.values())} images",
         f"  enhanced: {enhanced}  skipped: {statuses.get(SKIPPED, 0)}  "
         f"failed: {statuses.get(FAILED, 0)}"
-        + (f"  left for later (--limit): {plan.deferred}" if plan.deferred else ""),
+        + (
+            f"  (--limit {limit} reached: rerun to go on)"
+            if limit is not None and worked >= limit
+            else ""
+        ),
         f"  {rate:.2f} images/s over {seconds:.1f} s, {summary['output_bytes']} bytes written",
         f"  manifest: {output.uri.rstrip('/')}/{MANIFEST_DIR}/",
     ]
-    if reasons:
-        lines.append("  failures by reason: " + ", ".join(f"{r}={n}" for r, n in reasons.items()))
+    if summary["reasons"]:
+        lines.append(
+            "  failures by reason: "
+            + ", ".join(f"{reason}={count}" for reason, count in summary["reasons"].items())
+        )
     print("\n".join(lines))

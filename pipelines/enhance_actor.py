@@ -55,13 +55,18 @@ def read_and_decode(
     Failures (unreadable object, :class:`ImageRejected`) become ``failed`` rows with a reason;
     a transient storage fault is raised instead, so the task is retried."""
     rows = []
-    for key, output_key in zip(batch["key"], batch["output_key"], strict=True):
+    count = len(batch["key"])
+    statuses = batch.get("status", [PENDING] * count)
+    reasons = batch.get("reason", [""] * count)
+    for key, output_key, status, reason in zip(
+        batch["key"], batch["output_key"], statuses, reasons, strict=True
+    ):
         started = time.perf_counter()
         row = {
             "key": key,
             "output_key": output_key,
-            "status": PENDING,
-            "reason": "",
+            "status": status,
+            "reason": reason or "",
             "input_bytes": 0,
             "height": 0,
             "width": 0,
@@ -70,6 +75,10 @@ def read_and_decode(
             "exif": b"",
             "pixels": b"",
         }
+        if status != PENDING:
+            row["seconds"] = 0.0
+            rows.append(row)
+            continue
         try:
             with input_filesystem.open_input_file(f"{input_root.rstrip('/')}/{key}") as stream:
                 data = stream.read()
@@ -98,17 +107,22 @@ def read_and_decode(
 
 
 def decoded_images(pending: list[tuple[str, str]], source, max_pixels: int, num_blocks: int):
-    """The Ray Dataset of decoded input rows: ``(key, output_key)`` pairs built on the driver
-    (keys are small: no metadata tasks), read and decoded by :func:`read_and_decode` tasks.
-
-    Half a CPU per decode task: a different request than the actors', so Ray Data keeps decoding
-    in tasks (scaling with CPUs) instead of fusing it into the actor."""
+    """The Ray Dataset of decoded input rows for a known, small list of ``(key, output_key)``
+    pairs (``enlightengan evaluate``); ``enhance`` streams its keys instead."""
     import ray
 
     dataset = ray.data.from_items(
         [{"key": key, "output_key": output_key} for key, output_key in pending],
         override_num_blocks=max(1, num_blocks),
     )
+    return decode_stage(dataset, source, max_pixels)
+
+
+def decode_stage(dataset, source, max_pixels: int):
+    """Add :func:`read_and_decode` tasks (one per block) to ``dataset``.
+
+    Half a CPU per decode task: a different request than the actors', so Ray Data keeps decoding
+    in tasks (scaling with CPUs) instead of fusing it into the actor."""
     return dataset.map_batches(
         read_and_decode,
         fn_kwargs={

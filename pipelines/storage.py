@@ -136,7 +136,19 @@ def _profile_settings(profile: str) -> dict[str, str]:
     return settings
 
 
-def _s3_filesystem(options: StorageOptions) -> pafs.S3FileSystem:
+@dataclass(frozen=True)
+class S3Settings:
+    """Where an S3 client connects and as whom, resolved once from the options, the environment
+    and the profile; the secrets never appear in a repr."""
+
+    region: str
+    endpoint: str | None = None
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+
+def s3_settings(options: StorageOptions) -> S3Settings:
     env = os.environ
     profile = options.profile or env.get("AWS_PROFILE")
     from_profile = (
@@ -174,11 +186,22 @@ def _s3_filesystem(options: StorageOptions) -> pafs.S3FileSystem:
             "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
             "(or AWS_PROFILE / --profile) in the environment"
         )
-    kwargs: dict = {"region": region, "connect_timeout": 10, "request_timeout": 60}
-    if access_key:
-        kwargs.update(access_key=access_key, secret_key=secret_key, session_token=session_token)
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"https://{endpoint}"
+    return S3Settings(region, endpoint, access_key, secret_key, session_token)
+
+
+def _s3_filesystem(options: StorageOptions) -> pafs.S3FileSystem:
+    settings = s3_settings(options)
+    kwargs: dict = {"region": settings.region, "connect_timeout": 10, "request_timeout": 60}
+    if settings.access_key:
+        kwargs.update(
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
+            session_token=settings.session_token,
+        )
+    if settings.endpoint:
+        parsed = urlparse(settings.endpoint)
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
     return pafs.S3FileSystem(**kwargs)
 

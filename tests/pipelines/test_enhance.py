@@ -166,7 +166,7 @@ def test_resume_after_limit_and_partial_output_redoes_only_missing(
     first = manifest_rows(str(output))
     done_first = {row["key"] for row in first if row["status"] == "enhanced"}
     assert len(done_first) == 2
-    assert "left for later (--limit): 3" in capsys.readouterr().out
+    assert "(--limit 2 reached: rerun to go on)" in capsys.readouterr().out
 
     # A crash mid-write: one finished object cut short (manifest says otherwise), and one object
     # written with no manifest row at all. Neither may count as done.

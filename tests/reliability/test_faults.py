@@ -226,7 +226,8 @@ def test_enhance_driver_killed_then_rerun_redoes_only_the_missing(
     ray_local, checkpoint, small_photos, tmp_path, capsys
 ):
     output = tmp_path / "out"
-    argv = enhance_argv(checkpoint, str(small_photos.root), str(output))
+    # Parts of 2 rows, so that the job is killed between two of them.
+    argv = enhance_argv(checkpoint, str(small_photos.root), str(output), "--manifest-rows", "2")
     job = Job(argv, tmp_path / "job.log")
     try:
         job.wait_until(

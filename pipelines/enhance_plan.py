@@ -1,0 +1,261 @@
+"""Deciding, as keys stream past, what ``enlightengan enhance`` does with each one.
+
+Two Ray Data stages, both running on streamed rows so that nothing scales with the archive:
+
+- :func:`list_work` (one task, a generator): lists the input page by page (sorted keys, see
+  ``pipelines.listing``) and yields rows ``key, output_key, status, reason, recorded_bytes``.
+  ``status`` is ``failed`` for a key that cannot be written (escapes the output prefix, collides
+  with another key's output, lands in ``_manifest/``), else ``pending``. ``recorded_bytes`` is
+  the output size an earlier run's manifest recorded for this key (0: none), looked up in the
+  :class:`ResumeIndex`.
+- :func:`check_finished` (parallel tasks): a pending row whose output exists with exactly the
+  recorded size is ``skipped``; existence alone never counts, so a half-written object or an
+  orphan without a manifest row is redone.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from pyarrow import fs as pafs
+
+from pipelines.datasink import MANIFEST_DIR, manifest_row, read_manifest, write_manifest_part
+from pipelines.enhance_actor import ENHANCED, FAILED, PENDING, SKIPPED
+from pipelines.listing import ListingSource
+from pipelines.storage import safe_join
+
+FORMAT_EXTENSIONS = {"png": (".png",), "jpeg": (".jpg", ".jpeg")}
+INDEX_CHUNK_ROWS = 65536
+
+
+def output_key_for(key: str, output_format: str) -> str:
+    """The output's relative key: the input's, with the extension changed only when
+    ``--format`` asks for a format the extension does not name."""
+    if output_format == "same":
+        return key
+    stem, extension = posixpath.splitext(key)
+    wanted = FORMAT_EXTENSIONS[output_format]
+    return key if extension.lower() in wanted else stem + wanted[0]
+
+
+class CollisionGuard:
+    """Output keys claimed so far that a later key could still claim again.
+
+    Only the extension changes between a key and its output, so two keys can only share an
+    output if they share its stem, and every key starting with ``stem.`` sorts into one run.
+    Keys arrive sorted, so a claim is forgotten once the keys have moved past that run: memory
+    stays at a handful of stems. The first key in sorted order keeps the output."""
+
+    def __init__(self) -> None:
+        self._claims: dict[str, set[str]] = {}
+
+    def claim(self, key: str, output_key: str) -> bool:
+        """``False`` when an earlier key already writes ``output_key``."""
+        passed = [run for run in self._claims if key > run and not key.startswith(run)]
+        for run in passed:
+            del self._claims[run]
+        run = posixpath.splitext(output_key)[0] + "."
+        claimed = self._claims.setdefault(run, set())
+        if output_key in claimed:
+            return False
+        claimed.add(output_key)
+        return True
+
+
+@dataclass
+class ResumeIndex:
+    """The finished rows of earlier runs, ``(key, output_key) -> output_bytes`` of the latest
+    row, as sorted chunks in the object store; ``first_keys[i]`` is chunk ``i``'s first key.
+
+    Keys are looked up in ascending order, so a lookup task holds one chunk at a time."""
+
+    first_keys: list[str]
+    chunks: list
+
+    def __post_init__(self) -> None:
+        self._loaded = -1
+        self._sizes: dict[tuple[str, str], int] = {}
+
+    def recorded_bytes(self, key: str, output_key: str) -> int:
+        chunk = bisect.bisect_right(self.first_keys, key) - 1
+        if chunk < 0:
+            return 0
+        if chunk != self._loaded:
+            table = ray.get(self.chunks[chunk])
+            self._sizes = dict(
+                zip(
+                    zip(table["key"].to_pylist(), table["output_key"].to_pylist(), strict=True),
+                    table["output_bytes"].to_pylist(),
+                    strict=True,
+                )
+            )
+            self._loaded = chunk
+        return self._sizes.get((key, output_key), 0)
+
+    def __getstate__(self):
+        return {"first_keys": self.first_keys, "chunks": self.chunks}
+
+    def __setstate__(self, state):
+        self.__init__(state["first_keys"], state["chunks"])
+
+
+@ray.remote(num_returns="streaming")
+def _index_chunks(filesystem: pafs.FileSystem, manifest_root: str):
+    """First the chunks' first keys, then each chunk (so the driver owns them all)."""
+    table = read_manifest(
+        filesystem, manifest_root, ["key", "output_key", "status", "output_bytes", "run_id"]
+    )
+    finished = pc.and_(
+        pc.is_in(table["status"], pa.array([ENHANCED, SKIPPED])),
+        pc.greater(table["output_bytes"], 0),
+    )
+    table = table.filter(finished).sort_by([("key", "ascending"), ("run_id", "ascending")])
+    # Run ids start with their start time, so the last row of a (key, output_key) is the latest.
+    table = table.group_by(["key", "output_key"], use_threads=False).aggregate(
+        [("output_bytes", "last")]
+    )
+    table = table.rename_columns(["key", "output_key", "output_bytes"]).sort_by("key")
+    keys = table["key"]
+    cuts = []
+    start = 0
+    while start < len(table):
+        cuts.append(start)
+        end = min(start + INDEX_CHUNK_ROWS, len(table))
+        # A key's rows (one per output format used) stay in one chunk.
+        while 0 < end < len(table) and keys[end] == keys[end - 1]:
+            end += 1
+        start = end
+    yield [keys[cut].as_py() for cut in cuts]
+    for number, cut in enumerate(cuts):
+        end = cuts[number + 1] if number + 1 < len(cuts) else len(table)
+        yield table.slice(cut, end - cut)
+
+
+def build_resume_index(filesystem: pafs.FileSystem, manifest_root: str) -> ResumeIndex | None:
+    """The index of an output's manifest, built by one Ray task; ``None`` when nothing is done.
+
+    That task reads the finished rows' keys (about 100 bytes per image); the driver only keeps
+    the chunks' first keys."""
+    refs = list(_index_chunks.remote(filesystem, manifest_root))
+    first_keys = ray.get(refs[0])
+    return ResumeIndex(first_keys, refs[1:]) if first_keys else None
+
+
+@dataclass(frozen=True)
+class KeyRules:
+    """Which listed keys are work, and where their outputs go."""
+
+    output_root: str
+    output_format: str = "same"
+    extensions: tuple[str, ...] | None = None
+    excluded_prefix: str | None = None
+
+    def unusable_reason(self, output_key: str) -> str | None:
+        try:
+            safe_join(self.output_root, output_key)
+        except ValueError:
+            return "unsafe-key"
+        if output_key.split("/", 1)[0] == MANIFEST_DIR:
+            return "reserved-key"
+        return None
+
+
+def list_work(
+    batch: dict[str, np.ndarray],
+    source: ListingSource,
+    rules: KeyRules,
+    resume: ResumeIndex | None,
+    page_size: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data stage (one task, whatever its input row): every key under the input, a page
+    at a time."""
+    guard = CollisionGuard() if rules.output_format != "same" else None
+    for page in source.pages(page_size):
+        rows = []
+        for key, _ in page:
+            if rules.extensions is not None and not key.lower().endswith(rules.extensions):
+                continue
+            if rules.excluded_prefix and key.startswith(rules.excluded_prefix):
+                continue
+            output_key = output_key_for(key, rules.output_format)
+            reason = rules.unusable_reason(output_key)
+            if reason is None and guard is not None and not guard.claim(key, output_key):
+                reason = "output-key-collision"
+            recorded = resume.recorded_bytes(key, output_key) if resume and not reason else 0
+            rows.append((key, output_key, FAILED if reason else PENDING, reason or "", recorded))
+        if rows:
+            yield _plan_columns(rows)
+
+
+def _plan_columns(rows: list[tuple]) -> dict[str, np.ndarray]:
+    keys, output_keys, statuses, reasons, recorded = zip(*rows, strict=True)
+    columns = {}
+    for name, values in (
+        ("key", keys),
+        ("output_key", output_keys),
+        ("status", statuses),
+        ("reason", reasons),
+    ):
+        columns[name] = np.empty(len(values), dtype=object)
+        columns[name][:] = values
+    columns["recorded_bytes"] = np.array(recorded, dtype=np.int64)
+    return columns
+
+
+def check_finished(
+    batch: dict[str, np.ndarray],
+    output_filesystem: pafs.FileSystem,
+    output_root: str,
+    run_id: str,
+    record: bool,
+) -> dict[str, np.ndarray]:
+    """Mark ``skipped`` the pending rows whose output already has the recorded size.
+
+    With ``record`` the skipped rows are written as this task's own manifest part (named after
+    its keys, so a retried task rewrites the same part) and left out of the output; without it
+    (``--dry-run``) they stay in the batch for counting."""
+    candidates = [
+        index
+        for index, (status, recorded) in enumerate(
+            zip(batch["status"], batch["recorded_bytes"], strict=True)
+        )
+        if status == PENDING and recorded > 0
+    ]
+    if not candidates:
+        return batch
+    root = output_root.rstrip("/")
+    infos = output_filesystem.get_file_info(
+        [f"{root}/{batch['output_key'][index]}" for index in candidates]
+    )
+    status = batch["status"].copy()
+    skipped = []
+    for index, info in zip(candidates, infos, strict=True):
+        if info.type == pafs.FileType.File and info.size == batch["recorded_bytes"][index]:
+            status[index] = SKIPPED
+            skipped.append(index)
+    batch = {**batch, "status": status}
+    if not record or not skipped:
+        return batch
+    rows = [
+        manifest_row(
+            batch["key"][index],
+            batch["output_key"][index],
+            SKIPPED,
+            output_bytes=int(batch["recorded_bytes"][index]),
+            run_id=run_id,
+        )
+        for index in skipped
+    ]
+    digest = hashlib.sha1("\n".join(row["key"] for row in rows).encode()).hexdigest()[:16]
+    name = f"run-{run_id}-skipped-{digest}.parquet"
+    write_manifest_part(output_filesystem, f"{root}/{MANIFEST_DIR}", name, rows)
+    keep = status != SKIPPED
+    return {name: column[keep] for name, column in batch.items()}

@@ -1,0 +1,130 @@
+"""Listing a prefix as a stream of sorted pages, never the whole listing at once.
+
+- S3: ``ListObjectsV2`` pages of up to 1,000 keys through botocore's paginator; S3 returns keys
+  in UTF-8 binary order.
+- Local folders: a depth-first walk that sorts one directory's entries at a time, comparing a
+  folder as ``name/``, which yields the keys in that same order.
+
+Memory is one page (S3) or one directory's names (local disk), whatever the size of the
+archive. Sorted order is what lets later checks stream too (see ``pipelines.enhance_plan``).
+Hidden files and folders (a part starting with ``.``) are left out, as ``storage.list_files``
+does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pipelines.storage import Location, S3Settings, StorageOptions, s3_settings
+
+logger = logging.getLogger(__name__)
+PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class ListingSource:
+    """Everything a listing task needs, picklable: a local folder, or ``bucket/prefix`` with the
+    client settings (whose secrets travel like those of the ``pyarrow`` filesystem the read
+    tasks get, and are never printed)."""
+
+    root: str
+    s3: S3Settings | None = None
+
+    @classmethod
+    def of(cls, location: Location, options: StorageOptions | None = None) -> ListingSource:
+        if location.is_local:
+            return cls(location.path)
+        return cls(location.path.strip("/"), s3_settings(options or StorageOptions()))
+
+    def pages(self, page_size: int = PAGE_SIZE) -> Iterator[list[tuple[str, int]]]:
+        """``[(relative key, size), ...]`` pages in ascending key order."""
+        items = self._s3_items() if self.s3 is not None else self._local_items(self.root, "")
+        page: list[tuple[str, int]] = []
+        for key, size in items:
+            if any(part.startswith(".") for part in key.split("/")):
+                continue
+            page.append((key, size))
+            if len(page) >= page_size:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    def _local_items(self, folder: str, prefix: str) -> Iterator[tuple[str, int]]:
+        entries = []
+        try:
+            with os.scandir(folder) as found:
+                for entry in found:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        entries.append((entry.name + "/", entry.path, 0))
+                    elif entry.is_file():
+                        entries.append((entry.name, None, entry.stat().st_size))
+        except OSError as error:
+            if not prefix:
+                raise
+            # An unreadable subfolder must not stop the job: its images are simply not listed.
+            logger.warning("listing skips %s: %s", prefix, error.strerror or error)
+            return
+        for name, subfolder, size in sorted(entries):
+            if subfolder is None:
+                yield prefix + name, size
+            else:
+                yield from self._local_items(subfolder, prefix + name)
+
+    def _s3_items(self) -> Iterator[tuple[str, int]]:
+        bucket, _, key_prefix = self.root.partition("/")
+        key_prefix = f"{key_prefix}/" if key_prefix else ""
+        pages = (
+            _s3_client(self.s3)
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=bucket, Prefix=key_prefix)
+        )
+        try:
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    key = item["Key"][len(key_prefix) :]
+                    if key and not key.endswith("/"):
+                        yield key, int(item["Size"])
+        except Exception as error:
+            raise _as_storage_error(error) from None
+
+
+def _s3_client(settings: S3Settings):
+    import botocore.config
+    import botocore.session
+
+    config = botocore.config.Config(
+        retries={"max_attempts": 10, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
+        # Custom endpoints (MinIO, SeaweedFS) serve buckets by path, not by host name.
+        s3={"addressing_style": "path"} if settings.endpoint else None,
+    )
+    return botocore.session.get_session().create_client(
+        "s3",
+        region_name=settings.region,
+        endpoint_url=settings.endpoint,
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key,
+        aws_session_token=settings.session_token,
+        config=config,
+    )
+
+
+def _as_storage_error(error: Exception) -> Exception:
+    """botocore's errors in the words ``pipelines.retries`` knows, so a store that went away
+    makes Ray Data re-run the listing task instead of failing the job."""
+    from botocore import exceptions
+
+    if isinstance(error, exceptions.ConnectionError | exceptions.HTTPClientError):
+        return OSError(f"cannot reach the storage while listing: {type(error).__name__}")
+    if isinstance(error, exceptions.ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return OSError(f"listing failed: {code or 'error'} (HTTP status {status})")
+    return error
