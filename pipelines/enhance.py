@@ -203,7 +203,8 @@ def _rows_per_block(batch_size: int) -> int:
 
 
 def _configure(context) -> None:
-    """Settings of the enhance dataset's own ``DataContext``.
+    """Settings of the enhance dataset's own ``DataContext`` (other jobs of the same driver,
+    such as the demo's evaluate, keep Ray Data's defaults).
 
     Ray Data merges a task's small outputs into one block until it reaches
     ``target_max_block_size``; at the default 128 MiB, a listing task's pages of keys (about
@@ -218,7 +219,6 @@ def planned_work(listing, rules: KeyRules, resume, output: Location, run_id: str
     """The dataset of rows to work on: listed, checked against the manifest, unread."""
     import ray
 
-    _configure(ray.data.DataContext.get_current())
     dataset = ray.data.from_items([{"root": listing.root}])
     dataset = dataset.map_batches(
         list_work,
@@ -286,6 +286,7 @@ def _dry_run(work, source: Location, checkpoint_files, args) -> None:
     statuses: Counter = Counter()
     failed: Counter = Counter()
     samples: list[str] = []
+    _configure(work.context)
     for batch in work.iter_batches(batch_size=None, batch_format="numpy"):
         for key, status, reason in zip(batch["key"], batch["status"], batch["reason"], strict=True):
             statuses[status] += 1

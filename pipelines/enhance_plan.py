@@ -34,6 +34,7 @@ from pipelines.storage import safe_join
 
 FORMAT_EXTENSIONS = {"png": (".png",), "jpeg": (".jpg", ".jpeg")}
 INDEX_CHUNK_ROWS = 65536
+LOADED_CHUNKS = 4
 
 
 def output_key_for(key: str, output_format: str) -> str:
@@ -50,16 +51,18 @@ class CollisionGuard:
     """Output keys claimed so far that a later key could still claim again.
 
     Only the extension changes between a key and its output, so two keys can only share an
-    output if they share its stem, and every key starting with ``stem.`` sorts into one run.
-    Keys arrive sorted, so a claim is forgotten once the keys have moved past that run: memory
-    stays at a handful of stems. The first key in sorted order keeps the output."""
+    output if they share its stem, and the keys starting with ``stem.`` arrive as one run: in
+    UTF-8 binary order of whole keys (AWS S3, the local walk) and in the order of stores that
+    walk a directory tree with each folder's names sorted (SeaweedFS). A claim is forgotten
+    once the keys have moved past its run, so memory stays at a handful of stems. The first key
+    in listing order keeps the output."""
 
     def __init__(self) -> None:
         self._claims: dict[str, set[str]] = {}
 
     def claim(self, key: str, output_key: str) -> bool:
         """``False`` when an earlier key already writes ``output_key``."""
-        passed = [run for run in self._claims if key > run and not key.startswith(run)]
+        passed = [run for run in self._claims if _past(key, run)]
         for run in passed:
             del self._claims[run]
         run = posixpath.splitext(output_key)[0] + "."
@@ -70,35 +73,45 @@ class CollisionGuard:
         return True
 
 
+def _past(key: str, run: str) -> bool:
+    """Whether ``key`` comes after every key of ``run`` in both listing orders (binary, and by
+    folder: there a folder named like a stem, ``a/...``, lists between ``a`` and ``a.png``)."""
+    if key.startswith(run):
+        return False
+    return key > run and key.split("/") > run.split("/")
+
+
 @dataclass
 class ResumeIndex:
     """The finished rows of earlier runs, ``(key, output_key) -> output_bytes`` of the latest
     row, as sorted chunks in the object store; ``first_keys[i]`` is chunk ``i``'s first key.
 
-    Keys are looked up in ascending order, so a lookup task holds one chunk at a time."""
+    Keys are looked up in listing order, (nearly) ascending, so a lookup task holds a few
+    chunks at a time."""
 
     first_keys: list[str]
     chunks: list
 
     def __post_init__(self) -> None:
-        self._loaded = -1
-        self._sizes: dict[tuple[str, str], int] = {}
+        self._loaded: dict[int, dict[tuple[str, str], int]] = {}
 
     def recorded_bytes(self, key: str, output_key: str) -> int:
         chunk = bisect.bisect_right(self.first_keys, key) - 1
         if chunk < 0:
             return 0
-        if chunk != self._loaded:
+        if chunk not in self._loaded:
+            # A directory-tree listing visits "a/..." before "a-b.jpg": keep a few chunks.
+            if len(self._loaded) >= LOADED_CHUNKS:
+                del self._loaded[next(iter(self._loaded))]
             table = ray.get(self.chunks[chunk])
-            self._sizes = dict(
+            self._loaded[chunk] = dict(
                 zip(
                     zip(table["key"].to_pylist(), table["output_key"].to_pylist(), strict=True),
                     table["output_bytes"].to_pylist(),
                     strict=True,
                 )
             )
-            self._loaded = chunk
-        return self._sizes.get((key, output_key), 0)
+        return self._loaded[chunk].get((key, output_key), 0)
 
     def __getstate__(self):
         return {"first_keys": self.first_keys, "chunks": self.chunks}
@@ -108,7 +121,7 @@ class ResumeIndex:
 
 
 @ray.remote(num_returns="streaming")
-def _index_chunks(filesystem: pafs.FileSystem, manifest_root: str):
+def _index_chunks(filesystem: pafs.FileSystem, manifest_root: str, chunk_rows: int):
     """First the chunks' first keys, then each chunk (so the driver owns them all)."""
     table = read_manifest(
         filesystem, manifest_root, ["key", "output_key", "status", "output_bytes", "run_id"]
@@ -128,7 +141,7 @@ def _index_chunks(filesystem: pafs.FileSystem, manifest_root: str):
     start = 0
     while start < len(table):
         cuts.append(start)
-        end = min(start + INDEX_CHUNK_ROWS, len(table))
+        end = min(start + chunk_rows, len(table))
         # A key's rows (one per output format used) stay in one chunk.
         while 0 < end < len(table) and keys[end] == keys[end - 1]:
             end += 1
@@ -139,12 +152,14 @@ def _index_chunks(filesystem: pafs.FileSystem, manifest_root: str):
         yield table.slice(cut, end - cut)
 
 
-def build_resume_index(filesystem: pafs.FileSystem, manifest_root: str) -> ResumeIndex | None:
+def build_resume_index(
+    filesystem: pafs.FileSystem, manifest_root: str, chunk_rows: int = INDEX_CHUNK_ROWS
+) -> ResumeIndex | None:
     """The index of an output's manifest, built by one Ray task; ``None`` when nothing is done.
 
     That task reads the finished rows' keys (about 100 bytes per image); the driver only keeps
     the chunks' first keys."""
-    refs = list(_index_chunks.remote(filesystem, manifest_root))
+    refs = list(_index_chunks.remote(filesystem, manifest_root, chunk_rows))
     first_keys = ray.get(refs[0])
     return ResumeIndex(first_keys, refs[1:]) if first_keys else None
 

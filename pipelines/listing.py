@@ -1,14 +1,15 @@
 """Listing a prefix as a stream of sorted pages, never the whole listing at once.
 
-- S3: ``ListObjectsV2`` pages of up to 1,000 keys through botocore's paginator; S3 returns keys
-  in UTF-8 binary order.
+- S3: ``ListObjectsV2`` pages of up to 1,000 keys through botocore's paginator. AWS returns
+  keys in UTF-8 binary order; stores built on a directory tree (SeaweedFS) walk it folder by
+  folder, each folder's names sorted.
 - Local folders: a depth-first walk that sorts one directory's entries at a time, comparing a
-  folder as ``name/``, which yields the keys in that same order.
+  folder as ``name/``, which yields the keys in binary order.
 
 Memory is one page (S3) or one directory's names (local disk), whatever the size of the
-archive. Sorted order is what lets later checks stream too (see ``pipelines.enhance_plan``).
-Hidden files and folders (a part starting with ``.``) are left out, as ``storage.list_files``
-does.
+archive. Either order keeps the keys of one folder that share a stem together, which is what
+lets the later checks stream too (see ``pipelines.enhance_plan``). Hidden files and folders (a
+part starting with ``.``) are left out, as ``storage.list_files`` does.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ListingSource:
 
     root: str
     s3: S3Settings | None = None
+    attempts: int = 10
 
     @classmethod
     def of(cls, location: Location, options: StorageOptions | None = None) -> ListingSource:
@@ -80,7 +82,7 @@ class ListingSource:
         bucket, _, key_prefix = self.root.partition("/")
         key_prefix = f"{key_prefix}/" if key_prefix else ""
         pages = (
-            _s3_client(self.s3)
+            _s3_client(self.s3, self.attempts)
             .get_paginator("list_objects_v2")
             .paginate(Bucket=bucket, Prefix=key_prefix)
         )
@@ -94,12 +96,12 @@ class ListingSource:
             raise _as_storage_error(error) from None
 
 
-def _s3_client(settings: S3Settings):
+def _s3_client(settings: S3Settings, attempts: int):
     import botocore.config
     import botocore.session
 
     config = botocore.config.Config(
-        retries={"max_attempts": 10, "mode": "standard"},
+        retries={"max_attempts": attempts, "mode": "standard"},
         connect_timeout=10,
         read_timeout=60,
         # Custom endpoints (MinIO, SeaweedFS) serve buckets by path, not by host name.

@@ -1,0 +1,204 @@
+"""pipelines.enhance_plan: collisions found on a sorted stream, the resume index, the skip check,
+and that Ray Data streams the listing instead of holding it to the end (real local Ray)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from pyarrow import fs as pafs
+
+from pipelines.datasink import MANIFEST_DIR, manifest_row, read_manifest, write_manifest_part
+from pipelines.enhance import _configure
+from pipelines.enhance_plan import (
+    CollisionGuard,
+    KeyRules,
+    build_resume_index,
+    check_finished,
+    list_work,
+    output_key_for,
+)
+from pipelines.listing import ListingSource
+
+
+def _binary(key: str) -> str:
+    return key
+
+
+def _folders_first(key: str) -> list[str]:
+    """The order of stores that walk a directory tree (SeaweedFS): each folder's names sorted."""
+    return key.split("/")
+
+
+def _guarded(keys: list[str], output_format: str, order=_binary) -> set[str]:
+    guard = CollisionGuard()
+    return {
+        key
+        for key in sorted(keys, key=order)
+        if not guard.claim(key, output_key_for(key, output_format))
+    }
+
+
+def _reference(keys: list[str], output_format: str, order=_binary) -> set[str]:
+    """Collisions with every output key ever claimed kept in memory."""
+    claimed, losers = set(), set()
+    for key in sorted(keys, key=order):
+        output_key = output_key_for(key, output_format)
+        if output_key in claimed:
+            losers.add(key)
+        claimed.add(output_key)
+    return losers
+
+
+def test_collision_guard_first_key_in_order_keeps_the_output():
+    keys = ["a.jpg", "a.jpeg", "a.png", "a.PNG", "a/b.jpg", "a-b.jpg", "b.png"]
+    assert _guarded(keys, "png") == {"a.jpg", "a.png"}  # "a.PNG" keeps its own key
+    assert _guarded(["x.png", "x.jpeg", "x.jpg"], "jpeg") == {"x.png"}
+    # A key without an extension waits for its "stem." run across keys sorting in between,
+    # also across a folder of the same name, which a directory-tree store lists in between.
+    assert _guarded(["c", "c-1.jpg", "c.png"], "png") == {"c.png"}
+    assert _guarded(["c", "c/d.jpg", "c.jpeg"], "png", _folders_first) == {"c.jpeg"}
+
+
+def test_collision_guard_matches_the_whole_memory_reference_on_random_keys():
+    rng = random.Random(7)
+    parts = ["a", "b", "a.b", "a-b", "ab"]
+    extensions = ["", ".jpg", ".jpeg", ".png", ".PNG", ".b"]
+    for _ in range(300):
+        keys = {
+            "/".join(rng.choice(parts) for _ in range(rng.randint(1, 3))) + rng.choice(extensions)
+            for _ in range(rng.randint(1, 40))
+        }
+        for output_format in ("png", "jpeg"):
+            for order in (_binary, _folders_first):
+                expected = _reference(list(keys), output_format, order)
+                assert _guarded(list(keys), output_format, order) == expected
+
+
+def _manifest(root, rows_by_run: dict[str, list[tuple[str, str, str, int]]]):
+    for run_id, rows in rows_by_run.items():
+        rows = [manifest_row(k, o, status, output_bytes=size, run_id=run_id)
+                for k, o, status, size in rows]  # fmt: skip
+        write_manifest_part(
+            pafs.LocalFileSystem(), f"{root}/{MANIFEST_DIR}", f"{run_id}.parquet", rows
+        )
+
+
+def test_resume_index_keeps_the_latest_finished_row_across_chunks(ray_local, tmp_path):
+    keys = [f"k{i:03d}.jpg" for i in range(20)]
+    _manifest(
+        tmp_path,
+        {
+            "20260101T000000-aaaaaa": [(k, k, "enhanced", 100 + i) for i, k in enumerate(keys)],
+            "20260102T000000-bbbbbb": [
+                ("k003.jpg", "k003.jpg", "enhanced", 7),  # redone with --overwrite: latest wins
+                ("k004.jpg", "k004.jpg", "failed", 0),  # a later failure keeps the earlier size
+                ("k005.jpg", "k005.png", "enhanced", 55),  # same key, other format
+                ("k006.jpg", "k006.jpg", "skipped", 106),
+            ],
+        },
+    )
+    index = build_resume_index(pafs.LocalFileSystem(), f"{tmp_path}/{MANIFEST_DIR}", chunk_rows=3)
+    assert len(index.chunks) >= 6 and index.first_keys == sorted(index.first_keys)
+    expected = {k: 100 + i for i, k in enumerate(keys)} | {"k003.jpg": 7}
+    assert [index.recorded_bytes(k, k) for k in keys] == [expected[k] for k in keys]
+    assert index.recorded_bytes("k005.jpg", "k005.png") == 55
+    assert index.recorded_bytes("k019.jpg", "k019.png") == 0
+    assert index.recorded_bytes("a-before-all.jpg", "a-before-all.jpg") == 0
+    assert index.recorded_bytes("zzz.jpg", "zzz.jpg") == 0
+    # Out of order lookups are still right (they reload chunks).
+    assert index.recorded_bytes("k001.jpg", "k001.jpg") == 101
+
+
+def test_resume_index_of_an_output_without_manifest_is_none(ray_local, tmp_path):
+    assert build_resume_index(pafs.LocalFileSystem(), f"{tmp_path}/{MANIFEST_DIR}") is None
+
+
+def _batch(rows: list[tuple[str, str, int]]) -> dict[str, np.ndarray]:
+    def column(values):
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return array
+
+    return {
+        "key": column([key for key, _, _ in rows]),
+        "output_key": column([key for _, key, _ in rows]),
+        "status": column(["pending"] * len(rows)),
+        "reason": column([""] * len(rows)),
+        "recorded_bytes": np.array([size for _, _, size in rows], dtype=np.int64),
+    }
+
+
+def test_check_finished_skips_only_outputs_with_the_recorded_size(tmp_path):
+    (tmp_path / "done.jpg").write_bytes(b"x" * 10)
+    (tmp_path / "cut.jpg").write_bytes(b"x" * 4)
+    (tmp_path / "orphan.jpg").write_bytes(b"x" * 10)
+    batch = _batch([("done.jpg", "done.jpg", 10), ("cut.jpg", "cut.jpg", 10),
+                    ("orphan.jpg", "orphan.jpg", 0), ("gone.jpg", "gone.jpg", 10)])  # fmt: skip
+    filesystem = pafs.LocalFileSystem()
+    counted = check_finished(batch, filesystem, str(tmp_path), "run-x", record=False)
+    assert list(counted["status"]) == ["skipped", "pending", "pending", "pending"]
+    assert not (tmp_path / MANIFEST_DIR).exists()
+
+    kept = check_finished(batch, filesystem, str(tmp_path), "run-x", record=True)
+    assert list(kept["key"]) == ["cut.jpg", "orphan.jpg", "gone.jpg"]
+    rows = read_manifest(filesystem, f"{tmp_path}/{MANIFEST_DIR}").to_pylist()
+    assert [(row["key"], row["status"], row["output_bytes"]) for row in rows] == [
+        ("done.jpg", "skipped", 10)
+    ]
+    # A retried task writes the same part again, not a second one.
+    check_finished(batch, filesystem, str(tmp_path), "run-x", record=True)
+    assert len(list((tmp_path / MANIFEST_DIR).glob("*.parquet"))) == 1
+
+
+def test_list_work_marks_unusable_keys_and_filters_extensions(tmp_path):
+    for key in ["a.jpg", "a.png", "_manifest/x.png", "notes.txt", "out/old.jpg", "b.JPEG"]:
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(b"x")
+    rules = KeyRules(str(tmp_path), "png", (".jpg", ".jpeg", ".png"), "out/")
+    batches = list(list_work({}, ListingSource(str(tmp_path)), rules, None, page_size=2))
+    rows = [
+        (key, output_key, status, reason)
+        for batch in batches
+        for key, output_key, status, reason in zip(
+            batch["key"], batch["output_key"], batch["status"], batch["reason"], strict=True
+        )
+    ]
+    assert rows == [
+        ("_manifest/x.png", "_manifest/x.png", "failed", "reserved-key"),
+        ("a.jpg", "a.png", "pending", ""),
+        ("a.png", "a.png", "failed", "output-key-collision"),
+        ("b.JPEG", "b.png", "pending", ""),
+    ]
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_ray_data_streams_listing_pages_only_with_the_enhance_block_size(
+    ray_local, tmp_path, configured
+):
+    """At Ray Data's default block size every page waits for the end of the listing and
+    leaves as one block; with the enhance context pages leave as they are listed."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(12000):
+        (folder / f"{i:05d}-a-fairly-long-file-name-for-the-listing.jpg").touch()
+    dataset = ray_local.data.from_items([{"root": str(folder)}]).map_batches(
+        list_work,
+        fn_kwargs={
+            "source": ListingSource(str(folder)),
+            "rules": KeyRules(str(tmp_path / "out")),
+            "resume": None,
+            "page_size": 1000,
+        },
+        batch_size=1,
+        batch_format="numpy",
+    )
+    if configured:
+        _configure(dataset.context)
+    sizes = [len(b["key"]) for b in dataset.iter_batches(batch_size=None, batch_format="numpy")]
+    assert sum(sizes) == 12000
+    if configured:
+        assert len(sizes) >= 2 and max(sizes) < 12000
+    else:
+        assert sizes == [12000]
