@@ -159,6 +159,8 @@ def build_resume_index(
 
     That task reads the finished rows' keys (about 100 bytes per image); the driver only keeps
     the chunks' first keys."""
+    if filesystem.get_file_info(manifest_root).type != pafs.FileType.Directory:
+        return None  # a first run: no task to start
     refs = list(_index_chunks.remote(filesystem, manifest_root, chunk_rows))
     first_keys = ray.get(refs[0])
     return ResumeIndex(first_keys, refs[1:]) if first_keys else None

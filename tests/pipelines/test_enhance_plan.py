@@ -173,20 +173,27 @@ def test_list_work_marks_unusable_keys_and_filters_extensions(tmp_path):
     ]
 
 
+@pytest.fixture(scope="module")
+def many_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("many")
+    for i in range(LISTED):
+        (folder / f"{i:05d}-a-fairly-long-file-name-for-the-listing.jpg").touch()
+    return folder
+
+
+LISTED = 90000
+
+
 @pytest.mark.parametrize("configured", [True, False])
 def test_ray_data_streams_listing_pages_only_with_the_enhance_block_size(
-    ray_local, tmp_path, configured
+    ray_local, many_files, tmp_path, configured
 ):
     """At Ray Data's default block size every page waits for the end of the listing and
-    leaves as one block; with the enhance context pages leave as they are listed."""
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(12000):
-        (folder / f"{i:05d}-a-fairly-long-file-name-for-the-listing.jpg").touch()
-    dataset = ray_local.data.from_items([{"root": str(folder)}]).map_batches(
+    leaves as one block; with the enhance context pages leave while the listing goes on."""
+    dataset = ray_local.data.from_items([{"root": str(many_files)}]).map_batches(
         list_work,
         fn_kwargs={
-            "source": ListingSource(str(folder)),
+            "source": ListingSource(str(many_files)),
             "rules": KeyRules(str(tmp_path / "out")),
             "resume": None,
             "page_size": 1000,
@@ -197,8 +204,8 @@ def test_ray_data_streams_listing_pages_only_with_the_enhance_block_size(
     if configured:
         _configure(dataset.context)
     sizes = [len(b["key"]) for b in dataset.iter_batches(batch_size=None, batch_format="numpy")]
-    assert sum(sizes) == 12000
+    assert sum(sizes) == LISTED
     if configured:
-        assert len(sizes) >= 2 and max(sizes) < 12000
+        assert len(sizes) >= 2 and max(sizes) < LISTED
     else:
-        assert sizes == [12000]
+        assert sizes == [LISTED]
