@@ -35,7 +35,13 @@ from pipelines.enhance_actor import (
     load_checkpoint_files,
     stage_checkpoint,
 )
-from pipelines.enhance_plan import KeyRules, build_resume_index, check_finished, list_work
+from pipelines.enhance_plan import (
+    CHECK_ROWS,
+    KeyRules,
+    build_resume_index,
+    check_finished,
+    list_work,
+)
 from pipelines.errors import UserError
 from pipelines.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from pipelines.listing import PAGE_SIZE, ListingSource
@@ -230,8 +236,9 @@ def planned_work(listing, rules: KeyRules, resume, output: Location, run_id: str
         batch_format="numpy",
         num_cpus=0.5,
     )
-    dataset = dataset.repartition(target_num_rows_per_block=_rows_per_block(args.batch_size))
     if resume is not None:
+        # A check costs a stat per finished key: blocks of 1,000 amortise the task.
+        dataset = dataset.repartition(target_num_rows_per_block=CHECK_ROWS)
         dataset = dataset.map_batches(
             check_finished,
             fn_kwargs={
@@ -255,7 +262,9 @@ def run_pipeline(work, source: Location, output: Location, checkpoint_files, arg
     total_cpus = ray.cluster_resources().get("CPU", 1.0)
     settings = inference_settings(args, total_cpus)
     files_ref = ray.put(checkpoint_files)
-    dataset = work.limit(args.limit) if args.limit is not None else work
+    dataset = work.repartition(target_num_rows_per_block=_rows_per_block(args.batch_size))
+    if args.limit is not None:
+        dataset = dataset.limit(args.limit)
     dataset = decode_stage(dataset, source, args.max_pixels)
     dataset = dataset.map_batches(
         EnhanceActor,

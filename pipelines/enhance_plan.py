@@ -19,6 +19,7 @@ import bisect
 import hashlib
 import posixpath
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,9 @@ from pipelines.storage import safe_join
 FORMAT_EXTENSIONS = {"png": (".png",), "jpeg": (".jpg", ".jpeg")}
 INDEX_CHUNK_ROWS = 65536
 LOADED_CHUNKS = 4
+STAT_CHUNK = 32
+STAT_THREADS = 16
+CHECK_ROWS = 1000
 
 
 def output_key_for(key: str, output_format: str) -> str:
@@ -227,6 +231,16 @@ def _plan_columns(rows: list[tuple]) -> dict[str, np.ndarray]:
     return columns
 
 
+def file_infos(filesystem: pafs.FileSystem, paths: list[str]) -> list[pafs.FileInfo]:
+    """``get_file_info`` of many paths; on object stores (one request per path, which pyarrow
+    sends one after another) through parallel requests."""
+    if isinstance(filesystem, pafs.LocalFileSystem) or len(paths) <= STAT_CHUNK:
+        return filesystem.get_file_info(paths)
+    chunks = [paths[start : start + STAT_CHUNK] for start in range(0, len(paths), STAT_CHUNK)]
+    with ThreadPoolExecutor(STAT_THREADS) as pool:
+        return [info for infos in pool.map(filesystem.get_file_info, chunks) for info in infos]
+
+
 def check_finished(
     batch: dict[str, np.ndarray],
     output_filesystem: pafs.FileSystem,
@@ -249,8 +263,8 @@ def check_finished(
     if not candidates:
         return batch
     root = output_root.rstrip("/")
-    infos = output_filesystem.get_file_info(
-        [f"{root}/{batch['output_key'][index]}" for index in candidates]
+    infos = file_infos(
+        output_filesystem, [f"{root}/{batch['output_key'][index]}" for index in candidates]
     )
     status = batch["status"].copy()
     skipped = []

@@ -16,6 +16,7 @@ from pipelines.enhance_plan import (
     KeyRules,
     build_resume_index,
     check_finished,
+    file_infos,
     list_work,
     output_key_for,
 )
@@ -209,3 +210,18 @@ def test_ray_data_streams_listing_pages_only_with_the_enhance_block_size(
         assert len(sizes) >= 2 and max(sizes) < LISTED
     else:
         assert sizes == [LISTED]
+
+
+def test_file_infos_on_s3_asks_in_parallel_and_keeps_the_order(s3_env):
+    bucket = s3_env.make_bucket("stat")
+    filesystem = s3_env.filesystem()
+    paths = [f"{bucket}/out/{i:03d}.jpg" for i in range(100)]
+    for i, path in enumerate(paths):
+        if i % 3:
+            with filesystem.open_output_stream(path) as stream:
+                stream.write(b"x" * i)
+    infos = file_infos(filesystem, paths)
+    assert [info.path for info in infos] == paths
+    assert [info.size if i % 3 else info.type for i, info in enumerate(infos)] == [
+        i if i % 3 else pafs.FileType.NotFound for i in range(100)
+    ]
