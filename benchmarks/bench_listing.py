@@ -1,7 +1,8 @@
 """Listing benchmark: ``enhance --dry-run`` over N and 10N files, each run in a fresh process,
-printing the driver's peak RSS, the listing rate, and the 10N/N driver-memory ratio; and, side
-by side, what a driver that first collects every key (``storage.list_files``, the way enhance
-worked before it streamed) holds for the same folders.
+printing the listing rate and the driver's memory at the end (its own heap, and apart from it
+the pages of Ray's shared object store it mapped while reading blocks), with the 10N/N heap
+ratio; and, side by side, what a driver that first collects every key (``storage.list_files``,
+the way enhance worked before it streamed) adds to its heap for the same folders.
 
 The files are empty ``.jpg`` files in folders of 1,000 (a dry run lists and checks, it reads
 nothing). A second dry run of 10N against an output whose manifest records all 10N images as
@@ -27,22 +28,34 @@ from enlightengan.checkpoint import save_checkpoint  # noqa: E402
 from enlightengan.config import EnlightenGANConfig, GeneratorConfig  # noqa: E402
 from enlightengan.generator import Generator  # noqa: E402
 
-DRY_RUN = """
-import resource, sys, time
+MEMORY = """
+def memory():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return " ".join(str(int(fields[name].split()[0]) // 1024) for name in ("RssAnon", "RssShmem"))
+"""
+DRY_RUN = (
+    MEMORY
+    + """
+import sys, time
 from pipelines.cli import main
 started = time.perf_counter()
 code = main(sys.argv[1:])
 seconds = time.perf_counter() - started
-print(f"BENCH {code} {seconds:.3f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
+print(f"BENCH {code} {seconds:.3f} {memory()}")
 """
-COLLECT = """
-import resource, sys, time
+)
+COLLECT = (
+    MEMORY
+    + """
+import sys, time
 from pipelines.storage import list_files
+before = memory()
 started = time.perf_counter()
 keys = list_files(sys.argv[1])
 seconds = time.perf_counter() - started
-print(f"BENCH {len(keys)} {seconds:.3f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
+print(f"BENCH {len(keys)} {seconds:.3f} {before} {memory()}")
 """
+)
 
 
 def make_files(root: Path, count: int) -> None:
@@ -72,15 +85,17 @@ def make_done_manifest(output: Path, count: int) -> None:
     pq.write_table(table, output / MANIFEST_DIR / "run-20260101T000000-bench-0.parquet")
 
 
-def run(script: str, *argv: str, env: dict) -> tuple[str, float, float]:
+def run(script: str, *argv: str, env: dict) -> tuple[str, float, list[int]]:
+    """Runs ``script`` in a fresh interpreter; returns its result, seconds and memory (MiB):
+    anonymous (the process's own heap) and shared (pages of Ray's object store it mapped)."""
     done = subprocess.run(
         [sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env, cwd=ROOT
     )
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if line is None:
         raise SystemExit(f"benchmark step failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    _, result, seconds, peak_kib = line.split()
-    return result, float(seconds), int(peak_kib) / 1024
+    _, result, seconds, *memory = line.split()
+    return result, float(seconds), [int(value) for value in memory]
 
 
 def main() -> None:
@@ -109,23 +124,24 @@ def main() -> None:
             argv = ["enhance", "--checkpoint", str(checkpoint), "--input", str(source),
                     "--output", str(work / f"out-{count}"), "--dry-run",
                     "--num-cpus", str(options.num_cpus)]  # fmt: skip
-            _, seconds, peak = run(DRY_RUN, *argv, env=env)
-            driver[count] = peak
+            _, seconds, (heap, shared) = run(DRY_RUN, *argv, env=env)
+            driver[count] = heap
             print(f"dry run, {count} files: {seconds:.1f} s ({count / seconds:.0f} keys/s), "
-                  f"driver peak RSS {peak:.0f} MiB")  # fmt: skip
-            listed, seconds, collected = run(COLLECT, str(source), env=env)
+                  f"driver heap {heap} MiB (+ {shared} MiB of object store pages)")  # fmt: skip
+            listed, seconds, (before, _, after, _) = run(COLLECT, str(source), env=env)
             print(f"collecting every key on the driver (list_files), {listed} keys: "
-                  f"{seconds:.1f} s, peak RSS {collected:.0f} MiB")  # fmt: skip
+                  f"{seconds:.1f} s, heap {before} -> {after} MiB")  # fmt: skip
         small, large = options.count, 10 * options.count
-        print(f"driver memory ratio 10N/N, streaming dry run: {driver[large] / driver[small]:.2f}")
+        print(f"driver heap ratio 10N/N, streaming dry run: {driver[large] / driver[small]:.2f}")
 
         output = work / f"out-{large}"
         make_done_manifest(output, large)
         argv = ["enhance", "--checkpoint", str(checkpoint), "--input", str(work / f"in-{large}"),
                 "--output", str(output), "--dry-run", "--num-cpus", str(options.num_cpus)]  # fmt: skip
-        _, seconds, peak = run(DRY_RUN, *argv, env=env)
+        _, seconds, (heap, shared) = run(DRY_RUN, *argv, env=env)
         print(f"dry run, {large} files all done (resume index + a stat per key): {seconds:.1f} s "
-              f"({large / seconds:.0f} keys/s), driver peak RSS {peak:.0f} MiB")  # fmt: skip
+              f"({large / seconds:.0f} keys/s), driver heap {heap} MiB "
+              f"(+ {shared} MiB of object store pages)")  # fmt: skip
 
 
 if __name__ == "__main__":
