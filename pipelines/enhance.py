@@ -91,7 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--limit", type=int, default=None, help="enhance at most N images")
     parser.add_argument("--overwrite", action="store_true", help="redo finished images too")
-    parser.add_argument("--dry-run", action="store_true", help="plan and estimate, write nothing")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the input, count what would be done, show the first keys and an estimated "
+        "time; write nothing",
+    )
     parser.add_argument(
         "--manifest-rows",
         type=int,
