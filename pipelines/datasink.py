@@ -3,16 +3,17 @@
 Ray Data's ``write_images`` names files itself; :func:`write_enhanced` keeps each image's
 relative key instead. Every object is written atomically from a reader's view (one S3 PUT, or a
 temporary file renamed into place on a local disk). Its manifest row follows in a later part
-``<output>/_manifest/run-<run id>-<task>.parquet`` (:class:`ManifestSink`). An image only counts
+``<output>/_manifest/run-<run id>-<task>-<digest>.parquet`` (:class:`ManifestSink`); rows that
+the planning stages decide go to ``run-<run id>-unusable-<digest>`` and ``-skipped-`` parts. An image only counts
 as done once a manifest row says ``enhanced`` with the size its object really has, so an object
 cut off by a crash, or written just before one (no manifest row yet), is redone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable
 
@@ -201,7 +202,9 @@ class ManifestSink(Datasink):
                   for block in blocks]  # fmt: skip
         rows = [row for table in tables for row in table.to_pylist()]
         if rows:
-            name = f"run-{self.run_id}-{ctx.task_idx:06d}-{uuid.uuid4().hex[:8]}.parquet"
+            # Named after its keys: a write task that Ray re-runs rewrites the same part.
+            digest = hashlib.sha1("\n".join(row["key"] for row in rows).encode()).hexdigest()
+            name = f"run-{self.run_id}-{ctx.task_idx:06d}-{digest[:16]}.parquet"
             write_manifest_part(self.filesystem, self.manifest_root, name, rows)
 
 

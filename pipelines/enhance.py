@@ -37,7 +37,9 @@ from pipelines.enhance_actor import (
 )
 from pipelines.enhance_plan import (
     CHECK_ROWS,
+    UNUSABLE_KEY_REASONS,
     KeyRules,
+    ManifestTarget,
     build_resume_index,
     check_finished,
     list_work,
@@ -117,6 +119,11 @@ def key_rules(source: Location, output: Location, args) -> KeyRules:
     inside = None
     if type(source.filesystem) is type(output.filesystem) and nested.startswith(base):
         inside = nested[len(base) :]
+        if not inside:
+            raise UserError(
+                "--output is the --input folder: the enhanced images would replace the "
+                "originals; give another folder (one inside the input is fine)"
+            )
     return KeyRules(output.path, args.format, wanted, inside)
 
 
@@ -175,7 +182,7 @@ def run(args) -> int:
     if not args.dry_run:
         check_writable(output, args.output)
     init_ray(args.address, args.num_cpus)
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     try:
         resume = None
         if not args.overwrite:
@@ -233,10 +240,17 @@ def planned_work(listing, rules: KeyRules, resume, output: Location, run_id: str
     """The dataset of rows to work on: listed, checked against the manifest, unread."""
     import ray
 
+    record = None if args.dry_run else ManifestTarget(output.filesystem, output.path, run_id)
     dataset = ray.data.from_items([{"root": listing.root}])
     dataset = dataset.map_batches(
         list_work,
-        fn_kwargs={"source": listing, "rules": rules, "resume": resume, "page_size": PAGE_SIZE},
+        fn_kwargs={
+            "source": listing,
+            "rules": rules,
+            "resume": resume,
+            "page_size": PAGE_SIZE,
+            "record": record,
+        },
         batch_size=1,
         batch_format="numpy",
         num_cpus=0.5,
@@ -249,8 +263,7 @@ def planned_work(listing, rules: KeyRules, resume, output: Location, run_id: str
             fn_kwargs={
                 "output_filesystem": output.filesystem,
                 "output_root": output.path,
-                "run_id": run_id,
-                "record": not args.dry_run,
+                "record": record,
             },
             batch_size=None,
             batch_format="numpy",
@@ -353,7 +366,8 @@ def _estimate_seconds_per_image(keys: list[str], source: Location, checkpoint_fi
 def _print_summary(summary: dict, seconds: float, output: Location, run_id, limit) -> None:
     statuses = Counter(summary["status"])
     enhanced = statuses.get(ENHANCED, 0)
-    worked = enhanced + statuses.get(FAILED, 0)
+    unusable = sum(summary["reasons"].get(reason, 0) for reason in UNUSABLE_KEY_REASONS)
+    worked = enhanced + statuses.get(FAILED, 0) - unusable
     rate = enhanced / seconds if seconds > 0 else 0.0
     lines = [
         f"enhance summary (run {run_id}): {sum(statuses.values())} images",

@@ -39,6 +39,8 @@ LOADED_CHUNKS = 4
 STAT_CHUNK = 32
 STAT_THREADS = 16
 CHECK_ROWS = 1000
+# Reasons decided while listing (never counted by --limit).
+UNUSABLE_KEY_REASONS = ("unsafe-key", "reserved-key", "output-key-collision", "undecodable-key")
 
 
 def output_key_for(key: str, output_format: str) -> str:
@@ -189,31 +191,86 @@ class KeyRules:
         return None
 
 
+@dataclass(frozen=True)
+class ManifestTarget:
+    """Where a planning stage records the rows it decides itself (unusable keys, skips): parts
+    named after their keys, so a task that Ray re-runs rewrites the same part."""
+
+    filesystem: pafs.FileSystem
+    output_root: str
+    run_id: str
+
+    def write(self, kind: str, rows: list[dict]) -> None:
+        digest = hashlib.sha1("\n".join(row["key"] for row in rows).encode()).hexdigest()[:16]
+        root = f"{self.output_root.rstrip('/')}/{MANIFEST_DIR}"
+        write_manifest_part(
+            self.filesystem, root, f"run-{self.run_id}-{kind}-{digest}.parquet", rows
+        )
+
+
 def list_work(
     batch: dict[str, np.ndarray],
     source: ListingSource,
     rules: KeyRules,
     resume: ResumeIndex | None,
     page_size: int,
+    record: ManifestTarget | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data stage (one task, whatever its input row): every key under the input, a page
-    at a time."""
+    """Ray Data stage (one task, whatever its input row): every wanted key under the input,
+    ``page_size`` at a time.
+
+    With ``record``, unusable keys go straight to the manifest and only pending rows leave, so
+    ``--limit`` counts images; without it (``--dry-run``) they leave too, to be counted. Pages
+    are cut after the filters, so a re-run of this task yields the same pages even while
+    outputs appear under an output prefix inside the input."""
     guard = CollisionGuard() if rules.output_format != "same" else None
+    wanted: list[str] = []
     for page in source.pages(page_size):
-        rows = []
         for key, _ in page:
             if rules.extensions is not None and not key.lower().endswith(rules.extensions):
                 continue
-            if rules.excluded_prefix and key.startswith(rules.excluded_prefix):
+            if rules.excluded_prefix is not None and key.startswith(rules.excluded_prefix):
                 continue
-            output_key = output_key_for(key, rules.output_format)
-            reason = rules.unusable_reason(output_key)
-            if reason is None and guard is not None and not guard.claim(key, output_key):
-                reason = "output-key-collision"
-            recorded = resume.recorded_bytes(key, output_key) if resume and not reason else 0
-            rows.append((key, output_key, FAILED if reason else PENDING, reason or "", recorded))
-        if rows:
-            yield _plan_columns(rows)
+            wanted.append(key)
+            if len(wanted) >= page_size:
+                yield from _planned(wanted, rules, guard, resume, record)
+                wanted = []
+    if wanted:
+        yield from _planned(wanted, rules, guard, resume, record)
+
+
+def _planned(keys, rules: KeyRules, guard, resume, record) -> Iterator[dict[str, np.ndarray]]:
+    rows = []
+    for key in keys:
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            # A local file name that is not UTF-8: no object key can name it.
+            shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            rows.append((shown, shown, FAILED, "undecodable-key", 0))
+            continue
+        output_key = output_key_for(key, rules.output_format)
+        reason = rules.unusable_reason(output_key)
+        if reason is None and guard is not None and not guard.claim(key, output_key):
+            reason = "output-key-collision"
+        if reason:
+            rows.append((key, output_key, FAILED, reason, 0))
+        else:
+            recorded = resume.recorded_bytes(key, output_key) if resume else 0
+            rows.append((key, output_key, PENDING, "", recorded))
+    if record is not None:
+        failed = [row for row in rows if row[2] == FAILED]
+        if failed:
+            record.write(
+                "unusable",
+                [
+                    manifest_row(k, o, FAILED, why, run_id=record.run_id)
+                    for k, o, _, why, _ in failed
+                ],
+            )
+            rows = [row for row in rows if row[2] != FAILED]
+    if rows:
+        yield _plan_columns(rows)
 
 
 def _plan_columns(rows: list[tuple]) -> dict[str, np.ndarray]:
@@ -245,14 +302,12 @@ def check_finished(
     batch: dict[str, np.ndarray],
     output_filesystem: pafs.FileSystem,
     output_root: str,
-    run_id: str,
-    record: bool,
+    record: ManifestTarget | None = None,
 ) -> dict[str, np.ndarray]:
     """Mark ``skipped`` the pending rows whose output already has the recorded size.
 
-    With ``record`` the skipped rows are written as this task's own manifest part (named after
-    its keys, so a retried task rewrites the same part) and left out of the output; without it
-    (``--dry-run``) they stay in the batch for counting."""
+    With ``record`` the skipped rows are written as this task's own manifest part and left
+    out of the output; without it (``--dry-run``) they stay in the batch for counting."""
     candidates = [
         index
         for index, (status, recorded) in enumerate(
@@ -273,20 +328,20 @@ def check_finished(
             status[index] = SKIPPED
             skipped.append(index)
     batch = {**batch, "status": status}
-    if not record or not skipped:
+    if record is None or not skipped:
         return batch
-    rows = [
-        manifest_row(
-            batch["key"][index],
-            batch["output_key"][index],
-            SKIPPED,
-            output_bytes=int(batch["recorded_bytes"][index]),
-            run_id=run_id,
-        )
-        for index in skipped
-    ]
-    digest = hashlib.sha1("\n".join(row["key"] for row in rows).encode()).hexdigest()[:16]
-    name = f"run-{run_id}-skipped-{digest}.parquet"
-    write_manifest_part(output_filesystem, f"{root}/{MANIFEST_DIR}", name, rows)
+    record.write(
+        "skipped",
+        [
+            manifest_row(
+                batch["key"][index],
+                batch["output_key"][index],
+                SKIPPED,
+                output_bytes=int(batch["recorded_bytes"][index]),
+                run_id=record.run_id,
+            )
+            for index in skipped
+        ],
+    )
     keep = status != SKIPPED
     return {name: column[keep] for name, column in batch.items()}

@@ -6,8 +6,8 @@
 - Local folders: a depth-first walk that sorts one directory's entries at a time, comparing a
   folder as ``name/``, which yields the keys in binary order.
 
-Memory is one page (S3) or one directory's names (local disk), whatever the size of the
-archive. Either order keeps the keys of one folder that share a stem together, which is what
+Memory is one page (S3), or on a local disk the sorted entries of the folders on the path
+being walked, whatever the size of the archive. Either order keeps the keys of one folder that share a stem together, which is what
 lets the later checks stream too (see ``pipelines.enhance_plan``). Hidden files and folders (a
 part starting with ``.``) are left out, as ``storage.list_files`` does.
 """
@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pyarrow import fs as pafs
+
+from pipelines.errors import UserError
 from pipelines.storage import Location, S3Settings, StorageOptions, s3_settings
 
 logger = logging.getLogger(__name__)
@@ -39,6 +43,10 @@ class ListingSource:
     def of(cls, location: Location, options: StorageOptions | None = None) -> ListingSource:
         if location.is_local:
             return cls(location.path)
+        if not isinstance(location.filesystem, pafs.S3FileSystem):
+            raise UserError(
+                f"cannot list {location.uri}: enhance reads local folders and s3:// prefixes"
+            )
         return cls(location.path.strip("/"), s3_settings(options or StorageOptions()))
 
     def pages(self, page_size: int = PAGE_SIZE) -> Iterator[list[tuple[str, int]]]:
@@ -55,28 +63,38 @@ class ListingSource:
         if page:
             yield page
 
-    def _local_items(self, folder: str, prefix: str) -> Iterator[tuple[str, int]]:
-        entries = []
+    def _local_items(
+        self, folder: str, prefix: str, ancestors: frozenset = frozenset()
+    ) -> Iterator[tuple[str, int]]:
         try:
+            here = os.stat(folder)
             with os.scandir(folder) as found:
-                for entry in found:
-                    if entry.name.startswith("."):
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        entries.append((entry.name + "/", entry.path, 0))
-                    elif entry.is_file():
-                        entries.append((entry.name, None, entry.stat().st_size))
+                names = [entry.name for entry in found if not entry.name.startswith(".")]
         except OSError as error:
             if not prefix:
                 raise
             # An unreadable subfolder must not stop the job: its images are simply not listed.
             logger.warning("listing skips %s: %s", prefix, error.strerror or error)
             return
+        # Symlinked folders are followed, except back into a folder being walked (a loop).
+        ancestors = ancestors | {(here.st_dev, here.st_ino)}
+        entries = []
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue  # removed since it was listed, or a broken link
+            if stat.S_ISDIR(info.st_mode):
+                if (info.st_dev, info.st_ino) not in ancestors:
+                    entries.append((name + "/", path, 0))
+            elif stat.S_ISREG(info.st_mode):
+                entries.append((name, None, info.st_size))
         for name, subfolder, size in sorted(entries):
             if subfolder is None:
                 yield prefix + name, size
             else:
-                yield from self._local_items(subfolder, prefix + name)
+                yield from self._local_items(subfolder, prefix + name, ancestors)
 
     def _s3_items(self) -> Iterator[tuple[str, int]]:
         bucket, _, key_prefix = self.root.partition("/")

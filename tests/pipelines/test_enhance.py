@@ -269,6 +269,16 @@ def _wrong_architecture_checkpoint(directory: Path) -> Path:
     return directory
 
 
+def test_output_equal_to_input_is_refused_before_any_work(checkpoint_run, inputs, tmp_path, capsys):
+    source = tmp_path / "in"
+    shutil.copytree(inputs / "low", source)
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    common = ("--checkpoint", str(checkpoint_run), "--input", str(source))
+    assert enhance(*common, "--output", str(source)) == 2
+    assert "replace the originals" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("kind", ["missing", "not-a-checkpoint", "wrong-architecture"])
 def test_bad_checkpoint_is_one_clear_error_before_any_work(inputs, tmp_path, capsys, kind):
     if kind == "wrong-architecture":

@@ -14,6 +14,7 @@ from pipelines.enhance import _configure
 from pipelines.enhance_plan import (
     CollisionGuard,
     KeyRules,
+    ManifestTarget,
     build_resume_index,
     check_finished,
     file_infos,
@@ -138,18 +139,19 @@ def test_check_finished_skips_only_outputs_with_the_recorded_size(tmp_path):
     batch = _batch([("done.jpg", "done.jpg", 10), ("cut.jpg", "cut.jpg", 10),
                     ("orphan.jpg", "orphan.jpg", 0), ("gone.jpg", "gone.jpg", 10)])  # fmt: skip
     filesystem = pafs.LocalFileSystem()
-    counted = check_finished(batch, filesystem, str(tmp_path), "run-x", record=False)
+    counted = check_finished(batch, filesystem, str(tmp_path))
     assert list(counted["status"]) == ["skipped", "pending", "pending", "pending"]
     assert not (tmp_path / MANIFEST_DIR).exists()
 
-    kept = check_finished(batch, filesystem, str(tmp_path), "run-x", record=True)
+    target = ManifestTarget(filesystem, str(tmp_path), "run-x")
+    kept = check_finished(batch, filesystem, str(tmp_path), target)
     assert list(kept["key"]) == ["cut.jpg", "orphan.jpg", "gone.jpg"]
     rows = read_manifest(filesystem, f"{tmp_path}/{MANIFEST_DIR}").to_pylist()
     assert [(row["key"], row["status"], row["output_bytes"]) for row in rows] == [
         ("done.jpg", "skipped", 10)
     ]
     # A retried task writes the same part again, not a second one.
-    check_finished(batch, filesystem, str(tmp_path), "run-x", record=True)
+    check_finished(batch, filesystem, str(tmp_path), target)
     assert len(list((tmp_path / MANIFEST_DIR).glob("*.parquet"))) == 1
 
 
@@ -171,6 +173,24 @@ def test_list_work_marks_unusable_keys_and_filters_extensions(tmp_path):
         ("a.jpg", "a.png", "pending", ""),
         ("a.png", "a.png", "failed", "output-key-collision"),
         ("b.JPEG", "b.png", "pending", ""),
+    ]
+
+
+def test_list_work_records_unusable_keys_itself_so_only_images_leave(tmp_path):
+    source = tmp_path / "in"
+    (source / "x").mkdir(parents=True)
+    for name in ["a.jpg", "a.png", "b.jpg", "caf\udce9.jpg"]:  # the last: Latin-1 bytes on disk
+        (source / "x" / name).write_bytes(b"x")
+    filesystem = pafs.LocalFileSystem()
+    target = ManifestTarget(filesystem, str(tmp_path / "out"), "run-y")
+    rules = KeyRules(str(tmp_path / "out"), "png", (".jpg", ".png"))
+    batches = list(list_work({}, ListingSource(str(source)), rules, None, 2, target))
+    assert [key for batch in batches for key in batch["key"]] == ["x/a.jpg", "x/b.jpg"]
+    assert {status for batch in batches for status in batch["status"]} == {"pending"}
+    rows = read_manifest(filesystem, f"{tmp_path}/out/{MANIFEST_DIR}").to_pylist()
+    assert sorted((row["key"], row["reason"]) for row in rows) == [
+        ("x/a.png", "output-key-collision"),
+        ("x/caf\\xe9.jpg", "undecodable-key"),
     ]
 
 

@@ -96,3 +96,13 @@ def test_unreachable_s3_is_a_transient_error_so_ray_data_retries(tmp_path):
     with pytest.raises(OSError) as raised:
         next(source.pages())
     assert is_transient(raised.value)
+
+
+def test_symlinked_folders_are_followed_but_not_into_a_loop(tmp_path):
+    _write(tmp_path / "real", ["one.jpg"])
+    _write(tmp_path / "root", ["a/two.jpg"])
+    (tmp_path / "root" / "linked").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "root" / "a" / "loop").symlink_to(tmp_path / "root", target_is_directory=True)
+    (tmp_path / "root" / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    keys = [key for key, _ in _keys(ListingSource(str(tmp_path / "root")))]
+    assert keys == ["a/two.jpg", "linked/one.jpg"]
