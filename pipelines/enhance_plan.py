@@ -30,7 +30,7 @@ from pyarrow import fs as pafs
 
 from pipelines.datasink import MANIFEST_DIR, manifest_row, read_manifest, write_manifest_part
 from pipelines.enhance_actor import ENHANCED, FAILED, PENDING, SKIPPED
-from pipelines.listing import ListingSource
+from pipelines.listing import UNREADABLE, ListingSource
 from pipelines.storage import safe_join
 
 FORMAT_EXTENSIONS = {"png": (".png",), "jpeg": (".jpg", ".jpeg")}
@@ -40,7 +40,13 @@ STAT_CHUNK = 32
 STAT_THREADS = 16
 CHECK_ROWS = 1000
 # Reasons decided while listing (never counted by --limit).
-UNUSABLE_KEY_REASONS = ("unsafe-key", "reserved-key", "output-key-collision", "undecodable-key")
+UNUSABLE_KEY_REASONS = (
+    "unsafe-key",
+    "reserved-key",
+    "output-key-collision",
+    "undecodable-key",
+    "unreadable-folder",
+)
 
 
 def output_key_for(key: str, output_format: str) -> str:
@@ -226,12 +232,15 @@ def list_work(
     guard = CollisionGuard() if rules.output_format != "same" else None
     wanted: list[str] = []
     for page in source.pages(page_size):
-        for key, _ in page:
-            if rules.extensions is not None and not key.lower().endswith(rules.extensions):
+        for key, size in page:
+            if size == UNREADABLE:
+                wanted.append(key)  # kept whatever the filters: _planned records the reason
+            elif rules.extensions is not None and not key.lower().endswith(rules.extensions):
                 continue
-            if rules.excluded_prefix is not None and key.startswith(rules.excluded_prefix):
+            elif rules.excluded_prefix is not None and key.startswith(rules.excluded_prefix):
                 continue
-            wanted.append(key)
+            else:
+                wanted.append(key)
             if len(wanted) >= page_size:
                 yield from _planned(wanted, rules, guard, resume, record)
                 wanted = []
@@ -248,6 +257,9 @@ def _planned(keys, rules: KeyRules, guard, resume, record) -> Iterator[dict[str,
             # A local file name that is not UTF-8: no object key can name it.
             shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             rows.append((shown, shown, FAILED, "undecodable-key", 0))
+            continue
+        if key.endswith("/"):
+            rows.append((key, key, FAILED, "unreadable-folder", 0))
             continue
         output_key = output_key_for(key, rules.output_format)
         reason = rules.unusable_reason(output_key)

@@ -27,6 +27,8 @@ from pipelines.storage import Location, S3Settings, StorageOptions, s3_settings
 
 logger = logging.getLogger(__name__)
 PAGE_SIZE = 1000
+# The size given for a folder that could not be listed (its key ends with "/").
+UNREADABLE = -1
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ class ListingSource:
         return cls(location.path.strip("/"), s3_settings(options or StorageOptions()))
 
     def pages(self, page_size: int = PAGE_SIZE) -> Iterator[list[tuple[str, int]]]:
-        """``[(relative key, size), ...]`` pages in ascending key order."""
+        """``[(relative key, size), ...]`` pages in listing order; a local subfolder that cannot
+        be read comes as ``("folder/", UNREADABLE)``."""
         items = self._s3_items() if self.s3 is not None else self._local_items(self.root, "")
         page: list[tuple[str, int]] = []
         for key, size in items:
@@ -73,8 +76,9 @@ class ListingSource:
         except OSError as error:
             if not prefix:
                 raise
-            # An unreadable subfolder must not stop the job: its images are simply not listed.
+            # An unreadable subfolder must not stop the job; it becomes one row with a reason.
             logger.warning("listing skips %s: %s", prefix, error.strerror or error)
+            yield prefix, UNREADABLE
             return
         # Symlinked folders are followed, except back into a folder being walked (a loop).
         ancestors = ancestors | {(here.st_dev, here.st_ino)}

@@ -21,7 +21,7 @@ from pipelines.enhance_plan import (
     list_work,
     output_key_for,
 )
-from pipelines.listing import ListingSource
+from pipelines.listing import UNREADABLE, ListingSource
 
 
 def _binary(key: str) -> str:
@@ -192,6 +192,25 @@ def test_list_work_records_unusable_keys_itself_so_only_images_leave(tmp_path):
         ("x/a.png", "output-key-collision"),
         ("x/caf\\xe9.jpg", "undecodable-key"),
     ]
+
+
+class _SourceWithAnUnreadableFolder(ListingSource):
+    """A listing as a user without read permission on ``locked/`` gets it (tests run as root,
+    who can read every folder)."""
+
+    def pages(self, page_size=1000):
+        yield [("a.jpg", 3), ("locked/", UNREADABLE), ("z.txt", 1)]
+
+
+def test_an_unreadable_folder_becomes_one_failed_row(tmp_path):
+    rules = KeyRules(str(tmp_path / "out"), "same", (".jpg",))
+    batches = list(list_work({}, _SourceWithAnUnreadableFolder("unused"), rules, None, 10))
+    rows = [
+        row
+        for batch in batches
+        for row in zip(batch["key"], batch["status"], batch["reason"], strict=True)
+    ]
+    assert rows == [("a.jpg", "pending", ""), ("locked/", "failed", "unreadable-folder")]
 
 
 @pytest.fixture(scope="module")

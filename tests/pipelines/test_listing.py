@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from pipelines import storage
-from pipelines.listing import ListingSource
+from pipelines.listing import UNREADABLE, ListingSource
 from pipelines.retries import is_transient
 from pipelines.storage import S3Settings, StorageOptions
 
@@ -49,8 +49,11 @@ def test_local_listing_is_lazy_it_walks_folders_only_as_pages_are_taken(tmp_path
     # A walk that had listed everything up front would still return these folders' keys.
     for folder in range(5, 10):
         shutil.rmtree(tmp_path / f"d{folder}")
-    rest = [key for page in pages for key, _ in page]
-    assert {key.split("/")[0] for key in rest} == {f"d{folder}" for folder in range(1, 5)}
+    rest = [(key, size) for page in pages for key, size in page]
+    listed = {key.split("/")[0] for key, size in rest if size != UNREADABLE}
+    assert listed == {f"d{folder}" for folder in range(1, 5)}
+    # A folder gone by the time the walk reaches it is reported, not silently dropped.
+    assert [key for key, size in rest if size == UNREADABLE] == [f"d{f}/" for f in range(5, 10)]
 
 
 def test_unreadable_subfolder_is_skipped_not_fatal(tmp_path):
@@ -60,8 +63,8 @@ def test_unreadable_subfolder_is_skipped_not_fatal(tmp_path):
         listed = [key for key, _ in _keys(ListingSource(str(tmp_path)))]
     finally:
         (tmp_path / "a").chmod(0o755)
-    # root can read anything; as a normal user the folder is left out.
-    assert listed in (["b/two.jpg"], ["a/one.jpg", "b/two.jpg"])
+    # root can read anything; as a normal user the folder comes back as one marked entry.
+    assert listed in (["a/", "b/two.jpg"], ["a/one.jpg", "b/two.jpg"])
 
 
 def test_s3_listing_pages_through_more_than_one_list_call_in_key_order(s3_env):
