@@ -16,6 +16,7 @@ import io
 import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -179,15 +180,31 @@ class _ImageWriter:
         )
 
 
+@dataclass(frozen=True)
+class ManifestTarget:
+    """Where one run's manifest parts go. A part is named after its rows' keys, so a task that
+    Ray re-runs rewrites the same part instead of adding one."""
+
+    filesystem: pafs.FileSystem
+    output_root: str
+    run_id: str
+
+    def write(self, kind: str, rows: list[dict]) -> None:
+        """``rows`` as ``<output>/_manifest/run-<run id>-<kind>-<digest>.parquet``."""
+        digest = hashlib.sha1("\n".join(row["key"] for row in rows).encode()).hexdigest()[:16]
+        root = f"{self.output_root.rstrip('/')}/{MANIFEST_DIR}"
+        write_manifest_part(
+            self.filesystem, root, f"run-{self.run_id}-{kind}-{digest}.parquet", rows
+        )
+
+
 class ManifestSink(Datasink):
     """Write the manifest rows as parts of at least ``rows_per_part`` rows (the last one may be
     smaller): fewer, larger parts make the next run's resume index quick to read; images whose
     row was still waiting for its part when a run crashed are redone, never lost."""
 
-    def __init__(self, filesystem: pafs.FileSystem, output_root: str, run_id: str, rows_per_part):
-        self.filesystem = filesystem
-        self.manifest_root = f"{output_root.rstrip('/')}/{MANIFEST_DIR}"
-        self.run_id = run_id
+    def __init__(self, target: ManifestTarget, rows_per_part: int):
+        self.target = target
         self.rows_per_part = rows_per_part
 
     def get_name(self) -> str:
@@ -202,20 +219,19 @@ class ManifestSink(Datasink):
                   for block in blocks]  # fmt: skip
         rows = [row for table in tables for row in table.to_pylist()]
         if rows:
-            # Named after its keys: a write task that Ray re-runs rewrites the same part.
-            digest = hashlib.sha1("\n".join(row["key"] for row in rows).encode()).hexdigest()
-            name = f"run-{self.run_id}-{ctx.task_idx:06d}-{digest[:16]}.parquet"
-            write_manifest_part(self.filesystem, self.manifest_root, name, rows)
+            self.target.write(f"{ctx.task_idx:06d}", rows)
 
 
-def summarize_run(filesystem: pafs.FileSystem, manifest_root: str, run_id: str) -> dict:
+def summarize_run(target: ManifestTarget) -> dict:
     """Counts by status and failure reason, and bytes written, of one run's manifest parts,
     read a batch at a time."""
-    selector = pafs.FileSelector(manifest_root, allow_not_found=True)
+    filesystem = target.filesystem
+    manifest_root = f"{target.output_root.rstrip('/')}/{MANIFEST_DIR}"
     parts = [
         info.path
-        for info in filesystem.get_file_info(selector)
-        if info.base_name.startswith(f"run-{run_id}-") and info.base_name.endswith(".parquet")
+        for info in filesystem.get_file_info(pafs.FileSelector(manifest_root, allow_not_found=True))
+        if info.base_name.startswith(f"run-{target.run_id}-")
+        and info.base_name.endswith(".parquet")
     ]
     statuses: Counter = Counter()
     reasons: Counter = Counter()

@@ -22,7 +22,13 @@ from collections import Counter
 
 from pyarrow import fs as pafs
 
-from pipelines.datasink import MANIFEST_DIR, ManifestSink, summarize_run, write_enhanced
+from pipelines.datasink import (
+    MANIFEST_DIR,
+    ManifestSink,
+    ManifestTarget,
+    summarize_run,
+    write_enhanced,
+)
 from pipelines.enhance_actor import (
     ENHANCED,
     FAILED,
@@ -31,6 +37,7 @@ from pipelines.enhance_actor import (
     EnhanceActor,
     InferenceSettings,
     build_enhancer,
+    cpu_stage,
     decode_stage,
     load_checkpoint_files,
     stage_checkpoint,
@@ -39,7 +46,6 @@ from pipelines.enhance_plan import (
     CHECK_ROWS,
     UNUSABLE_KEY_REASONS,
     KeyRules,
-    ManifestTarget,
     build_resume_index,
     check_finished,
     list_work,
@@ -187,16 +193,17 @@ def run(args) -> int:
         resume = None
         if not args.overwrite:
             resume = build_resume_index(output.filesystem, _manifest_root(output))
-        work = planned_work(listing, rules, resume, output, run_id, args)
+        target = ManifestTarget(output.filesystem, output.path, run_id)
+        work = planned_work(listing, rules, resume, output, target, args)
         if args.dry_run:
             _dry_run(work, source, checkpoint.files, args)
             return 0
         started = time.perf_counter()
-        run_pipeline(work, source, output, checkpoint.files, args, run_id)
+        run_pipeline(work, source, output, checkpoint.files, args, target)
         seconds = time.perf_counter() - started
     except Exception as error:
         raise storage_failure("enhance", error) or error from None
-    summary = summarize_run(output.filesystem, _manifest_root(output), run_id)
+    summary = summarize_run(target)
     _print_summary(summary, seconds, output, run_id, args.limit)
     return 0
 
@@ -236,15 +243,16 @@ def _configure(context) -> None:
     retry_transient_task_errors(context)
 
 
-def planned_work(listing, rules: KeyRules, resume, output: Location, run_id: str, args):
+def planned_work(listing, rules: KeyRules, resume, output: Location, target, args):
     """The dataset of rows to work on: listed, checked against the manifest, unread."""
     import ray
 
-    record = None if args.dry_run else ManifestTarget(output.filesystem, output.path, run_id)
+    record = None if args.dry_run else target
     dataset = ray.data.from_items([{"root": listing.root}])
-    dataset = dataset.map_batches(
+    dataset = cpu_stage(
+        dataset,
         list_work,
-        fn_kwargs={
+        {
             "source": listing,
             "rules": rules,
             "resume": resume,
@@ -252,27 +260,19 @@ def planned_work(listing, rules: KeyRules, resume, output: Location, run_id: str
             "record": record,
         },
         batch_size=1,
-        batch_format="numpy",
-        num_cpus=0.5,
     )
     if resume is not None:
         # A check costs a stat per finished key: blocks of 1,000 amortise the task.
         dataset = dataset.repartition(target_num_rows_per_block=CHECK_ROWS)
-        dataset = dataset.map_batches(
+        dataset = cpu_stage(
+            dataset,
             check_finished,
-            fn_kwargs={
-                "output_filesystem": output.filesystem,
-                "output_root": output.path,
-                "record": record,
-            },
-            batch_size=None,
-            batch_format="numpy",
-            num_cpus=0.5,
+            {"output_filesystem": output.filesystem, "output_root": output.path, "record": record},
         )
     return dataset
 
 
-def run_pipeline(work, source: Location, output: Location, checkpoint_files, args, run_id: str):
+def run_pipeline(work, source: Location, output: Location, checkpoint_files, args, target):
     """Decode, enhance, write and record every row of ``work`` (see :func:`planned_work`)."""
     import ray
     from ray.data import ActorPoolStrategy
@@ -293,20 +293,19 @@ def run_pipeline(work, source: Location, output: Location, checkpoint_files, arg
         num_cpus=args.cpus_per_worker,
         num_gpus=args.gpus_per_worker or None,
     )
-    dataset = dataset.map_batches(
+    dataset = cpu_stage(
+        dataset,
         write_enhanced,
-        fn_kwargs={
+        {
             "filesystem": output.filesystem,
             "output_root": output.path,
-            "run_id": run_id,
+            "run_id": target.run_id,
             "output_format": args.format,
             "jpeg_quality": args.jpeg_quality,
         },
         batch_size=args.batch_size,
-        batch_format="numpy",
-        num_cpus=0.5,
     )
-    sink = ManifestSink(output.filesystem, output.path, run_id, args.manifest_rows)
+    sink = ManifestSink(target, args.manifest_rows)
     _configure(dataset.context)
     dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
 

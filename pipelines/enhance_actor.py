@@ -41,7 +41,8 @@ class InferenceSettings:
     torch_threads: int | None = None
 
 
-def _column(values, dtype=object) -> np.ndarray:
+def object_column(values, dtype=object) -> np.ndarray:
+    """A 1-D numpy array of arbitrary Python values (strings, bytes), one per row."""
     array = np.empty(len(values), dtype=dtype)
     array[:] = values
     return array
@@ -118,22 +119,20 @@ def decoded_images(pending: list[tuple[str, str]], source, max_pixels: int, num_
     return decode_stage(dataset, source, max_pixels)
 
 
-def decode_stage(dataset, source, max_pixels: int):
-    """Add :func:`read_and_decode` tasks (one per block) to ``dataset``.
+def cpu_stage(dataset, fn, fn_kwargs: dict, batch_size: int | None = None):
+    """Add ``fn`` to ``dataset`` as CPU tasks on numpy batches (``None``: one batch per block).
 
-    Half a CPU per decode task: a different request than the actors', so Ray Data keeps decoding
-    in tasks (scaling with CPUs) instead of fusing it into the actor."""
+    Half a CPU per task: a different request than the actors', so Ray Data keeps these stages
+    in tasks (scaling with CPUs) instead of fusing them into the actor."""
     return dataset.map_batches(
-        read_and_decode,
-        fn_kwargs={
-            "input_filesystem": source.filesystem,
-            "input_root": source.path,
-            "max_pixels": max_pixels,
-        },
-        batch_size=None,
-        batch_format="numpy",
-        num_cpus=0.5,
+        fn, fn_kwargs=fn_kwargs, batch_size=batch_size, batch_format="numpy", num_cpus=0.5
     )
+
+
+def decode_stage(dataset, source, max_pixels: int):
+    """Add :func:`read_and_decode` tasks (one per block) to ``dataset``."""
+    fn_kwargs = {"input_filesystem": source.filesystem, "input_root": source.path}
+    return cpu_stage(dataset, read_and_decode, {**fn_kwargs, "max_pixels": max_pixels})
 
 
 def _rgb_icc_profile(profile: bytes | None) -> bytes:
@@ -145,9 +144,9 @@ def _rgb_icc_profile(profile: bytes | None) -> bytes:
 def _to_columns(rows: list[dict]) -> dict[str, np.ndarray]:
     columns = {}
     for name in ("key", "output_key", "status", "reason", "format"):
-        columns[name] = _column([row[name] for row in rows])
+        columns[name] = object_column([row[name] for row in rows])
     for name in ("icc_profile", "exif", "pixels"):
-        columns[name] = _column([row[name] for row in rows])
+        columns[name] = object_column([row[name] for row in rows])
     for name in ("input_bytes", "height", "width"):
         columns[name] = np.array([row[name] for row in rows], dtype=np.int64)
     columns["seconds"] = np.array([row["seconds"] for row in rows], dtype=np.float64)

@@ -16,7 +16,6 @@ Two Ray Data stages, both running on streamed rows so that nothing scales with t
 from __future__ import annotations
 
 import bisect
-import hashlib
 import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +27,8 @@ import pyarrow.compute as pc
 import ray
 from pyarrow import fs as pafs
 
-from pipelines.datasink import MANIFEST_DIR, manifest_row, read_manifest, write_manifest_part
-from pipelines.enhance_actor import ENHANCED, FAILED, PENDING, SKIPPED
+from pipelines.datasink import MANIFEST_DIR, ManifestTarget, manifest_row, read_manifest
+from pipelines.enhance_actor import ENHANCED, FAILED, PENDING, SKIPPED, object_column
 from pipelines.listing import UNREADABLE, ListingSource
 from pipelines.storage import safe_join
 
@@ -197,23 +196,6 @@ class KeyRules:
         return None
 
 
-@dataclass(frozen=True)
-class ManifestTarget:
-    """Where a planning stage records the rows it decides itself (unusable keys, skips): parts
-    named after their keys, so a task that Ray re-runs rewrites the same part."""
-
-    filesystem: pafs.FileSystem
-    output_root: str
-    run_id: str
-
-    def write(self, kind: str, rows: list[dict]) -> None:
-        digest = hashlib.sha1("\n".join(row["key"] for row in rows).encode()).hexdigest()[:16]
-        root = f"{self.output_root.rstrip('/')}/{MANIFEST_DIR}"
-        write_manifest_part(
-            self.filesystem, root, f"run-{self.run_id}-{kind}-{digest}.parquet", rows
-        )
-
-
 def list_work(
     batch: dict[str, np.ndarray],
     source: ListingSource,
@@ -287,15 +269,15 @@ def _planned(keys, rules: KeyRules, guard, resume, record) -> Iterator[dict[str,
 
 def _plan_columns(rows: list[tuple]) -> dict[str, np.ndarray]:
     keys, output_keys, statuses, reasons, recorded = zip(*rows, strict=True)
-    columns = {}
-    for name, values in (
-        ("key", keys),
-        ("output_key", output_keys),
-        ("status", statuses),
-        ("reason", reasons),
-    ):
-        columns[name] = np.empty(len(values), dtype=object)
-        columns[name][:] = values
+    columns = {
+        name: object_column(values)
+        for name, values in (
+            ("key", keys),
+            ("output_key", output_keys),
+            ("status", statuses),
+            ("reason", reasons),
+        )
+    }
     columns["recorded_bytes"] = np.array(recorded, dtype=np.int64)
     return columns
 

@@ -56,10 +56,8 @@ class ListingSource:
         be read comes as ``("folder/", UNREADABLE)``."""
         items = self._s3_items() if self.s3 is not None else self._local_items(self.root, "")
         page: list[tuple[str, int]] = []
-        for key, size in items:
-            if any(part.startswith(".") for part in key.split("/")):
-                continue
-            page.append((key, size))
+        for item in items:
+            page.append(item)
             if len(page) >= page_size:
                 yield page
                 page = []
@@ -112,7 +110,8 @@ class ListingSource:
             for page in pages:
                 for item in page.get("Contents", ()):
                     key = item["Key"][len(key_prefix) :]
-                    if key and not key.endswith("/"):
+                    hidden = any(part.startswith(".") for part in key.split("/"))
+                    if key and not key.endswith("/") and not hidden:
                         yield key, int(item["Size"])
         except Exception as error:
             raise _as_storage_error(error) from None

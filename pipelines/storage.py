@@ -374,20 +374,14 @@ def fsspec_filesystem(uri: str, options: StorageOptions | None = None):
         return fsspec.filesystem("file"), location.path
     import s3fs
 
-    env = os.environ
-    options = options or StorageOptions()
-    profile = options.profile or env.get("AWS_PROFILE")
-    endpoint = options.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    client_kwargs = {"region_name": options.region or env.get("AWS_REGION") or "us-east-1"}
-    if endpoint:
-        client_kwargs["endpoint_url"] = endpoint
-    if options.profile or (profile and not env.get("AWS_ACCESS_KEY_ID")):
-        settings = _profile_settings(profile)
-        filesystem = s3fs.S3FileSystem(
-            key=settings["aws_access_key_id"],
-            secret=settings.get("aws_secret_access_key"),
-            client_kwargs=client_kwargs,
-        )
-    else:
-        filesystem = s3fs.S3FileSystem(client_kwargs=client_kwargs)
+    settings = s3_settings(options or StorageOptions())
+    client_kwargs = {"region_name": settings.region}
+    if settings.endpoint:
+        client_kwargs["endpoint_url"] = settings.endpoint
+    filesystem = s3fs.S3FileSystem(
+        key=settings.access_key,
+        secret=settings.secret_key,
+        token=settings.session_token,
+        client_kwargs=client_kwargs,
+    )
     return filesystem, location.path
