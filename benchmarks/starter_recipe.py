@@ -1,0 +1,103 @@
+"""Choose the starter model's CPU recipe: a short plain-loop run of one setting, then its scores.
+
+Trains with ``enlightengan.training.training_step`` (the step Ray Train runs) on the prepared
+starter shards for ``--minutes`` (lr constant for the first half of the time, then decaying
+linearly to 0), then scores the generator on the corpus's held-out photos darkened the demo's
+way (``bench_quality.score_set``: NIQE, PSNR, SSIM, luma) next to gamma and histogram
+equalisation. Extra arguments are ``section.field=value`` overrides. BENCHMARKS.md lists the
+settings tried and what each gave, e.g.:
+
+    python benchmarks/starter_recipe.py --data starter-shards --corpus starter-corpus \\
+        --minutes 6 generator.base_channels=16 loss.exposure=1 loss.exposure_patch_size=64
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_quality import (  # noqa: E402
+    baseline_variants,
+    format_table,
+    holdout_set,
+    model_variant,
+    score_set,  # noqa: E402
+)
+
+from enlightengan.augment import make_training_batch  # noqa: E402
+from enlightengan.config import EnlightenGANConfig  # noqa: E402
+from enlightengan.training import (  # noqa: E402
+    build_modules,
+    build_optimizers,
+    set_learning_rate,
+    training_step,
+)
+from enlightengan.vgg import build_vgg_features  # noqa: E402
+
+
+def read_domain(shards: Path, domain: str) -> list[np.ndarray]:
+    images = []
+    for path in sorted((shards / domain).glob("*.parquet")):
+        for encoded in pq.read_table(path, columns=["image"]).column("image").to_pylist():
+            images.append(np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB")))
+    return images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="prepared starter shards")
+    parser.add_argument("--corpus", type=Path, required=True, help="starter corpus (holdout/)")
+    parser.add_argument("--minutes", type=float, default=6.0, help="training time budget")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (native-bf16 CPUs)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", help="section.field=value")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    overrides = dict(item.split("=", 1) for item in args.overrides)
+    config = EnlightenGANConfig().with_overrides(
+        {key: json.loads(value) for key, value in overrides.items()}
+    )
+    low, normal = read_domain(args.data, "low"), read_domain(args.data, "normal")
+    torch.manual_seed(config.seed)
+    modules = build_modules(config, build_vgg_features(None, flavour=config.loss.vgg_flavour))
+    optimizers = build_optimizers(modules, config.optim)
+    pick_rng, step_rng = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    batch, budget = config.optim.batch_size, args.minutes * 60
+    dtype = torch.bfloat16 if args.bf16 else None
+    started, step = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - started) < budget:
+        fraction = min(1.0, 2.0 * (1.0 - elapsed / budget))
+        set_learning_rate(optimizers, config.optim.lr * fraction)
+        low_picks = torch.randint(0, len(low), (batch,), generator=pick_rng).tolist()
+        normal_picks = torch.randint(0, len(normal), (batch,), generator=pick_rng).tolist()
+        low_batch, normal_batch = make_training_batch(
+            [low[i] for i in low_picks], [normal[i] for i in normal_picks], config.augment, pick_rng
+        )
+        losses = training_step(
+            modules, optimizers, low_batch, normal_batch, config, step_rng, dtype
+        )
+        step += 1
+        if step % 100 == 0:
+            print(f"step {step} {elapsed:.0f} s g_total {losses['g_total']:.3f}", flush=True)
+    seconds_per_step = (time.perf_counter() - started) / max(step, 1)
+    variants = {**baseline_variants(), "model": model_variant(modules.generator)}
+    means, _ = score_set(holdout_set(args.corpus), variants)
+    print(f"settings: {' '.join(args.overrides)} bf16={args.bf16}")
+    print(f"{step} steps in {args.minutes:.1f} min ({seconds_per_step:.2f} s/step)")
+    print(format_table("holdout, darkened x**2.2 * 0.25", means))
+
+
+if __name__ == "__main__":
+    main()
