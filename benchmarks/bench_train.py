@@ -37,10 +37,11 @@ from enlightengan.training import (  # noqa: E402
     build_optimizers,
     learning_rate,
     set_learning_rate,
+    step_generator,
     training_step,
 )
 from enlightengan.vgg import build_vgg_features  # noqa: E402
-from pipelines.train_worker import seeded_generators  # noqa: E402
+from pipelines.train_worker import augment_generator  # noqa: E402
 
 CLUSTER_SCRIPT = """
 import json, os, sys, tempfile, time
@@ -108,7 +109,7 @@ def plain_samples_per_s(data: Path, settings: dict, steps: int, warmup: int) -> 
     torch.manual_seed(config.seed)
     modules = build_modules(config, vgg)
     optimizers = build_optimizers(modules, config.optim)
-    augment_rng, step_rng = seeded_generators(config.seed, 0)
+    augment_rng = augment_generator(config.seed, 0)
     batch, started = config.optim.batch_size, None
     for step in range(steps):
         if step == warmup:
@@ -121,7 +122,7 @@ def plain_samples_per_s(data: Path, settings: dict, steps: int, warmup: int) -> 
             config.augment,
             augment_rng,
         )
-        training_step(modules, optimizers, low, normal, config, step_rng)
+        training_step(modules, optimizers, low, normal, config, step_generator(config.seed, step))
     return batch * (steps - warmup) / (time.perf_counter() - started)
 
 

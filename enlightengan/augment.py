@@ -82,13 +82,35 @@ def make_training_batch(
     return low_batch, normal_batch
 
 
-def random_darken(low: torch.Tensor, config: AugmentConfig, rng: torch.Generator) -> torch.Tensor:
-    """With p = darken_probability per image, divide the [0, 1] image by U(darken_range)."""
+def random_darken(
+    low: torch.Tensor,
+    config: AugmentConfig,
+    rng: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """With p = darken_probability per image, divide the [0, 1] image by a factor in
+    ``darken_range``: a multiple of 1 / darken_resolution (the reference's
+    ``random.randint(200, 400) / 100``) or, with no resolution, continuous.
+
+    Under data parallelism each of ``world_size`` ranks holds one share of the global batch:
+    the draws are made for the whole global batch and rank ``rank`` applies its slice, so with
+    ``rng`` in the same state on every rank each image is darkened as one process would.
+    """
     if not config.random_darken:
         return low
     batch = low.shape[0]
-    chosen = torch.rand(batch, generator=rng) < config.darken_probability
+    total = batch * world_size
+    chosen = torch.rand(total, generator=rng) < config.darken_probability
     low_factor, high_factor = config.darken_range
-    factors = low_factor + (high_factor - low_factor) * torch.rand(batch, generator=rng)
-    divisor = torch.where(chosen, factors, torch.ones_like(factors)).to(low.device, low.dtype)
+    resolution = config.darken_resolution
+    if resolution is None:
+        factors = low_factor + (high_factor - low_factor) * torch.rand(total, generator=rng)
+    else:
+        lowest, highest = round(low_factor * resolution), round(high_factor * resolution)
+        steps = torch.randint(lowest, highest + 1, (total,), generator=rng)
+        factors = steps.double() / resolution
+    mine = slice(rank * batch, (rank + 1) * batch)
+    divisor = torch.where(chosen[mine], factors[mine], torch.ones_like(factors[mine]))
+    divisor = divisor.to(low.device, low.dtype)
     return ((low + 1.0) / 2.0 / divisor.view(-1, 1, 1, 1)) * 2.0 - 1.0

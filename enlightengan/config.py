@@ -17,6 +17,8 @@ from typing import Any
 
 NORM_TYPES = ("batch", "sync_batch", "instance", "none")
 VGG_FLAVOURS = ("torchvision", "caffe")
+CONV_BIAS_INITS = ("pytorch", "zero")
+PATCH_OFFSETS = ("reference", "all")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class GeneratorConfig:
             and cropped back; 16 = four max-pools.
         attention_skips: multiply encoder skips (and the bottleneck) by the attention pyramid.
         attention_output: multiply the residual (latent) by the attention map.
+        conv_bias_init: ``pytorch`` (reference) keeps the uniform bias PyTorch draws when a
+            conv is built, since the authors' ``weights_init`` only sets conv weights to
+            N(0, 0.02) (and BatchNorm weights to N(1, 0.02), biases to 0); ``zero`` zeroes
+            the conv biases too.
     """
 
     base_channels: int = 32
@@ -44,10 +50,15 @@ class GeneratorConfig:
     pad_multiple: int = 16
     attention_skips: bool = True
     attention_output: bool = True
+    conv_bias_init: str = "pytorch"
 
     def validate(self) -> None:
         _require(self.base_channels >= 1, "generator.base_channels must be >= 1")
         _require(self.norm in NORM_TYPES, f"generator.norm must be one of {NORM_TYPES}")
+        _require(
+            self.conv_bias_init in CONV_BIAS_INITS,
+            f"generator.conv_bias_init must be one of {CONV_BIAS_INITS}",
+        )
         _require(self.pad_multiple in (16, 32, 64), "generator.pad_multiple must be 16, 32 or 64")
         _require(
             self.halve_above_width is None or self.halve_above_width >= 64,
@@ -65,6 +76,10 @@ class DiscriminatorConfig:
         patch_layers: stride-2 layers of the patch D (reference 4; 6.96 M parameters).
         patch_size: side of the square patches cut for the local D and SFP patch loss.
         num_patches: patches per step. The code cuts 6 (its default); the paper says 5.
+        patch_offsets: where a patch's top and left may fall in an S-pixel crop. ``reference``
+            draws them from 0..S-P-1 as the code's ``random.randint(0, S - P - 1)`` does, so
+            the last position is never cut; ``all`` draws from 0..S-P.
+        conv_bias_init: ``pytorch`` (reference) or ``zero``, as ``generator.conv_bias_init``.
     """
 
     base_channels: int = 64
@@ -72,9 +87,19 @@ class DiscriminatorConfig:
     patch_layers: int = 4
     patch_size: int = 32
     num_patches: int = 6
+    patch_offsets: str = "reference"
+    conv_bias_init: str = "pytorch"
 
     def validate(self) -> None:
         _require(self.base_channels >= 1, "discriminator.base_channels must be >= 1")
+        _require(
+            self.patch_offsets in PATCH_OFFSETS,
+            f"discriminator.patch_offsets must be one of {PATCH_OFFSETS}",
+        )
+        _require(
+            self.conv_bias_init in CONV_BIAS_INITS,
+            f"discriminator.conv_bias_init must be one of {CONV_BIAS_INITS}",
+        )
         _require(1 <= self.global_layers <= 8, "discriminator.global_layers must be 1..8")
         _require(1 <= self.patch_layers <= 8, "discriminator.patch_layers must be 1..8")
         _require(self.patch_size >= 8, "discriminator.patch_size must be >= 8")
@@ -94,6 +119,12 @@ class LossConfig:
         vgg_weights: optional path of a VGG-16 weights file; ``None`` resolves as
             :func:`enlightengan.vgg.resolve_vgg16_weights` documents.
         sfp_instance_norm: InstanceNorm2d(affine=False) on both feature maps before the MSE.
+        gather_relativistic_means: under torch.distributed (world size > 1), all-gather the
+            global D's scores so that E C(real) and E C(fake) of the relativistic loss run over
+            the whole global batch, as the reference's DataParallel did, instead of over each
+            worker's share; with DDP's gradient averaging the updates then equal one process on
+            the global batch (:class:`enlightengan.losses.RelativisticAverageLSGAN`). No effect
+            in a single process.
         exposure: weight of an extra exposure-control term (Zero-DCE's L_exp) on the output;
             0 (the reference) leaves it out. ``exposure_target`` is its mean intensity goal in
             [0, 1], ``exposure_patch_size`` its averaging window.
@@ -106,6 +137,7 @@ class LossConfig:
     vgg_flavour: str = "torchvision"
     vgg_weights: str | None = None
     sfp_instance_norm: bool = True
+    gather_relativistic_means: bool = True
     exposure: float = 0.0
     exposure_target: float = 0.6
     exposure_patch_size: int = 16
@@ -137,6 +169,10 @@ class AugmentConfig:
         random_darken: with ``darken_probability`` the generator input is the low-light image
             divided by a factor drawn from ``darken_range`` (in [0, 1] space); the SFP targets
             stay the original low-light image (reference: on, 0.5, [2, 4]).
+        darken_resolution: the factor is an integer drawn from low * resolution ..
+            high * resolution (both included) divided by resolution, as the code's
+            ``random.randint(200, 400) / 100`` (reference: 100). ``None`` draws it
+            continuously from U[low, high].
     """
 
     crop_size: int = 320
@@ -144,6 +180,7 @@ class AugmentConfig:
     random_darken: bool = True
     darken_probability: float = 0.5
     darken_range: tuple[float, float] = (2.0, 4.0)
+    darken_resolution: int | None = 100
 
     def validate(self) -> None:
         _require(
@@ -155,6 +192,14 @@ class AugmentConfig:
         )
         low, high = self.darken_range
         _require(1.0 <= low <= high, "augment.darken_range must satisfy 1 <= low <= high")
+        resolution = self.darken_resolution
+        if resolution is not None:
+            scaled = (low * resolution, high * resolution)
+            _require(
+                resolution >= 1 and all(abs(end - round(end)) < 1e-6 for end in scaled),
+                "augment.darken_resolution must be None or an integer >= 1 that turns both "
+                "ends of augment.darken_range into whole numbers",
+            )
 
 
 @dataclass(frozen=True)

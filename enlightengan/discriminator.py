@@ -11,16 +11,20 @@ import torch
 from torch import nn
 
 from enlightengan.config import DiscriminatorConfig
+from enlightengan.generator import reference_init
 
 
 class Discriminator(nn.Module):
     """``strided_layers`` stride-2 convs (channels doubling up to 8x base), then two stride-1.
 
     With base 64: 3 -> 64 -> 128 -> 256 -> 512 [-> 512 ...] at stride 2, 512 -> 512 at
-    stride 1, 512 -> 1 at stride 1.
+    stride 1, 512 -> 1 at stride 1. Init as the reference's ``weights_init``: conv weights
+    N(0, 0.02); biases keep PyTorch's default uniform init unless ``conv_bias_init="zero"``.
     """
 
-    def __init__(self, strided_layers: int, base_channels: int = 64) -> None:
+    def __init__(
+        self, strided_layers: int, base_channels: int = 64, conv_bias_init: str = "pytorch"
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         in_channels = 3
@@ -35,10 +39,7 @@ class Discriminator(nn.Module):
         layers.append(nn.LeakyReLU(0.2))
         layers.append(nn.Conv2d(widest, 1, 4, stride=1, padding=2))
         self.layers = nn.Sequential(*layers)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, 0.0, 0.02)
-                nn.init.zeros_(module.bias)
+        reference_init(self, conv_bias_init)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw realness scores (B, 1, h, w) for RGB images in [-1, 1]."""
@@ -51,6 +52,6 @@ def build_discriminators(
     """Return (global D, patch D) as the reference builds them."""
     config = config or DiscriminatorConfig()
     config.validate()
-    global_d = Discriminator(config.global_layers, config.base_channels)
-    patch_d = Discriminator(config.patch_layers, config.base_channels)
+    global_d = Discriminator(config.global_layers, config.base_channels, config.conv_bias_init)
+    patch_d = Discriminator(config.patch_layers, config.base_channels, config.conv_bias_init)
     return global_d, patch_d

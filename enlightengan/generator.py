@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from enlightengan.config import GeneratorConfig
+from enlightengan.config import CONV_BIAS_INITS, GeneratorConfig
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 LEVELS = 5
@@ -29,6 +29,26 @@ def attention_map(images: torch.Tensor) -> torch.Tensor:
     red, green, blue = unit[:, 0:1], unit[:, 1:2], unit[:, 2:3]
     luma = LUMA_WEIGHTS[0] * red + LUMA_WEIGHTS[1] * green + LUMA_WEIGHTS[2] * blue
     return 1.0 - luma
+
+
+def reference_init(network: nn.Module, conv_bias_init: str) -> None:
+    """The reference's ``weights_init`` on freshly built layers: conv weights N(0, 0.02),
+    norm weights N(1, 0.02) and biases 0.
+
+    Conv biases keep the uniform init PyTorch drew when the layer was built, which the
+    reference leaves alone, unless ``conv_bias_init`` is ``zero``.
+    """
+    if conv_bias_init not in CONV_BIAS_INITS:
+        raise ValueError(f"unknown conv_bias_init {conv_bias_init!r}")
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+            if conv_bias_init == "zero" and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d | nn.SyncBatchNorm | nn.InstanceNorm2d):
+            if module.weight is not None:
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:
@@ -72,7 +92,7 @@ class Generator(nn.Module):
             last = level == 1
             self._add_block(f"{name}_2", skip, skip, "none" if last else norm)
         self.conv10 = nn.Conv2d(widths[0], 3, 1)
-        self.reset_parameters()
+        reference_init(self, self.config.conv_bias_init)
 
     def _add_block(self, suffix: str, in_channels: int, out_channels: int, norm: str) -> None:
         setattr(self, f"conv{suffix}", nn.Conv2d(in_channels, out_channels, 3, padding=1))
@@ -86,16 +106,12 @@ class Generator(nn.Module):
         return norm(features) if norm is not None else features
 
     def reset_parameters(self) -> None:
-        """Reference init: conv weights N(0, 0.02); norm weights N(1, 0.02), biases 0."""
+        """Draw every parameter again as at construction: PyTorch's default init of each
+        layer, then the reference's ``weights_init`` (:func:`reference_init`)."""
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, 0.0, 0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d | nn.SyncBatchNorm | nn.InstanceNorm2d):
-                if module.weight is not None:
-                    nn.init.normal_(module.weight, 1.0, 0.02)
-                    nn.init.zeros_(module.bias)
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        reference_init(self, self.config.conv_bias_init)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Enhance ``images`` (B, 3, H, W) in [-1, 1]; returns the same shape."""

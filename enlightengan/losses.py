@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from enlightengan.distributed import gather_batch
+
 
 class RelativisticAverageLSGAN:
     """Relativistic average LSGAN with C the raw discriminator output.
@@ -22,21 +24,38 @@ class RelativisticAverageLSGAN:
     D: 0.5 * [ (C(real) - E C(fake) - 1)^2 + (C(fake) - E C(real))^2 ]   (paper Eq. 2 / 3)
     G: 0.5 * [ (C(real) - E C(fake))^2 + (C(fake) - E C(real) - 1)^2 ]
     Means run over every element of the score maps; fake is detached by the caller for D.
+
+    With ``gather_means`` and torch.distributed running on more than one rank, the scores of
+    every rank are all-gathered first (:func:`enlightengan.distributed.gather_batch`), so the
+    means, and the loss itself, cover the global batch as under the reference's DataParallel.
+    Every rank then holds the full-batch loss, and after DDP averages the gradients each
+    parameter's update equals that of one process on the global batch.
     """
+
+    def __init__(self, gather_means: bool = True) -> None:
+        self.gather_means = gather_means
 
     def discriminator_loss(
         self, real_scores: torch.Tensor, fake_scores: torch.Tensor
     ) -> torch.Tensor:
-        real_scores, fake_scores = real_scores.float(), fake_scores.float()
+        real_scores, fake_scores = self._scores(real_scores, fake_scores)
         real_vs_fake = real_scores - fake_scores.mean()
         fake_vs_real = fake_scores - real_scores.mean()
         return 0.5 * (_mse_to(real_vs_fake, 1.0) + _mse_to(fake_vs_real, 0.0))
 
     def generator_loss(self, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
-        real_scores, fake_scores = real_scores.float(), fake_scores.float()
+        real_scores, fake_scores = self._scores(real_scores, fake_scores)
         real_vs_fake = real_scores - fake_scores.mean()
         fake_vs_real = fake_scores - real_scores.mean()
         return 0.5 * (_mse_to(real_vs_fake, 0.0) + _mse_to(fake_vs_real, 1.0))
+
+    def _scores(
+        self, real_scores: torch.Tensor, fake_scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        real_scores, fake_scores = real_scores.float(), fake_scores.float()
+        if self.gather_means:
+            return gather_batch(real_scores), gather_batch(fake_scores)
+        return real_scores, fake_scores
 
 
 class LeastSquaresGAN:

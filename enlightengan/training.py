@@ -12,12 +12,14 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from enlightengan.augment import random_darken
-from enlightengan.config import EnlightenGANConfig, OptimConfig
+from enlightengan.config import PATCH_OFFSETS, EnlightenGANConfig, OptimConfig
 from enlightengan.discriminator import build_discriminators
+from enlightengan.distributed import rank_and_world_size
 from enlightengan.generator import Generator
 from enlightengan.losses import (
     ExposureControlLoss,
@@ -102,16 +104,40 @@ def set_learning_rate(optimizers: GANOptimizers, lr: float) -> None:
             group["lr"] = lr
 
 
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator for :func:`training_step` number ``step`` (0-based) of a run.
+
+    It depends only on (seed, step), so every DDP rank draws the same patch corners and the
+    same darkening draws for the global batch, as the reference's one process did, and a run
+    resumed at any step, on any number of workers, draws what an uninterrupted run would.
+    """
+    mixed = np.random.SeedSequence([seed, step]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(mixed))
+
+
 def random_patch_corners(
-    height: int, width: int, patch_size: int, count: int, rng: torch.Generator
+    height: int,
+    width: int,
+    patch_size: int,
+    count: int,
+    rng: torch.Generator,
+    offsets: str = "reference",
 ) -> list[tuple[int, int]]:
-    """``count`` (top, left) corners drawn uniformly; each is shared by the whole batch."""
-    corners = []
-    for _ in range(count):
-        top = int(torch.randint(0, height - patch_size + 1, (1,), generator=rng))
-        left = int(torch.randint(0, width - patch_size + 1, (1,), generator=rng))
-        corners.append((top, left))
-    return corners
+    """``count`` (top, left) corners drawn uniformly; each is shared by the whole batch.
+
+    ``offsets="reference"`` draws from 0..side-P-1 like the reference's
+    ``random.randint(0, max(0, side - P - 1))``, never the last position; ``"all"`` draws
+    from 0..side-P.
+    """
+    if offsets not in PATCH_OFFSETS:
+        raise ValueError(f"unknown patch offsets {offsets!r}")
+    last_excluded = 1 if offsets == "reference" else 0
+
+    def draw(side: int) -> int:
+        highest = max(0, side - patch_size - last_excluded)
+        return int(torch.randint(0, highest + 1, (1,), generator=rng))
+
+    return [(draw(height), draw(width)) for _ in range(count)]
 
 
 def cut_patches(
@@ -136,15 +162,31 @@ def training_step(
     ``rng`` (a CPU generator) draws the random darkening and the patch corners. Patches of all
     locations go through the patch D as one batch: without normalisation in D this equals
     averaging the per-patch losses, as the reference does, with one forward instead of six.
+
+    Under torch.distributed each rank passes its share of the global batch and ``rng`` in the
+    same state on every rank (:func:`step_generator`): all ranks then cut the same patch
+    locations and darken their images as one process would darken the global batch, and with
+    ``loss.gather_relativistic_means`` the relativistic means cover the global batch, so DDP
+    reproduces one process on the global batch (except BatchNorm statistics, which stay
+    per rank unless ``generator.norm`` is ``sync_batch``).
     """
     if low.shape != normal.shape:
         raise ValueError(f"low {tuple(low.shape)} and normal {tuple(normal.shape)} batches differ")
     weights = config.loss
     patch_size = config.discriminator.patch_size
-    relativistic, least_squares = RelativisticAverageLSGAN(), LeastSquaresGAN()
-    generator_input = random_darken(low, config.augment, rng)
+    relativistic = RelativisticAverageLSGAN(weights.gather_relativistic_means)
+    least_squares = LeastSquaresGAN()
+    rank, world_size = rank_and_world_size()
+    generator_input = random_darken(low, config.augment, rng, rank, world_size)
     height, width = low.shape[-2:]
-    corners = random_patch_corners(height, width, patch_size, config.discriminator.num_patches, rng)
+    corners = random_patch_corners(
+        height,
+        width,
+        patch_size,
+        config.discriminator.num_patches,
+        rng,
+        config.discriminator.patch_offsets,
+    )
 
     with _autocast(low.device, autocast_dtype):
         enhanced = modules.generator(generator_input)

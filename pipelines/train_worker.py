@@ -40,6 +40,7 @@ from enlightengan.training import (
     build_optimizers,
     learning_rate,
     set_learning_rate,
+    step_generator,
     training_step,
 )
 from enlightengan.vgg import build_vgg_features
@@ -87,11 +88,13 @@ def checkpoint_dir_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
 
 
-def seeded_generators(seed: int, rank: int) -> tuple[torch.Generator, torch.Generator]:
-    """(augmentation rng, step rng) of one worker: distinct per rank, fixed by the seed."""
-    augment = torch.Generator().manual_seed(seed * 1_000_003 + 2 * rank)
-    step = torch.Generator().manual_seed(seed * 1_000_003 + 2 * rank + 1)
-    return augment, step
+def augment_generator(seed: int, rank: int) -> torch.Generator:
+    """The augmentation rng of one worker: distinct per rank, fixed by the seed.
+
+    Darkening and patch corners do not come from it: each step draws them from
+    ``step_generator(seed, step)``, the same on every rank.
+    """
+    return torch.Generator().manual_seed(seed * 1_000_003 + 2 * rank)
 
 
 def _as_image(value) -> np.ndarray:
@@ -314,7 +317,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     modules.global_d = ray.train.torch.prepare_model(modules.global_d)
     modules.patch_d = ray.train.torch.prepare_model(modules.patch_d)
     optimizers = build_optimizers(modules, config.optim)
-    augment_rng, step_rng = seeded_generators(config.seed, rank)
+    augment_rng = augment_generator(config.seed, rank)
     step = 0
     if restored is not None:
         for name, optimizer in optimizers.as_dict().items():
@@ -323,9 +326,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         rng = restored.rng_state
         if f"augment_rank{rank}" in rng:
             augment_rng.set_state(rng[f"augment_rank{rank}"])
-            step_rng.set_state(rng[f"step_rank{rank}"])
-        else:  # a different worker count: fresh streams, still reproducible from the step
-            augment_rng, step_rng = seeded_generators(config.seed + step, rank)
+        else:  # a different worker count: a fresh stream, still reproducible from the step
+            augment_rng = augment_generator(config.seed + step, rank)
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
     history = run.load_history(step) if rank == 0 else []
@@ -362,6 +364,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             waited = time.perf_counter() - started
             low = batch.low.to(device, non_blocking=True)
             normal = batch.normal.to(device, non_blocking=True)
+            step_rng = step_generator(config.seed, step)
             losses = training_step(modules, optimizers, low, normal, config, step_rng, autocast)
             losses = _average_over_workers(losses, world)
             elapsed = time.perf_counter() - started
@@ -385,7 +388,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 grid = _sample_grid(modules.generator, batch.low, device, autocast, caption)
                 run.write(f"samples/step_{step:08d}.png", grid)
             if step % settings.checkpoint_every == 0 or step == settings.total_steps:
-                rng_states = {"augment": batch.augment_state, "step": step_rng.get_state()}
+                rng_states = {"augment": batch.augment_state}
                 rng_state, nodes = _gather_worker_states(rng_states, world)
                 rng_state["torch"] = torch.get_rng_state()
                 _checkpoint_and_report(

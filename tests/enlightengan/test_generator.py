@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,46 @@ def test_norm_settings_build_and_run(norm):
         assert generator(torch.zeros(2, 3, 32, 32)).shape == (2, 3, 32, 32)
     has_batch_norm = any(isinstance(m, torch.nn.BatchNorm2d) for m in generator.modules())
     assert has_batch_norm == (norm == "batch")
+
+
+def test_conv_biases_keep_pytorch_init_as_the_reference_or_are_zeroed_on_request():
+    torch.manual_seed(0)
+    first_conv = torch.nn.Conv2d(4, 4, 3, padding=1)  # what conv1_1 draws first when built
+    reference = tiny_generator()
+    zero = tiny_generator(conv_bias_init="zero")
+    assert GeneratorConfig().conv_bias_init == "pytorch"
+    assert torch.equal(reference.conv1_1.bias, first_conv.bias)
+    convs = [name for name, m in reference.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    for name in convs:
+        conv, zeroed = getattr(reference, name), getattr(zero, name)
+        bound = 1 / math.sqrt(conv.weight[0].numel())
+        assert 0 < conv.bias.abs().max() <= bound, name
+        assert torch.count_nonzero(zeroed.bias) == 0, name
+        # the bias setting draws nothing, so the N(0, 0.02) weights are the same either way
+        assert torch.equal(conv.weight, zeroed.weight), name
+    weights = torch.cat([getattr(reference, name).weight.detach().flatten() for name in convs])
+    assert float(weights.std()) == pytest.approx(0.02, rel=0.05)
+    norms = [m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.count_nonzero(m.bias) == 0 for m in norms)
+    assert float(torch.cat([m.weight.detach() for m in norms]).std()) == pytest.approx(
+        0.02, rel=0.2
+    )
+    with pytest.raises(ValueError, match="conv_bias_init"):
+        GeneratorConfig(conv_bias_init="one").validate()
+
+
+def test_reset_parameters_draws_the_reference_init_again():
+    generator = tiny_generator()
+    for parameter in generator.parameters():
+        torch.nn.init.constant_(parameter, 3.0)
+    generator.reset_parameters()
+    conv = generator.conv2_1
+    assert 0 < conv.bias.abs().max() <= 1 / math.sqrt(conv.weight[0].numel())
+    assert float(conv.weight.detach().std()) == pytest.approx(0.02, rel=0.2)
+    assert torch.count_nonzero(generator.bn2_1.bias) == 0
+    zero = tiny_generator(conv_bias_init="zero")
+    zero.reset_parameters()
+    assert torch.count_nonzero(zero.conv2_1.bias) == 0
 
 
 def test_last_decoder_block_has_no_norm():

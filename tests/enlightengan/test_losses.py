@@ -8,6 +8,13 @@ from enlightengan.losses import (
     RelativisticAverageLSGAN,
     SelfFeaturePreservingLoss,
 )
+from tests.enlightengan.two_ranks import (
+    relativistic_terms,
+    relativistic_worker,
+    run_on_two_ranks,
+    score_maps,
+    share,
+)
 
 
 def test_relativistic_losses_match_hand_computation():
@@ -26,6 +33,28 @@ def test_relativistic_discriminator_prefers_real_above_fake():
     high, low = torch.ones(4), torch.zeros(4)
     assert loss.discriminator_loss(high, low) < loss.discriminator_loss(low, high)
     assert loss.generator_loss(high, low) > loss.generator_loss(low, high)
+
+
+def test_gathered_relativistic_means_on_two_ranks_equal_one_process_on_the_global_batch(
+    tmp_path,
+):
+    """Each of two gloo ranks holds half of the score maps. Gathered, every rank computes the
+    global batch's loss, and its score gradients averaged over the ranks, as DDP averages
+    parameter gradients, are the global batch's; local means give another loss."""
+    real, fake = score_maps()
+    full = relativistic_terms(real, fake, gather=False)
+    in_one_process = relativistic_terms(real, fake, gather=True)
+    assert all(torch.equal(full[name], in_one_process[name]) for name in full)
+
+    run_on_two_ranks(relativistic_worker, tmp_path)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        gathered, local = result[True], result[False]
+        for term in ("d", "g"):
+            assert float(gathered[term]) == pytest.approx(float(full[term]), rel=1e-6)
+            assert float(local[term]) != pytest.approx(float(full[term]), rel=1e-3)
+        for scores in ("real", "fake"):
+            torch.testing.assert_close(gathered[scores] / 2, share(full[scores], rank))
 
 
 def test_least_squares_losses():

@@ -5,16 +5,19 @@ import pytest
 import torch
 
 from enlightengan.augment import make_training_batch, random_darken, to_model_range
-from enlightengan.config import OptimConfig, tiny_config
+from enlightengan.config import AugmentConfig, DiscriminatorConfig, OptimConfig, tiny_config
 from enlightengan.training import (
     LOSS_TERMS,
     build_modules,
     build_optimizers,
     learning_rate,
+    random_patch_corners,
     reported_terms,
+    step_generator,
     training_step,
 )
 from enlightengan.vgg import build_vgg_features
+from tests.enlightengan.two_ranks import global_batch, run_on_two_ranks, train, training_worker
 from tests.fixtures.photos import darken, fit_within, wheel_photo
 
 
@@ -102,7 +105,12 @@ def test_same_seed_same_losses(vgg, unpaired_photos):
 
 
 def test_tiny_overfit_discriminators_learn_and_outputs_brighten(vgg, unpaired_photos):
-    config = small_config(**{"optim.lr": 1e-3, "augment.random_darken": False})
+    # Zero conv biases start the generator at (nearly) the identity, so 30 steps show the
+    # brightening; the reference's PyTorch-default biases start this tiny net at a random
+    # colour offset that 30 steps do not undo.
+    settings = {"optim.lr": 1e-3, "augment.random_darken": False}
+    settings |= {"generator.conv_bias_init": "zero", "discriminator.conv_bias_init": "zero"}
+    config = small_config(**settings)
     dark = torch.stack([to_model_range(image[:32, :32]) for image in unpaired_photos[0]])
     torch.manual_seed(0)
     untrained = build_modules(config, vgg).generator.eval()
@@ -139,6 +147,119 @@ def test_random_darken_divides_in_unit_space_within_range():
     assert unit.min() >= 0.5 / 4 - 1e-6 and unit.max() <= 0.5 / 2 + 1e-6
     off = tiny_config(**{"augment.random_darken": False}).augment
     assert torch.equal(random_darken(low, off, torch.Generator()), low)
+
+
+def test_darkening_factors_are_hundredths_as_in_the_reference_or_continuous():
+    low = torch.zeros(4000, 3, 1, 1)  # 0.5 in [0, 1] space
+    always = {"augment.darken_probability": 1.0}
+
+    def factors(config):
+        darkened = random_darken(low, config.augment, torch.Generator().manual_seed(0))
+        return (0.5 / ((darkened + 1) / 2)).flatten().double()
+
+    stepped = factors(tiny_config(**always)) * 100
+    assert tiny_config().augment.darken_resolution == 100
+    assert (stepped - stepped.round()).abs().max() < 1e-3
+    assert stepped.round().min() == 200 and stepped.round().max() == 400
+    continuous = factors(tiny_config(**always, **{"augment.darken_resolution": None})) * 100
+    assert (continuous - continuous.round()).abs().max() > 0.1
+    assert 200 <= continuous.min() and continuous.max() <= 400
+    with pytest.raises(ValueError, match="darken_resolution"):
+        AugmentConfig(darken_range=(2.0, 4.005)).validate()
+
+
+def test_darkening_on_two_ranks_is_the_global_batch_darkening_split():
+    config = tiny_config().augment
+    low = torch.rand(6, 3, 2, 2) * 2 - 1
+    whole = random_darken(low, config, step_generator(0, 0))
+    halves = [
+        random_darken(low[3 * r : 3 * r + 3], config, step_generator(0, 0), r, 2) for r in (0, 1)
+    ]
+    assert torch.equal(torch.cat(halves), whole)
+    assert not torch.equal(whole, low)
+
+
+def test_patch_offsets_skip_the_last_position_as_the_reference_unless_all():
+    rng = torch.Generator().manual_seed(0)
+    assert DiscriminatorConfig().patch_offsets == "reference"
+    reference = random_patch_corners(18, 20, 16, 300, rng)
+    assert {top for top, _ in reference} == {0, 1}
+    assert {left for _, left in reference} == {0, 1, 2, 3}
+    every = random_patch_corners(18, 20, 16, 300, rng, offsets="all")
+    assert {top for top, _ in every} == {0, 1, 2}
+    assert {left for _, left in every} == {0, 1, 2, 3, 4}
+    assert set(random_patch_corners(16, 16, 16, 5, rng)) == {(0, 0)}
+    with pytest.raises(ValueError, match="patch_offsets"):
+        DiscriminatorConfig(patch_offsets="last").validate()
+
+
+def test_step_generator_depends_on_seed_and_step_only():
+    def draws(seed, step):
+        return torch.rand(4, generator=step_generator(seed, step))
+
+    assert torch.equal(draws(3, 10), draws(3, 10))
+    assert not torch.equal(draws(3, 10), draws(3, 11))
+    assert not torch.equal(draws(3, 10), draws(4, 10))
+
+
+def _relative_gradient_difference(got: dict, expected: dict) -> float:
+    """Largest gradient difference over a network, relative to its largest gradient."""
+    difference = max(float((got[key] - value).abs().max()) for key, value in expected.items())
+    return difference / max(float(value.abs().max()) for value in expected.values())
+
+
+def _weights_off_by_more_than(got: dict, expected: dict, tolerance: float) -> tuple[int, int]:
+    """(elements differing by more than ``tolerance``, all elements) of a network's weights."""
+    differing = sum(
+        int(((got[key] - value).abs() > tolerance).sum()) for key, value in expected.items()
+    )
+    return differing, sum(value.numel() for value in expected.values())
+
+
+def test_two_ddp_ranks_match_one_process_on_the_global_batch(tmp_path):
+    """Two gloo ranks (DDP, half of a global batch of 4 each) and one process on the whole
+    batch give the same losses, gradients and weights over two steps: patch corners and
+    darkening come from ``step_generator``, the same on both ranks, and the relativistic means
+    are gathered. Without gathering, the global terms and the global D's updates differ.
+
+    The generator uses instance norm: BatchNorm's batch statistics are per rank under DDP
+    (``sync_batch`` runs on GPUs only), the one intended difference from one process."""
+    config = small_config(**{"generator.norm": "instance"})
+    steps = 2
+    run_on_two_ranks(training_worker, tmp_path, config.to_json(), steps)
+    low, normal = global_batch()
+    one_process = train(config, low, normal, steps, data_parallel=False)
+
+    for rank in (0, 1):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        gathered, local = result[True], result[False]
+        for step in range(steps):
+            expected = one_process["losses"][step]
+            assert gathered["losses"][step] == pytest.approx(expected, rel=1e-5, abs=1e-7)
+        for term in ("g_global_adv", "d_global"):
+            assert local["losses"][0][term] != pytest.approx(
+                one_process["losses"][0][term], rel=1e-5
+            )
+        for name, expected in one_process["gradients"].items():
+            assert _relative_gradient_difference(gathered["gradients"][name], expected) < 1e-5
+        assert (
+            _relative_gradient_difference(
+                local["gradients"]["global_d"], one_process["gradients"]["global_d"]
+            )
+            > 1e-3
+        )
+        # Adam moves a weight by about lr whatever the size of its gradient, so the odd
+        # element whose gradient is analytically zero (a bias the relativistic loss or an
+        # instance norm cancels) moves by float noise scaled up to lr; all others agree.
+        for name, expected in one_process["weights"].items():
+            differing, elements = _weights_off_by_more_than(
+                gathered["weights"][name], expected, 1e-6
+            )
+            assert differing <= elements // 10_000, name
+        differing, elements = _weights_off_by_more_than(
+            local["weights"]["global_d"], one_process["weights"]["global_d"], 1e-6
+        )
+        assert differing > elements // 100
 
 
 def test_training_batch_crops_and_rejects_mismatched_lists():
