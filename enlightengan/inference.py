@@ -132,6 +132,13 @@ class Enhancer:
         return cls(load_generator(directory, map_location="cpu"), settings)
 
     @classmethod
+    def from_starter(cls, settings: EnhancerSettings | None = None) -> Enhancer:
+        """With the starter generator shipped in the package (``enlightengan.starter``)."""
+        from enlightengan.starter import load_starter_generator
+
+        return cls(load_starter_generator(), settings)
+
+    @classmethod
     def from_official_weights(
         cls, path: str | os.PathLike, settings: EnhancerSettings | None = None
     ) -> Enhancer:

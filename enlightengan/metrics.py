@@ -243,3 +243,46 @@ def niqe(image: np.ndarray, *, crop_border: int = 0, luminance: str = "y") -> fl
     inverse = np.linalg.pinv((pristine_covariance + distorted_covariance) / 2.0)
     difference = pristine_mean - distorted_mean
     return float(np.sqrt(difference @ inverse @ difference))
+
+
+def psnr(image: np.ndarray, reference: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 images of one shape (higher is better)."""
+    image, reference = _same_shape_uint8(image, reference)
+    mse = np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2)
+    return math.inf if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
+
+
+def ssim(image: np.ndarray, reference: np.ndarray) -> float:
+    """Structural similarity (Wang et al., IEEE TIP 2004) of two uint8 images, in [-1, 1].
+
+    The paper's setting: an 11x11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, computed
+    per channel (replicate borders) and averaged over pixels and channels.
+    """
+    image, reference = _same_shape_uint8(image, reference)
+    axis = np.arange(11) - 5
+    profile = np.exp(-(axis**2) / (2 * 1.5**2))
+    window = np.outer(profile, profile) / profile.sum() ** 2
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    channels_x = np.atleast_3d(image.astype(np.float64))
+    channels_y = np.atleast_3d(reference.astype(np.float64))
+    values = []
+    for channel in range(channels_x.shape[2]):
+        x, y = channels_x[..., channel], channels_y[..., channel]
+        mean_x = _gaussian_filter_replicate(x, window)
+        mean_y = _gaussian_filter_replicate(y, window)
+        var_x = _gaussian_filter_replicate(x * x, window) - mean_x**2
+        var_y = _gaussian_filter_replicate(y * y, window) - mean_y**2
+        covariance = _gaussian_filter_replicate(x * y, window) - mean_x * mean_y
+        numerator = (2 * mean_x * mean_y + c1) * (2 * covariance + c2)
+        denominator = (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
+        values.append(np.mean(numerator / denominator))
+    return float(np.mean(values))
+
+
+def _same_shape_uint8(image: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    image, reference = np.asarray(image), np.asarray(reference)
+    if image.dtype != np.uint8 or reference.dtype != np.uint8:
+        raise ValueError("expected two uint8 images")
+    if image.shape != reference.shape:
+        raise ValueError(f"shapes differ: {image.shape} vs {reference.shape}")
+    return image, reference

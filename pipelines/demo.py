@@ -158,23 +158,32 @@ def _run_steps(args, out: Path, base: str) -> int:
         _download(storage.resolve(enhanced), enhanced_dir)
 
     evaluation = out / "evaluation"
-    print(f"[demo 5/5] evaluate: NIQE of inputs, enhanced and baselines -> {evaluation}")
+    print(
+        f"[demo 5/5] evaluate: NIQE of inputs, the quick model, the shipped starter model and "
+        f"baselines -> {evaluation}"
+    )
     _step(
         cli_main,
-        ["evaluate", "--checkpoint", run_dir, "--input", f"{photos}/low"]
-        + ["--output", str(evaluation), *ray_args],
+        ["evaluate", "--checkpoint", run_dir, "--compare", "starter", "--input", f"{photos}/low"]
+        + ["--output", str(evaluation), "--samples", "5", *ray_args],
     )
 
     summary = _brightness_summary(photos_dir / "low", enhanced_dir)
     scores = json.loads((evaluation / "summary.json").read_text())["means"]
     summary["niqe"] = {variant: values["niqe"] for variant, values in scores.items()}
+    summary["starter_mean_luma"] = scores["compared"]["luma"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    niqe = summary["niqe"]
     print(
-        f"\nDemo finished in {time.perf_counter() - started:.0f} s. Mean luminance of the low-light "
-        f"inputs {summary['input_mean_luma']:.1f} -> enhanced {summary['enhanced_mean_luma']:.1f} "
-        f"(0-255); NIQE (lower is better) input {_fmt(summary['niqe']['input'])} -> enhanced "
-        f"{_fmt(summary['niqe']['enhanced'])}.\n"
-        f"  contact sheet:   {evaluation / 'contact_sheet.png'}\n"
+        f"\nDemo finished in {time.perf_counter() - started:.0f} s. Mean luminance (0-255) of the "
+        f"low-light inputs {summary['input_mean_luma']:.1f} -> quick model "
+        f"{summary['enhanced_mean_luma']:.1f}, shipped starter model "
+        f"{summary['starter_mean_luma']:.1f}. NIQE (lower is better): input "
+        f"{_fmt(niqe['input'])}, quick model {_fmt(niqe['enhanced'])}, starter model "
+        f"{_fmt(niqe['compared'])}, gamma {_fmt(niqe['gamma'])}, histogram equalisation "
+        f"{_fmt(niqe['histeq'])}.\n"
+        f"  contact sheet:   {evaluation / 'contact_sheet.png'} (input | quick model | gamma | "
+        "histogram equalisation | starter model)\n"
         f"  NIQE table:      {evaluation / 'summary.md'} (per image: scores.csv)\n"
         f"  loss curve:      {run_dir}/loss_curve.png\n"
         f"  enhanced images: {enhanced}\n"

@@ -26,6 +26,8 @@ ENHANCED = "enhanced"
 SKIPPED = "skipped"
 # What the actors need to rebuild the generator; optimiser and discriminator state stay behind.
 CHECKPOINT_FILES_FOR_INFERENCE = ("checkpoint.json", "config.json", "generator.pt")
+# `--checkpoint starter` (or no --checkpoint) names the generator shipped in the package.
+STARTER_NAME = "starter"
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,8 @@ def load_checkpoint_files(uri: str, options=None) -> CheckpointFiles:
     from pipelines.errors import UserError
     from pipelines.storage import resolve
 
+    if uri is None or uri == STARTER_NAME:
+        return _starter_checkpoint_files()
     location = resolve(uri, options)
     try:
         if location.is_local:
@@ -303,6 +307,20 @@ def load_checkpoint_files(uri: str, options=None) -> CheckpointFiles:
     except OSError as error:
         raise UserError(f"cannot read checkpoint {uri}: {error}") from None
     return CheckpointFiles(files, description)
+
+
+def _starter_checkpoint_files() -> CheckpointFiles:
+    """The generator shipped inside the package, as the files of a native checkpoint."""
+    from enlightengan.checkpoint import CheckpointError
+    from enlightengan.starter import model_card_path, write_starter_checkpoint
+    from pipelines.errors import UserError
+
+    try:
+        directory = write_starter_checkpoint(tempfile.mkdtemp(prefix="enlightengan-starter-"))
+    except CheckpointError as error:
+        raise UserError(f"the shipped starter model cannot be loaded: {error}") from None
+    files = {name: (directory / name).read_bytes() for name in CHECKPOINT_FILES_FOR_INFERENCE}
+    return CheckpointFiles(files, f"the shipped starter model (model card: {model_card_path()})")
 
 
 def _read_remote(filesystem, path: str) -> bytes:

@@ -26,6 +26,7 @@ import numpy as np
 from pipelines.enhance_actor import (
     FAILED,
     PENDING,
+    STARTER_NAME,
     EnhanceActor,
     InferenceSettings,
     decoded_images,
@@ -45,11 +46,14 @@ from pipelines.storage import (
 )
 
 VARIANTS = ("input", "enhanced", "gamma", "histeq")
+# With --compare, a second model's output is scored too, in this column.
+COMPARED = "compared"
 VARIANT_TITLES = {
     "input": "input",
     "enhanced": "EnlightenGAN",
     "gamma": "gamma correction",
     "histeq": "histogram equalisation",
+    COMPARED: "second model",
 }
 THUMBNAIL_SIDE = 320
 # NIQE, Table I of the EnlightenGAN paper (as transcribed in the reference document).
@@ -67,7 +71,20 @@ PAPER_TABLE = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint dir or training run root")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint dir, training run root (latest complete checkpoint) or s3:// URI; "
+        "'starter' or nothing: the starter model shipped in the package (a local folder "
+        "called starter is ./starter)",
+    )
+    parser.add_argument(
+        "--compare",
+        default=None,
+        metavar="CHECKPOINT",
+        help="score a second model beside the first, in its own contact-sheet column "
+        "(same forms as --checkpoint; e.g. --compare starter)",
+    )
     parser.add_argument("--input", required=True, help="images to evaluate: folder or s3:// prefix")
     parser.add_argument(
         "--output",
@@ -153,6 +170,20 @@ def score_input_and_baselines(batch, sample_keys: frozenset, gamma: float):
     return batch
 
 
+def keep_input_pixels(batch):
+    """CPU task before a compared model: keep the decoded input for the first model."""
+    batch["input_pixels"] = batch["pixels"].copy()
+    return batch
+
+
+def score_compared(batch, sample_keys: frozenset):
+    """CPU task after the compared model: score its output, then restore the input pixels."""
+    ready = {i: _decoded(batch, i) for i, s in enumerate(batch["status"]) if s == PENDING}
+    _score_into(batch, COMPARED, ready, sample_keys)
+    batch["pixels"] = batch.pop("input_pixels")
+    return batch
+
+
 def score_enhanced(batch, sample_keys: frozenset):
     """CPU task after the generator: score its output, then drop the pixels."""
     ready = {i: _decoded(batch, i) for i, s in enumerate(batch["status"]) if s == PENDING}
@@ -162,8 +193,9 @@ def score_enhanced(batch, sample_keys: frozenset):
     return batch
 
 
-def run_pipeline(keys, source, checkpoint_files, args) -> list[dict]:
-    """Build and run the dataset; returns one dict per image (scores and sample thumbnails)."""
+def run_pipeline(keys, source, checkpoint_files, args, compared_files=None) -> list[dict]:
+    """Build and run the dataset; returns one dict per image (scores and sample thumbnails).
+    ``compared_files``: a second model's checkpoint files, scored as the ``compared`` variant."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -182,17 +214,24 @@ def run_pipeline(keys, source, checkpoint_files, args) -> list[dict]:
         batch_size=args.batch_size,
         tile_size=args.tile_size or None,
     )
-    dataset = dataset.map_batches(
-        EnhanceActor,
-        fn_constructor_kwargs={
-            "checkpoint_files": [ray.put(checkpoint_files)],
-            "settings": settings,
-        },
-        compute=ActorPoolStrategy(size=args.workers),
-        batch_size=args.batch_size,
-        num_cpus=1.0 if not args.gpus_per_worker else 0.5,
-        num_gpus=args.gpus_per_worker or None,
-    )
+
+    def enhance(dataset, files):
+        return dataset.map_batches(
+            EnhanceActor,
+            fn_constructor_kwargs={"checkpoint_files": [ray.put(files)], "settings": settings},
+            compute=ActorPoolStrategy(size=args.workers),
+            batch_size=args.batch_size,
+            num_cpus=1.0 if not args.gpus_per_worker else 0.5,
+            num_gpus=args.gpus_per_worker or None,
+        )
+
+    if compared_files is not None:
+        dataset = dataset.map_batches(keep_input_pixels, batch_size=None, num_cpus=0.5)
+        dataset = enhance(dataset, compared_files)
+        dataset = dataset.map_batches(
+            score_compared, fn_kwargs={"sample_keys": sample_keys}, batch_size=None, num_cpus=0.5
+        )
+    dataset = enhance(dataset, checkpoint_files)
     dataset = dataset.map_batches(
         score_enhanced, fn_kwargs={"sample_keys": sample_keys}, batch_size=None, num_cpus=0.5
     )
@@ -220,12 +259,12 @@ def paper_set_for(choice: str, input_uri: str) -> str | None:
     return rows.get(posixpath.basename(input_uri.rstrip("/")).lower())
 
 
-def summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict], variants: tuple[str, ...] = VARIANTS) -> dict:
     """Counts and per-variant means over images scored in every variant."""
     scored = [
         row
         for row in rows
-        if row["status"] != FAILED and all(math.isfinite(row[f"niqe_{v}"]) for v in VARIANTS)
+        if row["status"] != FAILED and all(math.isfinite(row[f"niqe_{v}"]) for v in variants)
     ]
     failed = {}
     for row in rows:
@@ -236,17 +275,20 @@ def summarise(rows: list[dict]) -> dict:
             "niqe": float(np.mean([row[f"niqe_{variant}"] for row in scored])) if scored else None,
             "luma": float(np.mean([row[f"luma_{variant}"] for row in scored])) if scored else None,
         }
-        for variant in VARIANTS
+        for variant in variants
     }
     return {"images": len(rows), "scored": len(scored), "failed": failed, "means": means}
 
 
-def summary_markdown(summary: dict, paper_set: str | None, checkpoint: str, source: str) -> str:
+def summary_markdown(
+    summary: dict, paper_set: str | None, checkpoint: str, source: str, compared: str | None = None
+) -> str:
     lines = [
         "# EnlightenGAN evaluation",
         "",
         f"- input: `{source}`",
         f"- checkpoint: `{checkpoint}`",
+        *([f"- compared with (`{COMPARED}`): `{compared}`"] if compared else []),
         f"- images: {summary['images']} listed, {summary['scored']} scored in every variant"
         + (f", failed: {summary['failed']}" if summary["failed"] else ""),
         "",
@@ -256,8 +298,7 @@ def summary_markdown(summary: dict, paper_set: str | None, checkpoint: str, sour
         "| variant | NIQE | mean luma |",
         "|---|---|---|",
     ]
-    for variant in VARIANTS:
-        mean = summary["means"][variant]
+    for variant, mean in summary["means"].items():
         niqe_text = f"{mean['niqe']:.3f}" if mean["niqe"] is not None else "n/a"
         luma_text = f"{mean['luma']:.1f}" if mean["luma"] is not None else "n/a"
         lines.append(f"| {variant} | {niqe_text} | {luma_text} |")
@@ -282,20 +323,20 @@ def summary_markdown(summary: dict, paper_set: str | None, checkpoint: str, sour
     return "\n".join(lines) + "\n"
 
 
-def _contact_sheet(rows: list[dict], limit: int) -> bytes | None:
+def _contact_sheet(rows: list[dict], limit: int, titles: dict[str, str]) -> bytes | None:
     from PIL import Image
 
     from pipelines.plots import contact_sheet_png
 
     sheet_rows, labels = [], []
     for row in rows:
-        if len(sheet_rows) == limit or not all(row.get(f"thumb_{v}") for v in VARIANTS):
+        if len(sheet_rows) == limit or not all(row.get(f"thumb_{v}") for v in titles):
             continue
         panels = {}
-        for variant in VARIANTS:
+        for variant, variant_title in titles.items():
             with Image.open(io.BytesIO(row[f"thumb_{variant}"])) as picture:
                 image = np.asarray(picture.convert("RGB"))
-            panels[VARIANT_TITLES[variant]] = (
+            panels[variant_title] = (
                 image,
                 f"NIQE {row[f'niqe_{variant}']:.2f}, luma {row[f'luma_{variant}']:.0f}",
             )
@@ -308,15 +349,22 @@ def _contact_sheet(rows: list[dict], limit: int) -> bytes | None:
 
 
 def write_results(
-    rows: list[dict], summary: dict, markdown: str, output, samples: int
+    rows: list[dict],
+    summary: dict,
+    markdown: str,
+    output,
+    samples: int,
+    compared_title: str = VARIANT_TITLES[COMPARED],
 ) -> dict[str, str]:
+    variants = tuple(summary["means"])
+    titles = {v: compared_title if v == COMPARED else VARIANT_TITLES[v] for v in variants}
     """Write the table (Parquet + CSV), summaries and contact sheet; returns name -> URI."""
     import pyarrow as pa
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
     columns = ["key", "status", "reason", "height", "width", "seconds"]
-    columns += [f"{kind}_{v}" for v in VARIANTS for kind in ("niqe", "luma")]
+    columns += [f"{kind}_{v}" for v in variants for kind in ("niqe", "luma")]
     table = pa.table({name: [row.get(name) for row in rows] for name in columns})
     written = {}
     parquet = io.BytesIO()
@@ -329,7 +377,7 @@ def write_results(
         "summary.md": markdown.encode(),
         "summary.json": json.dumps(summary, indent=2).encode(),
     }
-    sheet = _contact_sheet(rows, samples)
+    sheet = _contact_sheet(rows, samples, titles)
     if sheet is not None:
         files["contact_sheet.png"] = sheet
     for name, data in files.items():
@@ -351,19 +399,32 @@ def run(args) -> int:
     source = check_access(resolve(args.input, options))
     output = check_access(resolve(args.output, options))
     checkpoint = load_checkpoint_files(args.checkpoint, options)
+    compared = None if args.compare is None else load_checkpoint_files(args.compare, options)
     keys = list_files(source, extensions=IMAGE_EXTENSIONS)
     if args.limit is not None:
         keys = keys[: args.limit]
     if not keys:
         raise UserError(f"no images under {args.input}")
     print(f"evaluate: {len(keys)} images, checkpoint {checkpoint.description}", file=sys.stderr)
+    if compared is not None:
+        print(f"evaluate: compared with {compared.description}", file=sys.stderr)
     init_ray(args.address, args.num_cpus)
     started = time.perf_counter()
-    rows = run_pipeline(keys, source, checkpoint.files, args)
-    summary = summarise(rows)
+    rows = run_pipeline(
+        keys, source, checkpoint.files, args, None if compared is None else compared.files
+    )
+    variants = VARIANTS if compared is None else (*VARIANTS, COMPARED)
+    summary = summarise(rows, variants)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    markdown = summary_markdown(summary, paper_set, checkpoint.description, source.uri)
-    written = write_results(rows, summary, markdown, output, args.samples)
+    markdown = summary_markdown(
+        summary,
+        paper_set,
+        checkpoint.description,
+        source.uri,
+        None if compared is None else compared.description,
+    )
+    compared_title = "starter model" if args.compare in (None, STARTER_NAME) else "second model"
+    written = write_results(rows, summary, markdown, output, args.samples, compared_title)
     print(markdown)
     print("written:\n" + "\n".join(f"  {name}: {uri}" for name, uri in written.items()))
     return 0

@@ -101,7 +101,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         required=True,
-        help="checkpoint directory, training run folder (latest complete checkpoint) or s3://",
+        help="checkpoint directory, training run folder (latest complete checkpoint), s3:// "
+        "or starter (the model shipped in the package)",
     )
     parser.add_argument(
         "--format",

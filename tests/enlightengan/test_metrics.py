@@ -105,3 +105,40 @@ def test_niqe_is_fast_on_a_600x400_photo(coffee):
     started = time.perf_counter()
     niqe(coffee)
     assert time.perf_counter() - started < 1.0
+
+
+def test_psnr_of_known_error_and_of_identical_images(coffee):
+    from enlightengan.metrics import psnr
+
+    shifted = np.clip(coffee.astype(np.int16) + 5, 0, 255).astype(np.uint8)
+    mse = np.mean((shifted.astype(np.float64) - coffee) ** 2)
+    assert psnr(shifted, coffee) == pytest.approx(10 * np.log10(255**2 / mse))
+    assert psnr(coffee, coffee) == float("inf")
+    with pytest.raises(ValueError, match="shapes differ"):
+        psnr(coffee, coffee[:-1])
+
+
+def test_ssim_matches_scikit_image_and_falls_with_noise(coffee):
+    from skimage.metrics import structural_similarity
+
+    from enlightengan.metrics import ssim
+
+    rng = np.random.default_rng(0)
+    noisy = [
+        np.clip(coffee + rng.normal(0, sigma, coffee.shape), 0, 255).astype(np.uint8)
+        for sigma in (5, 20, 60)
+    ]
+    values = [ssim(image, coffee) for image in noisy]
+    assert ssim(coffee, coffee) == pytest.approx(1.0)
+    assert values[0] > values[1] > values[2]
+    for image, value in zip(noisy, values, strict=True):
+        reference = structural_similarity(
+            image,
+            coffee,
+            channel_axis=2,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=255,
+        )
+        assert value == pytest.approx(reference, abs=0.01)  # borders: replicate vs cropped

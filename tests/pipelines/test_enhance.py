@@ -318,3 +318,22 @@ def test_manifest_parts_are_parquet_with_the_documented_columns(tmp_path):
         table.schema.names
     )
     assert table.to_pylist()[0]["reason"] == "truncated"
+
+
+def test_without_checkpoint_the_shipped_starter_model_enhances(ray_local, tmp_path, capsys):
+    from enlightengan.starter import write_starter_checkpoint
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    dark = darken(fit_within(wheel_photo("coffee"), 240, 160))
+    (photos / "coffee.png").write_bytes(encode(dark, "PNG"))
+    output = tmp_path / "out"
+    assert enhance("--input", str(photos), "--output", str(output)) == 0
+    assert "enhance: checkpoint the shipped starter model" in capsys.readouterr().err
+    with Image.open(output / "coffee.png") as image:
+        written = np.asarray(image.convert("RGB"))
+    starter = build_enhancer(write_starter_checkpoint(tmp_path / "starter"), InferenceSettings())
+    expected = starter([dark])[0]
+    assert written.mean() > 2 * dark.mean()
+    # --precision auto may pick bf16 on this CPU; the reference here is fp32
+    assert np.abs(written.astype(np.int16) - expected.astype(np.int16)).mean() < 3.0

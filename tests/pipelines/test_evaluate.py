@@ -16,6 +16,7 @@ from enlightengan.baselines import gamma_correction, histogram_equalization
 from enlightengan.checkpoint import save_checkpoint
 from enlightengan.config import tiny_config
 from enlightengan.generator import Generator
+from enlightengan.inference import Enhancer, EnhancerSettings
 from enlightengan.metrics import niqe
 from pipelines.cli import main
 from pipelines.enhance_actor import InferenceSettings, build_enhancer
@@ -148,3 +149,35 @@ def test_evaluate_bad_settings_are_one_line_errors(checkpoint, lime_folder, tmp_
         == 2
     )
     assert "no images" in capsys.readouterr().err
+
+
+def test_compare_scores_the_shipped_starter_model_in_its_own_column(
+    ray_local, checkpoint, lime_folder, tmp_path, capsys
+):
+    from enlightengan.starter import load_starter_generator
+
+    output = tmp_path / "evaluation"
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--compare", "starter"]
+    argv += ["--input", str(lime_folder), "--output", str(output), "--samples", "2"]
+    assert main(argv) == 0
+    assert "compared with the shipped starter model" in capsys.readouterr().err
+    table = {row["key"]: row for row in pq.read_table(output / "scores.parquet").to_pylist()}
+    starter = Enhancer(load_starter_generator(), EnhancerSettings(batch_size=1))
+    tiny = build_enhancer(checkpoint, InferenceSettings(batch_size=1))
+    for key in ("coffee.png", "chelsea.png"):
+        pixels = decode_image((lime_folder / key).read_bytes()).array
+        row = table[key]
+        # each model saw the input pixels, not the other model's output
+        assert row["niqe_compared"] == pytest.approx(niqe(starter([pixels])[0]), abs=1e-4)
+        assert row["niqe_enhanced"] == pytest.approx(niqe(tiny([pixels])[0]), abs=1e-4)
+    summary = (output / "summary.md").read_text()
+    assert "| compared |" in summary and "shipped starter model" in summary
+    with Image.open(output / "contact_sheet.png") as sheet:
+        assert sheet.width > 5 * 200  # five columns
+
+
+def test_no_checkpoint_means_the_shipped_starter_model(ray_local, lime_folder, tmp_path, capsys):
+    output = tmp_path / "evaluation"
+    argv = ["evaluate", "--input", str(lime_folder), "--output", str(output), "--limit", "2"]
+    assert main(argv) == 0
+    assert "checkpoint the shipped starter model" in capsys.readouterr().err

@@ -1,0 +1,152 @@
+"""The starter generator that ships inside the package: load it without a path.
+
+One file, ``enlightengan/weights/starter.pt``: ``{"format", "config" (JSON text), "dtype",
+"state_dict"}``, read with ``torch.load(weights_only=True)`` (tensors and plain containers,
+never an arbitrary pickle) and checked against a pinned sha256. Its model card,
+``weights/starter.md``, says how it was trained (data, command, steps, time, machine), how it
+scores and where it falls short.
+
+    from enlightengan.starter import load_starter_generator
+    generator = load_starter_generator()          # fp32, eval mode, on the CPU
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from enlightengan.config import EnlightenGANConfig
+from enlightengan.generator import Generator
+from enlightengan.serialization import CheckpointError, write_atomic
+
+STARTER_NAME = "starter"
+FORMAT_NAME = "enlightengan-starter-weights"
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# sha256 of weights/starter.pt; a changed or damaged file is refused rather than run.
+STARTER_SHA256 = "e1df3ab2b4d4a5a5b7c1ef0b7c2a6f1ea1b6ad5f4dd0ad9c1b1bc0b4c7c4d1d7"
+
+
+def starter_weights_path() -> Path:
+    return Path(str(importlib.resources.files("enlightengan") / "weights" / "starter.pt"))
+
+
+def model_card_path() -> Path:
+    return starter_weights_path().with_suffix(".md")
+
+
+def weights_bytes(
+    generator: Generator, config: EnlightenGANConfig, storage_dtype: str = "float16"
+) -> bytes:
+    """Serialise a generator and its config as one starter-format file.
+
+    Floating-point parameters and buffers are stored as ``storage_dtype``; BatchNorm's integer
+    counters stay as they are. Loading casts back to float32.
+    """
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}")
+    state = {
+        name: value.detach().cpu().to(STORAGE_DTYPES[storage_dtype])
+        if value.is_floating_point()
+        else value.detach().cpu()
+        for name, value in generator.state_dict().items()
+    }
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "format": FORMAT_NAME,
+            "config": config.to_json(),
+            "dtype": storage_dtype,
+            "state_dict": state,
+        },
+        buffer,
+    )
+    return buffer.getvalue()
+
+
+def save_weights(
+    path: str | os.PathLike,
+    generator: Generator,
+    config: EnlightenGANConfig,
+    storage_dtype: str = "float16",
+) -> str:
+    """Write the file atomically; returns its sha256 (to pin in :data:`STARTER_SHA256`)."""
+    data = weights_bytes(generator, config, storage_dtype)
+    write_atomic(Path(path), data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_weights(
+    path: str | os.PathLike, expected_sha256: str | None = None
+) -> tuple[Generator, EnlightenGANConfig]:
+    """Rebuild the generator (fp32, eval mode, CPU) and its config from a starter-format file."""
+    data = Path(path).read_bytes()
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise CheckpointError(
+            f"{path} does not match its pinned sha256: the file is damaged or was replaced; "
+            "reinstall the package"
+        )
+    return weights_from_bytes(data, str(path))
+
+
+def weights_from_bytes(
+    data: bytes, source: str = "starter weights"
+) -> tuple[Generator, EnlightenGANConfig]:
+    """:func:`load_weights` for bytes already in memory."""
+    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{source} is not an EnlightenGAN starter weights file")
+    config = EnlightenGANConfig.from_dict(json.loads(payload["config"])).validate()
+    generator = Generator(config.generator)
+    state = {
+        name: value.float() if value.is_floating_point() else value
+        for name, value in payload["state_dict"].items()
+    }
+    generator.load_state_dict(state)
+    return generator.eval(), config
+
+
+def load_starter_generator() -> Generator:
+    """The shipped starter generator: fp32, eval mode, on the CPU."""
+    return load_starter()[0]
+
+
+def load_starter() -> tuple[Generator, EnlightenGANConfig]:
+    """The shipped starter generator and the config that trained it."""
+    path = starter_weights_path()
+    if not path.is_file():
+        raise CheckpointError(f"the starter weights are missing from the installation ({path})")
+    return load_weights(path, STARTER_SHA256)
+
+
+def write_starter_checkpoint(directory: str | os.PathLike) -> Path:
+    """Materialise the starter model as a native checkpoint directory (generator only), for
+    code that takes checkpoint directories."""
+    from enlightengan.checkpoint import save_checkpoint
+
+    generator, config = load_starter()
+    return save_checkpoint(
+        directory,
+        config=config,
+        networks={"generator": generator},
+        trainer_state={"source": "enlightengan starter weights"},
+    )
+
+
+__all__ = [
+    "STARTER_NAME",
+    "load_starter",
+    "load_starter_generator",
+    "load_weights",
+    "model_card_path",
+    "save_weights",
+    "starter_weights_path",
+    "weights_bytes",
+    "weights_from_bytes",
+    "write_starter_checkpoint",
+]
