@@ -128,6 +128,10 @@ class LossConfig:
         exposure: weight of an extra exposure-control term (Zero-DCE's L_exp) on the output;
             0 (the reference) leaves it out. ``exposure_target`` is its mean intensity goal in
             [0, 1], ``exposure_patch_size`` its averaging window.
+        color_constancy: weight of an extra colour-constancy term (Zero-DCE's L_col, the grey
+            world assumption) on the output; 0 (the reference) leaves it out. It keeps the
+            light the exposure term adds from taking the colour the normal-light set has most
+            of (green, in a corpus of nature photographs).
     """
 
     global_adversarial: float = 1.0
@@ -141,6 +145,7 @@ class LossConfig:
     exposure: float = 0.0
     exposure_target: float = 0.6
     exposure_patch_size: int = 16
+    color_constancy: float = 0.0
 
     def validate(self) -> None:
         _require(
@@ -152,6 +157,7 @@ class LossConfig:
             "self_feature",
             "self_feature_patches",
             "exposure",
+            "color_constancy",
         ):
             _require(getattr(self, name) >= 0, f"loss.{name} must be >= 0")
         _require(0.0 < self.exposure_target < 1.0, "loss.exposure_target must be in (0, 1)")

@@ -97,6 +97,20 @@ def _mse_to(scores: torch.Tensor, target: float) -> torch.Tensor:
     return torch.mean((scores - target) ** 2)
 
 
+class ColorConstancyLoss:
+    """Colour constancy (Guo et al., Zero-DCE, CVPR 2020, Eq. 3), NOT part of EnlightenGAN.
+
+    L_col = sum over the channel pairs (R, G), (R, B), (G, B) of (J^p - J^q)^2, with J^p the
+    mean of channel p of the output in [0, 1] (grey world), averaged over the batch. Off unless
+    ``loss.color_constancy > 0``.
+    """
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        means = ((images.float() + 1.0) / 2.0).mean(dim=(2, 3))
+        red, green, blue = means.unbind(dim=1)
+        return ((red - green) ** 2 + (red - blue) ** 2 + (green - blue) ** 2).mean()
+
+
 class ExposureControlLoss:
     """Exposure control (Guo et al., Zero-DCE, CVPR 2020, Eq. 4), NOT part of EnlightenGAN.
 

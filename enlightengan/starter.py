@@ -29,7 +29,7 @@ STARTER_NAME = "starter"
 FORMAT_NAME = "enlightengan-starter-weights"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # sha256 of weights/starter.pt; a changed or damaged file is refused rather than run.
-STARTER_SHA256 = "e1df3ab2b4d4a5a5b7c1ef0b7c2a6f1ea1b6ad5f4dd0ad9c1b1bc0b4c7c4d1d7"
+STARTER_SHA256 = "88af2ae1837777bd4d79675767bb982877e1dd99c59d29cc0729a9ffd4fc7b90"
 
 
 def starter_weights_path() -> Path:

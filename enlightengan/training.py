@@ -22,6 +22,7 @@ from enlightengan.discriminator import build_discriminators
 from enlightengan.distributed import rank_and_world_size
 from enlightengan.generator import Generator
 from enlightengan.losses import (
+    ColorConstancyLoss,
     ExposureControlLoss,
     LeastSquaresGAN,
     RelativisticAverageLSGAN,
@@ -38,12 +39,15 @@ LOSS_TERMS = (
     "d_patch",
 )
 # Reported only when its weight is non-zero (a setting outside the reference recipe).
-OPTIONAL_LOSS_TERMS = ("g_exposure",)
+OPTIONAL_LOSS_TERMS = {"g_exposure": "exposure", "g_color": "color_constancy"}
 
 
 def reported_terms(config: EnlightenGANConfig) -> tuple[str, ...]:
     """The loss names :func:`training_step` returns for this config, in a fixed order."""
-    return LOSS_TERMS + (OPTIONAL_LOSS_TERMS if config.loss.exposure > 0 else ())
+    optional = (
+        name for name, weight in OPTIONAL_LOSS_TERMS.items() if getattr(config.loss, weight) > 0
+    )
+    return LOSS_TERMS + tuple(optional)
 
 
 @dataclass
@@ -211,6 +215,9 @@ def training_step(
             exposure = ExposureControlLoss(weights.exposure_target, weights.exposure_patch_size)
             extra["g_exposure"] = exposure(enhanced)
             g_total = g_total + weights.exposure * extra["g_exposure"]
+        if weights.color_constancy > 0:
+            extra["g_color"] = ColorConstancyLoss()(enhanced)
+            g_total = g_total + weights.color_constancy * extra["g_color"]
     optimizers.generator.zero_grad(set_to_none=True)
     g_total.backward()
     optimizers.generator.step()

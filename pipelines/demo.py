@@ -63,6 +63,12 @@ def add_arguments(parser) -> None:
         "steps of a tiny model barely brighten. 0 trains with the paper's losses only",
     )
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the quick model's initialisation and random draws (default 0)",
+    )
+    parser.add_argument(
         "--s3",
         action="store_true",
         help="run the same steps through a local SeaweedFS S3 server (started on 127.0.0.1 "
@@ -128,7 +134,12 @@ def _run_steps(args, out: Path, base: str) -> int:
     else:
         print(f"[demo 2/5] reusing shards in {shards}")
 
-    overrides = (*TINY_MODEL, *_schedule(shards, args.steps), f"optim.lr={args.lr}")
+    overrides = (
+        *TINY_MODEL,
+        *_schedule(shards, args.steps),
+        f"optim.lr={args.lr}",
+        f"seed={args.seed}",
+    )
     if args.exposure > 0:
         overrides += (f"loss.exposure={args.exposure}", f"loss.exposure_target={EXPOSURE_TARGET}")
     # One run folder per setting, so a rerun with other --steps/--lr/--exposure trains anew

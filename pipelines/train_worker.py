@@ -406,7 +406,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     finally:
         prefetcher.close()
     if rank == 0:
-        run.write("loss_curve.png", plots.loss_curve_png(history, LOSS_TERMS + OPTIONAL_LOSS_TERMS))
+        run.write(
+            "loss_curve.png", plots.loss_curve_png(history, LOSS_TERMS + tuple(OPTIONAL_LOSS_TERMS))
+        )
 
 
 class ProgressLine:

@@ -80,13 +80,15 @@ class Degradation:
 def sample_degradation(rng: np.random.Generator) -> Degradation:
     """A random camera-like under-exposure, deliberately unlike the demo's ``x**2.2 * 0.25``.
 
-    Exposure is drawn log-uniformly between 1/64 and 1/5 of the light (about 2.3 to 6 stops
-    under), a mild tone-curve change, a slight white-balance cast, Poisson-Gaussian sensor noise
-    (shot noise variance proportional to the signal, plus read noise) and JPEG compression.
+    Exposure is drawn log-uniformly between 1/64 and 1/4 of the light (2 to 6 stops under),
+    then a tone curve ``display ** gamma`` with gamma in [0.9, 1.8] (from a flat camera curve
+    to crushed shadows, as phone JPEGs of night scenes have), a slight white-balance cast,
+    Poisson-Gaussian sensor noise (shot noise variance proportional to the signal, plus read
+    noise) and JPEG compression.
     """
     return Degradation(
-        exposure=float(np.exp(rng.uniform(np.log(1 / 64), np.log(1 / 5)))),
-        gamma=float(rng.uniform(0.9, 1.25)),
+        exposure=float(np.exp(rng.uniform(np.log(1 / 64), np.log(1 / 4)))),
+        gamma=float(rng.uniform(0.9, 1.8)),
         gains=tuple(float(g) for g in rng.uniform(0.88, 1.12, size=3)),
         shot_noise=float(rng.uniform(2e-4, 3e-3)),
         read_noise=float(rng.uniform(5e-4, 4e-3)),

@@ -118,3 +118,20 @@ def test_exposure_control_is_mean_patch_distance_to_the_target():
     dark = torch.full((1, 3, 8, 8), -0.9, requires_grad=True)
     loss(dark).backward()
     assert (dark.grad < 0).all()  # descending the loss brightens a dark image
+
+
+def test_color_constancy_is_zero_for_grey_and_grows_with_a_cast():
+    from enlightengan.losses import ColorConstancyLoss
+
+    loss = ColorConstancyLoss()
+    grey = torch.full((2, 3, 8, 8), 0.2)
+    assert float(loss(grey)) == pytest.approx(0.0, abs=1e-12)
+    green = grey.clone()
+    green[:, 1] += 0.4  # [-1, 1] space: +0.2 on the green channel's mean in [0, 1]
+    assert float(loss(green)) == pytest.approx(2 * 0.2**2, rel=1e-5)
+    stronger = grey.clone()
+    stronger[:, 1] += 0.8
+    assert float(loss(stronger)) > float(loss(green))
+    green.requires_grad_(True)
+    loss(green).backward()
+    assert green.grad[:, 1].mean() > 0 > green.grad[:, 0].mean()

@@ -57,12 +57,14 @@ def test_step_returns_every_finite_loss_term(vgg, unpaired_photos):
     assert all(math.isfinite(value) for value in history[0].values())
 
 
-def test_exposure_term_is_reported_and_added_only_when_enabled(vgg, unpaired_photos):
-    config = small_config(**{"loss.exposure": 2.0})
+def test_exposure_and_color_terms_are_reported_and_added_only_when_enabled(vgg, unpaired_photos):
+    config = small_config(**{"loss.exposure": 2.0, "loss.color_constancy": 3.0})
     _, history = run_steps(config, vgg, unpaired_photos, steps=1)
-    assert set(history[0]) == set(reported_terms(config)) == {*LOSS_TERMS, "g_exposure"}
+    expected_terms = {*LOSS_TERMS, "g_exposure", "g_color"}
+    assert set(history[0]) == set(reported_terms(config)) == expected_terms
     parts = ("g_global_adv", "g_local_adv", "g_sfp", "g_sfp_patches")
-    expected = sum(history[0][name] for name in parts) + 2.0 * history[0]["g_exposure"]
+    expected = sum(history[0][name] for name in parts)
+    expected += 2.0 * history[0]["g_exposure"] + 3.0 * history[0]["g_color"]
     assert history[0]["g_total"] == pytest.approx(expected, rel=1e-5)
     assert reported_terms(small_config()) == LOSS_TERMS
 

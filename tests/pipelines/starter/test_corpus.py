@@ -69,7 +69,7 @@ def test_degradation_is_seeded_dark_noisy_and_not_the_demo_darkening():
 def test_degradations_cover_a_range_of_exposures():
     rng = np.random.default_rng(0)
     exposures = [sample_degradation(rng).exposure for _ in range(200)]
-    assert 1 / 64 <= min(exposures) < 1 / 40 and 1 / 6 < max(exposures) <= 1 / 5
+    assert 1 / 64 <= min(exposures) < 1 / 40 and 1 / 5 < max(exposures) <= 1 / 4
 
 
 def test_views_are_the_frame_and_four_corners_fitted_to_600x400():
