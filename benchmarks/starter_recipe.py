@@ -57,25 +57,43 @@ def read_domain(shards: Path, domain: str) -> list[np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="prepared starter shards")
-    parser.add_argument("--corpus", type=Path, required=True, help="starter corpus (holdout/)")
+    parser.add_argument("--data", type=Path, help="prepared starter shards")
+    parser.add_argument("--corpus", type=Path, help="starter corpus (holdout/)")
     parser.add_argument("--minutes", type=float, default=6.0, help="training time budget")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (native-bf16 CPUs)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--probe", action="store_true", help="only time 4 steps on random crops, then stop"
+    )
     parser.add_argument("overrides", nargs="*", help="section.field=value")
     args = parser.parse_args()
+    if not args.probe and (args.data is None or args.corpus is None):
+        parser.error("--data and --corpus are needed unless --probe")
     torch.set_num_threads(args.threads)
     overrides = dict(item.split("=", 1) for item in args.overrides)
     config = EnlightenGANConfig().with_overrides(
         {key: json.loads(value) for key, value in overrides.items()}
     )
-    low, normal = read_domain(args.data, "low"), read_domain(args.data, "normal")
     torch.manual_seed(config.seed)
     modules = build_modules(config, build_vgg_features(None, flavour=config.loss.vgg_flavour))
     optimizers = build_optimizers(modules, config.optim)
     pick_rng, step_rng = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     batch, budget = config.optim.batch_size, args.minutes * 60
     dtype = torch.bfloat16 if args.bf16 else None
+    if args.probe:
+        size = config.augment.crop_size
+        low_batch = torch.rand(batch, 3, size, size) * 0.3 - 1
+        normal_batch = torch.rand(batch, 3, size, size) * 2 - 1
+        training_step(modules, optimizers, low_batch, normal_batch, config, step_rng, dtype)
+        started = time.perf_counter()
+        for _ in range(4):
+            training_step(modules, optimizers, low_batch, normal_batch, config, step_rng, dtype)
+        print(
+            f"{' '.join(args.overrides)} bf16={args.bf16}: "
+            f"{(time.perf_counter() - started) / 4:.2f} s/step"
+        )
+        return
+    low, normal = read_domain(args.data, "low"), read_domain(args.data, "normal")
     started, step = time.perf_counter(), 0
     while (elapsed := time.perf_counter() - started) < budget:
         fraction = min(1.0, 2.0 * (1.0 - elapsed / budget))

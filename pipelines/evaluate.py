@@ -215,13 +215,17 @@ def run_pipeline(keys, source, checkpoint_files, args, compared_files=None) -> l
         tile_size=args.tile_size or None,
     )
 
+    # Two CPU actor pools of one CPU each would hold both cores of a 2-core machine and leave
+    # none for the decode and scoring tasks (the job waits forever): halve them.
+    actor_cpus = 0.5 if args.gpus_per_worker or compared_files is not None else 1.0
+
     def enhance(dataset, files):
         return dataset.map_batches(
             EnhanceActor,
             fn_constructor_kwargs={"checkpoint_files": [ray.put(files)], "settings": settings},
             compute=ActorPoolStrategy(size=args.workers),
             batch_size=args.batch_size,
-            num_cpus=1.0 if not args.gpus_per_worker else 0.5,
+            num_cpus=actor_cpus,
             num_gpus=args.gpus_per_worker or None,
         )
 

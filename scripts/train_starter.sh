@@ -2,13 +2,13 @@
 # Rebuild the shipped starter model from Debian packages and wheels only:
 # corpus -> enlightengan prepare -> enlightengan train (Ray Train) -> ship -> quality report.
 #   bash scripts/setup.sh && bash scripts/train_starter.sh [WORK_DIR]   (default ./starter-work)
-# STEPS (default 5000: about 70 minutes on 2 cores with native bf16) and PRECISION (bf16; fp32
+# STEPS (default 3000: about 45 minutes on 2 cores with native bf16) and PRECISION (bf16; fp32
 # on CPUs without native bf16, about twice as slow) change the run; the recipe is below and
 # BENCHMARKS.md says how it was chosen. The ship step writes enlightengan/weights/starter.pt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-starter-work}"
-steps="${STEPS:-5000}"
+steps="${STEPS:-3000}"
 bin=.venv/bin
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 
