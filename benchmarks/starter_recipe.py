@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_quality import (  # noqa: E402
     baseline_variants,
+    contact_sheet,
     format_table,
     holdout_set,
     model_variant,
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=6.0, help="training time budget")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (native-bf16 CPUs)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sheet", type=Path, help="also write the held-out contact sheet here")
     parser.add_argument(
         "--probe", action="store_true", help="only time 4 steps on random crops, then stop"
     )
@@ -111,7 +113,10 @@ def main() -> None:
             print(f"step {step} {elapsed:.0f} s g_total {losses['g_total']:.3f}", flush=True)
     seconds_per_step = (time.perf_counter() - started) / max(step, 1)
     variants = {**baseline_variants(), "model": model_variant(modules.generator)}
-    means, _ = score_set(holdout_set(args.corpus), variants)
+    photos = holdout_set(args.corpus)
+    means, outputs = score_set(photos, variants)
+    if args.sheet is not None:
+        contact_sheet(outputs, [name for name, _ in photos], args.sheet)
     print(f"settings: {' '.join(args.overrides)} bf16={args.bf16}")
     print(f"{step} steps in {args.minutes:.1f} min ({seconds_per_step:.2f} s/step)")
     print(format_table("holdout, darkened x**2.2 * 0.25", means))

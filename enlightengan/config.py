@@ -128,6 +128,12 @@ class LossConfig:
         exposure: weight of an extra exposure-control term (Zero-DCE's L_exp) on the output;
             0 (the reference) leaves it out. ``exposure_target`` is its mean intensity goal in
             [0, 1], ``exposure_patch_size`` its averaging window.
+        exposure_input_power: ``None`` (Zero-DCE): one fixed target for every window. A number
+            p: each window's target is the low-light input's window mean to the power 1/p,
+            capped at ``exposure_target``, so dark content brightens and black stays darkish.
+        chroma: weight of a chroma-preserving term (this project's): the output's windowed
+            chromaticity should match the input's, black input windows counting as grey; 0
+            leaves it out.
         color_constancy: weight of an extra colour-constancy term (Zero-DCE's L_col, the grey
             world assumption) on the output; 0 (the reference) leaves it out. It keeps the
             light the exposure term adds from taking the colour the normal-light set has most
@@ -145,6 +151,8 @@ class LossConfig:
     exposure: float = 0.0
     exposure_target: float = 0.6
     exposure_patch_size: int = 16
+    exposure_input_power: float | None = None
+    chroma: float = 0.0
     color_constancy: float = 0.0
 
     def validate(self) -> None:
@@ -158,10 +166,15 @@ class LossConfig:
             "self_feature_patches",
             "exposure",
             "color_constancy",
+            "chroma",
         ):
             _require(getattr(self, name) >= 0, f"loss.{name} must be >= 0")
         _require(0.0 < self.exposure_target < 1.0, "loss.exposure_target must be in (0, 1)")
         _require(self.exposure_patch_size >= 1, "loss.exposure_patch_size must be >= 1")
+        _require(
+            self.exposure_input_power is None or self.exposure_input_power >= 1,
+            "loss.exposure_input_power must be null or >= 1",
+        )
 
 
 @dataclass(frozen=True)

@@ -118,13 +118,54 @@ class ExposureControlLoss:
     intensity the mean of the RGB channels in [0, 1]. Off unless ``loss.exposure > 0``: the
     demo turns it on so a few dozen CPU steps of a tiny model brighten visibly, where the
     adversarial terms alone need thousands of steps.
+
+    With ``input_power`` p (this project's variant), each window's target follows the
+    low-light input instead: its input mean to the power 1/p, capped at ``target``. A black
+    window then stays dark rather than being filled with invented light and colour.
     """
 
-    def __init__(self, target: float = 0.6, patch_size: int = 16) -> None:
+    def __init__(
+        self, target: float = 0.6, patch_size: int = 16, input_power: float | None = None
+    ) -> None:
         self.target = target
         self.patch_size = patch_size
+        self.input_power = input_power
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        intensity = ((images.float() + 1.0) / 2.0).mean(dim=1, keepdim=True)
-        size = min(self.patch_size, *intensity.shape[-2:])
-        return (F.avg_pool2d(intensity, size) - self.target).abs().mean()
+    def __call__(self, images: torch.Tensor, low_light: torch.Tensor | None = None) -> torch.Tensor:
+        size = min(self.patch_size, *images.shape[-2:])
+        means = F.avg_pool2d(_intensity(images), size)
+        if self.input_power is None:
+            return (means - self.target).abs().mean()
+        if low_light is None:
+            raise ValueError("an input-following exposure target needs the low-light input")
+        input_means = F.avg_pool2d(_intensity(low_light), size).clamp(min=0.0)
+        targets = (input_means ** (1.0 / self.input_power)).clamp(max=self.target)
+        return (means - targets).abs().mean()
+
+
+def _intensity(images: torch.Tensor) -> torch.Tensor:
+    return ((images.float() + 1.0) / 2.0).mean(dim=1, keepdim=True)
+
+
+class ChromaPreservingLoss:
+    """Keep the input's hue while brightening (this project's term, not in either paper).
+
+    Both images are averaged over ``patch_size`` windows; each window's chromaticity is
+    (c + eps) / (R + G + B + 3 eps) per channel, in [0, 1] space. The loss is the mean absolute
+    difference between the output's and the input's chromaticities. ``eps`` makes a black input
+    window count as neutral grey, so the light added there may not take a colour of its own.
+    """
+
+    def __init__(self, patch_size: int = 8, eps: float = 0.005) -> None:
+        self.patch_size = patch_size
+        self.eps = eps
+
+    def __call__(self, enhanced: torch.Tensor, low_light: torch.Tensor) -> torch.Tensor:
+        size = min(self.patch_size, *enhanced.shape[-2:])
+        return (
+            (self._chromaticity(enhanced, size) - self._chromaticity(low_light, size)).abs().mean()
+        )
+
+    def _chromaticity(self, images: torch.Tensor, size: int) -> torch.Tensor:
+        rgb = F.avg_pool2d(((images.float() + 1.0) / 2.0).clamp(min=0.0), size) + self.eps
+        return rgb / rgb.sum(dim=1, keepdim=True)

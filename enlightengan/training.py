@@ -22,6 +22,7 @@ from enlightengan.discriminator import build_discriminators
 from enlightengan.distributed import rank_and_world_size
 from enlightengan.generator import Generator
 from enlightengan.losses import (
+    ChromaPreservingLoss,
     ColorConstancyLoss,
     ExposureControlLoss,
     LeastSquaresGAN,
@@ -39,7 +40,11 @@ LOSS_TERMS = (
     "d_patch",
 )
 # Reported only when its weight is non-zero (a setting outside the reference recipe).
-OPTIONAL_LOSS_TERMS = {"g_exposure": "exposure", "g_color": "color_constancy"}
+OPTIONAL_LOSS_TERMS = {
+    "g_exposure": "exposure",
+    "g_color": "color_constancy",
+    "g_chroma": "chroma",
+}
 
 
 def reported_terms(config: EnlightenGANConfig) -> tuple[str, ...]:
@@ -212,12 +217,17 @@ def training_step(
         )
         extra = {}
         if weights.exposure > 0:
-            exposure = ExposureControlLoss(weights.exposure_target, weights.exposure_patch_size)
-            extra["g_exposure"] = exposure(enhanced)
+            exposure = ExposureControlLoss(
+                weights.exposure_target, weights.exposure_patch_size, weights.exposure_input_power
+            )
+            extra["g_exposure"] = exposure(enhanced, low)
             g_total = g_total + weights.exposure * extra["g_exposure"]
         if weights.color_constancy > 0:
             extra["g_color"] = ColorConstancyLoss()(enhanced)
             g_total = g_total + weights.color_constancy * extra["g_color"]
+        if weights.chroma > 0:
+            extra["g_chroma"] = ChromaPreservingLoss()(enhanced, low)
+            g_total = g_total + weights.chroma * extra["g_chroma"]
     optimizers.generator.zero_grad(set_to_none=True)
     g_total.backward()
     optimizers.generator.step()

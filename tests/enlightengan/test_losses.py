@@ -135,3 +135,33 @@ def test_color_constancy_is_zero_for_grey_and_grows_with_a_cast():
     green.requires_grad_(True)
     loss(green).backward()
     assert green.grad[:, 1].mean() > 0 > green.grad[:, 0].mean()
+
+
+def test_input_following_exposure_targets_keep_black_dark_and_cap_bright_windows():
+    loss = ExposureControlLoss(target=0.6, patch_size=4, input_power=3.0)
+    low = torch.full((1, 3, 8, 8), -1.0)  # black left half ...
+    low[..., 4:] = 2 * 0.064 - 1  # ... and a dim right half, mean 0.064 -> target 0.4
+    perfect = torch.full((1, 3, 8, 8), -1.0)
+    perfect[..., 4:] = 2 * 0.4 - 1
+    assert float(loss(perfect, low)) == pytest.approx(0.0, abs=1e-6)
+    grey = torch.zeros((1, 3, 8, 8))  # 0.5 everywhere: the fixed-target loss's favourite
+    assert float(loss(grey, low)) == pytest.approx((0.5 + 0.1) / 2, rel=1e-5)
+    bright_low = torch.full((1, 3, 8, 8), 0.0)  # mean 0.5 -> 0.79, capped at 0.6
+    assert float(loss(torch.full((1, 3, 8, 8), 0.2), bright_low)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="needs the low-light input"):
+        loss(grey)
+
+
+def test_chroma_term_allows_brightening_but_not_a_new_colour():
+    from enlightengan.losses import ChromaPreservingLoss
+
+    loss = ChromaPreservingLoss(patch_size=4)
+    low = torch.full((1, 3, 8, 8), -0.9)
+    low[:, 0] = -0.8  # a dim, slightly red image
+    brighter = (low + 1) * 4 - 1  # four times the light, same hue
+    assert float(loss(brighter, low)) < 0.01
+    black = torch.full((1, 3, 8, 8), -1.0)
+    assert float(loss(torch.full((1, 3, 8, 8), 0.0), black)) < 1e-6  # grey light on black: fine
+    blue = torch.full((1, 3, 8, 8), -0.6)
+    blue[:, 2] = 0.4
+    assert float(loss(blue, black)) > 0.1  # blue light on black: penalised
