@@ -36,6 +36,7 @@ from pipelines.enhance_actor import (
     SKIPPED,
     EnhanceActor,
     InferenceSettings,
+    add_checkpoint_argument,
     build_enhancer,
     cpu_stage,
     decode_stage,
@@ -70,13 +71,7 @@ DEFAULT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        help="checkpoint dir, training run root (latest complete checkpoint) or s3:// URI; "
-        "'starter' or nothing: the starter model shipped in the package (a local folder "
-        "called starter is ./starter)",
-    )
+    add_checkpoint_argument(parser)
     parser.add_argument("--input", required=True, help="input prefix: folder, file:// or s3://")
     parser.add_argument("--output", required=True, help="output prefix (same relative keys)")
     parser.add_argument("--workers", type=int, default=1, help="enhancer actors (default 1)")

@@ -43,6 +43,17 @@ class InferenceSettings:
     torch_threads: int | None = None
 
 
+def add_checkpoint_argument(parser) -> None:
+    """``--checkpoint``, the same for every job that runs a generator."""
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint dir, training run root (latest complete checkpoint) or s3:// URI; "
+        f"'{STARTER_NAME}' or nothing: the starter model shipped in the package (a local "
+        f"folder called {STARTER_NAME} is ./{STARTER_NAME})",
+    )
+
+
 def object_column(values, dtype=object) -> np.ndarray:
     """A 1-D numpy array of arbitrary Python values (strings, bytes), one per row."""
     array = np.empty(len(values), dtype=dtype)

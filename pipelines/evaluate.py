@@ -29,6 +29,7 @@ from pipelines.enhance_actor import (
     STARTER_NAME,
     EnhanceActor,
     InferenceSettings,
+    add_checkpoint_argument,
     decoded_images,
     load_checkpoint_files,
 )
@@ -71,13 +72,7 @@ PAPER_TABLE = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        help="checkpoint dir, training run root (latest complete checkpoint) or s3:// URI; "
-        "'starter' or nothing: the starter model shipped in the package (a local folder "
-        "called starter is ./starter)",
-    )
+    add_checkpoint_argument(parser)
     parser.add_argument(
         "--compare",
         default=None,

@@ -31,9 +31,11 @@ def test_demo_smallest_settings_runs_every_job_and_a_rerun_reuses(ray_local, tmp
     assert [p.with_suffix("") for p in enhanced] == [p.with_suffix("") for p in low]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == len(low)
-    assert all(math.isfinite(summary["niqe"][v]) for v in ("input", "enhanced", "gamma"))
+    variants = ("input", "enhanced", "gamma", "histeq", "compared")
+    assert all(math.isfinite(summary["niqe"][v]) for v in variants)
+    assert "shipped starter model" in printed
     with Image.open(out / "evaluation" / "contact_sheet.png") as sheet:
-        assert sheet.width > 800
+        assert sheet.width > 5 * 200  # input, quick model, gamma, histeq, starter model
 
     assert main(["demo", "--out", str(out), "--steps", "2"]) == 0
     printed = capsys.readouterr().out
@@ -81,3 +83,6 @@ def test_demo_default_settings_visibly_brighten_the_photos(ray_local, tmp_path):
     assert summary["input_mean_luma"] < 20
     assert summary["enhanced_mean_luma"] > 3 * summary["input_mean_luma"]
     assert math.isfinite(summary["niqe"]["enhanced"])
+    # the shipped starter model, in the contact sheet's last column
+    assert summary["starter_mean_luma"] > 3 * summary["input_mean_luma"]
+    assert summary["niqe"]["compared"] < summary["niqe"]["input"]
