@@ -29,7 +29,7 @@ STARTER_NAME = "starter"
 FORMAT_NAME = "enlightengan-starter-weights"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # sha256 of weights/starter.pt; a changed or damaged file is refused rather than run.
-STARTER_SHA256 = "88af2ae1837777bd4d79675767bb982877e1dd99c59d29cc0729a9ffd4fc7b90"
+STARTER_SHA256 = "cec54f850380f73f1a36df3f82967de06b5007c82f3b97b70fa06d104c9cd08a"
 
 
 def starter_weights_path() -> Path:

@@ -2,13 +2,13 @@
 # Rebuild the shipped starter model from Debian packages and wheels only:
 # corpus -> enlightengan prepare -> enlightengan train (Ray Train) -> ship -> quality report.
 #   bash scripts/setup.sh && bash scripts/train_starter.sh [WORK_DIR]   (default ./starter-work)
-# STEPS (default 2000: about 35 minutes on 2 cores with native bf16) and PRECISION (bf16; fp32
+# STEPS (default 1200: about 20 minutes on 2 cores with native bf16) and PRECISION (bf16; fp32
 # on CPUs without native bf16, about twice as slow) change the run; the recipe is below and
 # BENCHMARKS.md says how it was chosen. The ship step writes enlightengan/weights/starter.pt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-starter-work}"
-steps="${STEPS:-2000}"
+steps="${STEPS:-1200}"
 bin=.venv/bin
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 
@@ -20,10 +20,10 @@ export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_ENABLE_WINDOWS_OR_OSX_CLUS
 epochs=$(( (steps + 19) / 20 ))
 recipe=(
     generator.base_channels=16 discriminator.base_channels=32 augment.crop_size=128
-    optim.batch_size=4 optim.lr=0.0002
+    optim.batch_size=4 optim.lr=0.0003
     "optim.epochs_constant=$(( (epochs + 1) / 2 ))" "optim.epochs_decay=$(( epochs / 2 ))"
     loss.exposure=10 loss.exposure_target=0.6 loss.exposure_patch_size=32 loss.exposure_input_power=3
-    loss.chroma=20
+    loss.chroma=6
 )
 settings=()
 for item in "${recipe[@]}"; do settings+=(--set "$item"); done
