@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from enlightengan.baselines import gamma_correction, histogram_equalization  # noqa: E402
 from enlightengan.metrics import niqe, psnr, ssim  # noqa: E402
+from pipelines.evaluate import luma_mean  # noqa: E402
 
 METRICS = ("niqe", "psnr", "ssim", "luma")
 Variant = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -40,14 +41,9 @@ Variant = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 def demo_set() -> list[tuple[str, np.ndarray]]:
     """The demo's five low-light photos as undarkened originals (name, uint8 RGB)."""
-    from pipelines.sample_photos import LOW_LAYOUT, fit_within, wheel_photo
+    from pipelines.sample_photos import demo_originals
 
-    photos = []
-    for name, _ in LOW_LAYOUT:
-        rgb = wheel_photo(name)
-        box = (600, 400) if rgb.shape[1] >= rgb.shape[0] else (400, 600)
-        photos.append((name, fit_within(rgb, *box)))
-    return photos
+    return demo_originals()
 
 
 def holdout_set(corpus: Path) -> list[tuple[str, np.ndarray]]:
@@ -62,10 +58,6 @@ def darken_like_demo(rgb: np.ndarray) -> np.ndarray:
     from pipelines.sample_photos import darken
 
     return darken(rgb)
-
-
-def mean_luma(rgb: np.ndarray) -> float:
-    return float((rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).mean())
 
 
 def model_variant(generator) -> Variant:
@@ -106,7 +98,7 @@ def score_set(
                 "niqe": niqe(result),
                 "psnr": psnr(result, original),
                 "ssim": ssim(result, original),
-                "luma": mean_luma(result),
+                "luma": luma_mean(result),
             }
             for result, original in zip(results, originals, strict=True)
         ]

@@ -80,6 +80,18 @@ def fit_within(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(image.resize(size, Image.Resampling.LANCZOS))
 
 
+def demo_originals(longest_side: int = 600) -> list[tuple[str, np.ndarray]]:
+    """The undarkened originals of the demo's low-light photos, fitted as the demo fits them."""
+    photos = []
+    for name, _ in LOW_LAYOUT:
+        rgb = wheel_photo(name)
+        box = (longest_side, longest_side * 2 // 3)
+        photos.append(
+            (name, fit_within(rgb, *(box if rgb.shape[1] >= rgb.shape[0] else box[::-1])))
+        )
+    return photos
+
+
 def encode(rgb: np.ndarray, fmt: str, **options) -> bytes:
     """Encode an RGB array with Pillow (``fmt`` is a Pillow format name: JPEG, PNG, ...)."""
     buffer = io.BytesIO()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import shutil
 import subprocess
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from pipelines.sample_photos import encode, wheel_photo
 
 LIST_FILE = Path(__file__).with_name("corpus_photos.tsv")
 ROLES = ("normal", "synthetic-low", "real-low", "holdout")
@@ -113,7 +114,7 @@ def degrade_low_light(rgb: np.ndarray, degradation: Degradation, rng: np.random.
     linear = linear + rng.normal(size=linear.shape) * np.sqrt(variance)
     display = linear_to_srgb(linear) ** degradation.gamma
     pixels = np.clip(np.round(display * 255.0), 0, 255).astype(np.uint8)
-    return _encode_jpeg(pixels, degradation.jpeg_quality)
+    return encode(pixels, "JPEG", quality=degradation.jpeg_quality)
 
 
 def views(rgb: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -135,12 +136,6 @@ def _fit(rgb: np.ndarray) -> np.ndarray:
     box = VIEW_BOX if image.width >= image.height else VIEW_BOX[::-1]
     image.thumbnail(box, Image.Resampling.LANCZOS)
     return np.asarray(image)
-
-
-def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 def unpack_packages(packages: list[str], cache: Path) -> Path:
@@ -176,7 +171,7 @@ def build_corpus(out: Path, cache: Path, seed: int = 0) -> dict:
         rgb = _load_rgb(root / photo.path)
         source = {"name": photo.name, "package": photo.package, "licence": photo.licence}
         if photo.role == "holdout":
-            _write(out / "holdout" / f"{photo.name}.png", _encode_png(_fit(rgb)))
+            _write(out / "holdout" / f"{photo.name}.png", encode(_fit(rgb), "PNG"))
             files.append({**source, "file": f"holdout/{photo.name}.png", "role": photo.role})
             continue
         for view_name, view in views(rgb):
@@ -187,15 +182,16 @@ def build_corpus(out: Path, cache: Path, seed: int = 0) -> dict:
                 _write(out / "low" / "synthetic" / key, degrade_low_light(view, degradation, rng))
                 files.append({**record, "file": f"low/synthetic/{key}", **asdict(degradation)})
             elif photo.role == "real-low":
-                _write(out / "low" / "real" / key, _encode_jpeg(view, 95))
+                _write(out / "low" / "real" / key, encode(view, "JPEG", quality=95))
                 files.append({**record, "file": f"low/real/{key}"})
             else:
-                _write(out / "normal" / key, _encode_jpeg(view, 95))
+                _write(out / "normal" / key, encode(view, "JPEG", quality=95))
                 files.append({**record, "file": f"normal/{key}"})
-    from pipelines.sample_photos import wheel_photo
-
     for name in WHEEL_NORMAL:
-        _write(out / "normal" / "wheels" / f"{name}.jpg", _encode_jpeg(_fit(wheel_photo(name)), 95))
+        _write(
+            out / "normal" / "wheels" / f"{name}.jpg",
+            encode(_fit(wheel_photo(name)), "JPEG", quality=95),
+        )
         files.append(
             {
                 "name": name,
@@ -209,12 +205,6 @@ def build_corpus(out: Path, cache: Path, seed: int = 0) -> dict:
     (out / "corpus.json").write_text(json.dumps(record, indent=2))
     (out / "README.md").write_text(_readme(photos, files))
     return record
-
-
-def _encode_png(rgb: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -20,16 +20,11 @@ from enlightengan.checkpoint import find_latest_checkpoint, load_checkpoint
 from enlightengan.inference import Enhancer, EnhancerSettings
 from enlightengan.metrics import psnr
 from enlightengan.starter import starter_weights_path, weights_bytes, weights_from_bytes
-from pipelines.sample_photos import LOW_LAYOUT, darken, fit_within, wheel_photo
+from pipelines.sample_photos import darken, demo_originals
 
 
 def _check_images() -> list[np.ndarray]:
-    images = []
-    for name, _ in LOW_LAYOUT:
-        rgb = wheel_photo(name)
-        box = (600, 400) if rgb.shape[1] >= rgb.shape[0] else (400, 600)
-        images.append(darken(fit_within(rgb, *box)))
-    return images
+    return [darken(rgb) for _, rgb in demo_originals()]
 
 
 def stored_weights_psnr(generator, stored) -> float:
