@@ -185,7 +185,7 @@ def run(args) -> int:
     checkpoint = load_checkpoint_files(args.checkpoint, options)
     print(f"enhance: checkpoint {checkpoint.description}", file=sys.stderr)
     rules = key_rules(source, output, args)
-    listing = ListingSource.of(source, options)
+    listing = ListingSource.of(source)
     if not args.dry_run:
         check_writable(output, args.output)
     init_ray(args.address, args.num_cpus)

@@ -20,10 +20,9 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pyarrow import fs as pafs
-
+from pipelines import s3_clients
 from pipelines.errors import UserError
-from pipelines.storage import Location, S3Settings, StorageOptions, s3_settings
+from pipelines.storage import Location
 
 logger = logging.getLogger(__name__)
 PAGE_SIZE = 1000
@@ -38,18 +37,18 @@ class ListingSource:
     tasks get, and are never printed)."""
 
     root: str
-    s3: S3Settings | None = None
-    attempts: int = 10
+    s3: s3_clients.S3Access | None = None
+    attempts: int = s3_clients.LISTING_RETRY_ATTEMPTS
 
     @classmethod
-    def of(cls, location: Location, options: StorageOptions | None = None) -> ListingSource:
+    def of(cls, location: Location) -> ListingSource:
         if location.is_local:
             return cls(location.path)
-        if not isinstance(location.filesystem, pafs.S3FileSystem):
+        if not location.is_s3:
             raise UserError(
                 f"cannot list {location.uri}: enhance reads local folders and s3:// prefixes"
             )
-        return cls(location.path.strip("/"), s3_settings(options or StorageOptions()))
+        return cls(location.path.strip("/"), s3_clients.access_of(location.filesystem))
 
     def pages(self, page_size: int = PAGE_SIZE) -> Iterator[list[tuple[str, int]]]:
         """``[(relative key, size), ...]`` pages in listing order; a local subfolder that cannot
@@ -102,7 +101,7 @@ class ListingSource:
         bucket, _, key_prefix = self.root.partition("/")
         key_prefix = f"{key_prefix}/" if key_prefix else ""
         pages = (
-            _s3_client(self.s3, self.attempts)
+            s3_clients.botocore_client(self.s3, self.attempts)
             .get_paginator("list_objects_v2")
             .paginate(Bucket=bucket, Prefix=key_prefix)
         )
@@ -115,28 +114,6 @@ class ListingSource:
                         yield key, int(item["Size"])
         except Exception as error:
             raise _as_storage_error(error) from None
-
-
-def _s3_client(settings: S3Settings, attempts: int):
-    import botocore.config
-    import botocore.session
-
-    config = botocore.config.Config(
-        retries={"max_attempts": attempts, "mode": "standard"},
-        connect_timeout=10,
-        read_timeout=60,
-        # Custom endpoints (MinIO, SeaweedFS) serve buckets by path, not by host name.
-        s3={"addressing_style": "path"} if settings.endpoint else None,
-    )
-    return botocore.session.get_session().create_client(
-        "s3",
-        region_name=settings.region,
-        endpoint_url=settings.endpoint,
-        aws_access_key_id=settings.access_key,
-        aws_secret_access_key=settings.secret_key,
-        aws_session_token=settings.session_token,
-        config=config,
-    )
 
 
 def _as_storage_error(error: Exception) -> Exception:

@@ -5,27 +5,25 @@ The same filesystem object is what Ray Data (``read_*(filesystem=...)``,
 ``write_parquet(filesystem=...)``) and Ray Train (``RunConfig(storage_filesystem=...)``, with a
 ``storage_path`` that has no scheme) take, so every job reaches storage the same way.
 
-S3 credentials come from the standard AWS environment (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``) or a named profile (``--profile`` /
-``AWS_PROFILE`` in ``~/.aws/credentials``); the endpoint from ``--endpoint-url``,
-``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` or the profile's ``endpoint_url``. Secrets are never
-put in a repr, a log line or an error message.
+S3 clients are built by :mod:`pipelines.s3_clients` from the AWS SDK's credential chain (keys,
+profiles, SSO, ``credential_process``, roles; refreshed when temporary); ``--endpoint-url``,
+``--profile`` and ``--region`` override what the environment and the profile say. Secrets are
+never put in a repr, a log line or an error message.
 """
 
 from __future__ import annotations
 
-import configparser
 import os
 import posixpath
 import re
 import unicodedata
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from pyarrow import fs as pafs
 
+from pipelines import s3_clients
 from pipelines.errors import UserError
 
 # GIF is listed so that animated files are seen and rejected with a reason, not skipped.
@@ -65,12 +63,20 @@ def add_storage_arguments(parser) -> None:
     group.add_argument(
         "--endpoint-url",
         default=None,
-        help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: $AWS_ENDPOINT_URL, else AWS)",
+        help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: $AWS_ENDPOINT_URL_S3, "
+        "$AWS_ENDPOINT_URL or the profile's endpoint_url, else AWS)",
     )
     group.add_argument(
-        "--profile", default=None, help="AWS profile in ~/.aws/credentials (default: $AWS_PROFILE)"
+        "--profile",
+        default=None,
+        help="AWS profile from ~/.aws/config or ~/.aws/credentials: keys, SSO, role or "
+        "credential_process (default: $AWS_PROFILE, else the SDK's default chain)",
     )
-    group.add_argument("--region", default=None, help="S3 region (default: $AWS_REGION)")
+    group.add_argument(
+        "--region",
+        default=None,
+        help="S3 region (default: $AWS_REGION, $AWS_DEFAULT_REGION or the profile's, else us-east-1)",
+    )
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,10 @@ class Location:
     @property
     def is_local(self) -> bool:
         return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+    @property
+    def is_s3(self) -> bool:
+        return s3_clients.is_s3_filesystem(self.filesystem)
 
     def child(self, key: str) -> Location:
         """The location of relative ``key`` under this one (``key`` is checked by ``safe_join``)."""
@@ -115,95 +125,9 @@ def safe_join(prefix: str, key: str) -> str:
     return f"{prefix.rstrip('/')}/{key}" if prefix else key
 
 
-def _profile_settings(profile: str) -> dict[str, str]:
-    """Keys of one profile from the shared credentials and config files."""
-    settings: dict[str, str] = {}
-    config_file = os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")
-    credentials_file = os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")
-    for path, section in (
-        (config_file, "default" if profile == "default" else f"profile {profile}"),
-        (credentials_file, profile),
-    ):
-        parser = configparser.ConfigParser()
-        parser.read(Path(path).expanduser())
-        if parser.has_section(section):
-            settings.update(parser[section])
-    if "aws_access_key_id" not in settings:
-        raise UserError(
-            f"AWS profile {profile!r} has no aws_access_key_id in {credentials_file}: "
-            "add it there or use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
-        )
-    return settings
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """Where an S3 client connects and as whom, resolved once from the options, the environment
-    and the profile; the secrets never appear in a repr."""
-
-    region: str
-    endpoint: str | None = None
-    access_key: str | None = field(default=None, repr=False)
-    secret_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
-
-
-def s3_settings(options: StorageOptions) -> S3Settings:
-    env = os.environ
-    profile = options.profile or env.get("AWS_PROFILE")
-    from_profile = (
-        _profile_settings(profile)
-        if options.profile or (profile and not env.get("AWS_ACCESS_KEY_ID"))
-        else {}
-    )
-    access_key = from_profile.get("aws_access_key_id") or env.get("AWS_ACCESS_KEY_ID")
-    secret_key = from_profile.get("aws_secret_access_key") or env.get("AWS_SECRET_ACCESS_KEY")
-    session_token = from_profile.get("aws_session_token") or env.get("AWS_SESSION_TOKEN")
-    endpoint = (
-        options.endpoint_url
-        or env.get("AWS_ENDPOINT_URL_S3")
-        or env.get("AWS_ENDPOINT_URL")
-        or from_profile.get("endpoint_url")
-    )
-    region = (
-        options.region
-        or env.get("AWS_REGION")
-        or env.get("AWS_DEFAULT_REGION")
-        or from_profile.get("region")
-        or "us-east-1"
-    )
-    if bool(access_key) != bool(secret_key):
-        raise UserError(
-            "S3 credentials are incomplete: set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-        )
-    # Without keys, a custom endpoint can only be reached anonymously, which is never what a
-    # job wants; on AWS itself the SDK's default chain (instance role, web identity) applies.
-    ambient = env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or env.get(
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI"
-    )
-    if not access_key and endpoint and not ambient:
-        raise UserError(
-            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            "(or AWS_PROFILE / --profile) in the environment"
-        )
-    if endpoint and "://" not in endpoint:
-        endpoint = f"https://{endpoint}"
-    return S3Settings(region, endpoint, access_key, secret_key, session_token)
-
-
-def _s3_filesystem(options: StorageOptions) -> pafs.S3FileSystem:
-    settings = s3_settings(options)
-    kwargs: dict = {"region": settings.region, "connect_timeout": 10, "request_timeout": 60}
-    if settings.access_key:
-        kwargs.update(
-            access_key=settings.access_key,
-            secret_key=settings.secret_key,
-            session_token=settings.session_token,
-        )
-    if settings.endpoint:
-        parsed = urlparse(settings.endpoint)
-        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
-    return pafs.S3FileSystem(**kwargs)
+def s3_access(options: StorageOptions) -> s3_clients.S3Access:
+    """The S3 client recipe for ``options`` (one :class:`UserError` if no credentials resolve)."""
+    return s3_clients.resolve_access(options.endpoint_url, options.profile, options.region)
 
 
 def resolve(uri: str | os.PathLike, options: StorageOptions | None = None) -> Location:
@@ -219,7 +143,7 @@ def resolve(uri: str | os.PathLike, options: StorageOptions | None = None) -> Lo
         if not parsed.netloc:
             raise UserError(f"{text!r} has no bucket: write s3://BUCKET/PREFIX")
         path = posixpath.join(parsed.netloc, parsed.path.lstrip("/")).rstrip("/")
-        return Location(_s3_filesystem(options), path, text)
+        return Location(s3_clients.pyarrow_filesystem(s3_access(options)), path, text)
     try:
         filesystem, path = pafs.FileSystem.from_uri(text)
     except (ValueError, OSError) as error:
@@ -271,7 +195,7 @@ def check_access(target, options: StorageOptions | None = None) -> Location:
 
 
 def _check_bucket(location: Location) -> None:
-    if isinstance(location.filesystem, pafs.S3FileSystem):
+    if location.is_s3:
         bucket = location.path.split("/", 1)[0]
         try:
             missing = location.filesystem.get_file_info(bucket).type == pafs.FileType.NotFound
@@ -372,16 +296,4 @@ def fsspec_filesystem(uri: str, options: StorageOptions | None = None):
         import fsspec
 
         return fsspec.filesystem("file"), location.path
-    import s3fs
-
-    settings = s3_settings(options or StorageOptions())
-    client_kwargs = {"region_name": settings.region}
-    if settings.endpoint:
-        client_kwargs["endpoint_url"] = settings.endpoint
-    filesystem = s3fs.S3FileSystem(
-        key=settings.access_key,
-        secret=settings.secret_key,
-        token=settings.session_token,
-        client_kwargs=client_kwargs,
-    )
-    return filesystem, location.path
+    return s3_clients.s3fs_filesystem(s3_clients.access_of(location.filesystem)), location.path

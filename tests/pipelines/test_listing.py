@@ -10,7 +10,7 @@ import pytest
 from pipelines import storage
 from pipelines.listing import UNREADABLE, ListingSource
 from pipelines.retries import is_transient
-from pipelines.storage import S3Settings, StorageOptions
+from pipelines.s3_clients import S3Access
 
 # Names whose sort order differs between "per directory" and "whole key" sorting: '-' and '.'
 # sort before '/', so "a-b.jpg" and "a.jpg" come before everything inside "a/".
@@ -74,7 +74,7 @@ def test_s3_listing_pages_through_more_than_one_list_call_in_key_order(s3_env):
     for key in [*KEYS, *many, ".hidden/x.jpg"]:
         storage.write_bytes(root.child(key), key.encode())
     storage.write_bytes(storage.resolve(f"s3://{bucket}/input-sibling/no.jpg"), b"x")
-    source = ListingSource.of(root, StorageOptions())
+    source = ListingSource.of(root)
     listed = _keys(source, page_size=400)
     # AWS lists in UTF-8 binary order of the whole key; SeaweedFS (like other stores built on
     # a directory tree) walks folders with each one's names sorted. Both suit the later checks.
@@ -94,8 +94,8 @@ def test_unreachable_s3_is_a_transient_error_so_ray_data_retries(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    settings = S3Settings("us-east-1", f"http://127.0.0.1:{port}", "key", "secret")
-    source = ListingSource("bucket/prefix", settings, attempts=1)
+    access = S3Access("us-east-1", f"http://127.0.0.1:{port}", carried_keys=("key", "secret", None))
+    source = ListingSource("bucket/prefix", access, attempts=1)
     with pytest.raises(OSError) as raised:
         next(source.pages())
     assert is_transient(raised.value)
