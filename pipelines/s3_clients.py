@@ -33,7 +33,8 @@ from pipelines.errors import UserError
 
 # The retry policy of every client: the SDKs' "standard" mode (exponential backoff with jitter,
 # retrying throttling, 5xx and connection errors). Ray Data re-runs a task whose storage still
-# fails after these (pipelines.retries), so per-request attempts stay modest.
+# fails after these (pipelines.retries), so per-request attempts stay modest. Attempts count the
+# first try, as pyarrow's strategy does (botocore's ``total_max_attempts``).
 RETRY_MODE = "standard"
 RETRY_ATTEMPTS = 5
 # A listing is one long task that Ray Data would re-run from its first page: more patience.
@@ -180,7 +181,7 @@ def botocore_config(access: S3Access, attempts: int = RETRY_ATTEMPTS):
     import botocore.config
 
     return botocore.config.Config(
-        retries={"max_attempts": attempts, "mode": RETRY_MODE},
+        retries={"total_max_attempts": attempts, "mode": RETRY_MODE},
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
         # Custom endpoints (MinIO, SeaweedFS) serve buckets by path, not by host name.
@@ -343,7 +344,7 @@ def s3fs_filesystem(access: S3Access):
     if access.ca_bundle:
         client_kwargs["verify"] = access.ca_bundle
     config_kwargs = {
-        "retries": {"max_attempts": RETRY_ATTEMPTS, "mode": RETRY_MODE},
+        "retries": {"total_max_attempts": RETRY_ATTEMPTS, "mode": RETRY_MODE},
         "connect_timeout": CONNECT_TIMEOUT_S,
         "read_timeout": READ_TIMEOUT_S,
     }

@@ -170,6 +170,12 @@ def _explain(error: OSError, location: Location) -> Exception:
             f"S3 refused the credentials for {display_uri(location.uri)}: check AWS_ACCESS_KEY_ID / "
             "AWS_SECRET_ACCESS_KEY (or the profile) and that they may access this bucket"
         )
+    if "certificate" in message.lower():
+        return UserError(
+            f"the storage for {display_uri(location.uri)} presented a TLS certificate this "
+            "machine does not trust: set AWS_CA_BUNDLE (or the profile's ca_bundle) to its CA's "
+            "PEM file"
+        )
     if "NO_SUCH_BUCKET" in message or "NoSuchBucket" in message:
         return UserError(f"bucket of {display_uri(location.uri)} does not exist")
     if "connect" in message.lower() or "resolve" in message.lower():
