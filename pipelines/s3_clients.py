@@ -160,21 +160,31 @@ def resolve_access(
     )
 
 
+# One credentials object per recipe and process: every Ray task unpickles its own filesystem,
+# and resolving the chain per task would call STS, the instance metadata service or a
+# credential_process thousands of times in a large job.
+_CREDENTIALS: dict[S3Access, object] = {}
+_CREDENTIALS_LOCK = threading.Lock()
+
+
 def credentials_of(access: S3Access):
     """botocore credentials for ``access`` in this process: static for carried keys, else the
-    chain's (refreshable where the source is temporary)."""
+    chain's (refreshable where the source is temporary), shared by the process's clients."""
     import botocore.credentials
 
     if access.carried_keys is not None:
         return botocore.credentials.Credentials(*access.carried_keys, method="env")
-    session = _session(access.profile, access.config_file, access.credentials_file)
-    credentials = session.get_credentials()
-    if credentials is None:
-        raise OSError(
-            "no S3 credentials on this node: give it the same profile, role or keys as the "
-            "driver (see cluster/README.md)"
-        )
-    return credentials
+    with _CREDENTIALS_LOCK:
+        if access not in _CREDENTIALS:
+            session = _session(access.profile, access.config_file, access.credentials_file)
+            credentials = session.get_credentials()
+            if credentials is None:
+                raise OSError(
+                    "no S3 credentials on this node: give it the same profile, role or keys as "
+                    "the driver (see cluster/README.md)"
+                )
+            _CREDENTIALS[access] = credentials
+        return _CREDENTIALS[access]
 
 
 def botocore_config(access: S3Access, attempts: int = RETRY_ATTEMPTS):

@@ -113,7 +113,11 @@ def test_credential_process_profile_reads_writes_and_lists(s3_server, aws_home):
     assert s3_clients.access_of(location.filesystem).credential_source == "custom-process"
     used = len(calls(aws_home))
     storage.write_bytes(location.child("two.jpg"), b"2")
-    # An hour of validity left: no new call for the next request.
+    # An hour of validity left: no new call for the next request, nor for the copies that Ray
+    # tasks unpickle in the same process.
+    for _ in range(3):
+        copy = pickle.loads(pickle.dumps(location.filesystem))
+        assert copy.get_file_info(f"{bucket}/two.jpg").size == 1
     assert len(calls(aws_home)) == used
     assert s3_server.secret_key.encode() not in pickle.dumps(location.filesystem)
 
