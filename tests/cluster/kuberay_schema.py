@@ -36,7 +36,7 @@ RESOURCE_START_PARAMS = ("num-cpus", "num-gpus", "memory", "resources")
 CEL_REFUSED = "guarded by a CEL rule (x-kubernetes-validations) that is not evaluated offline"
 
 
-def _load_yaml(path: Path):
+def load_yaml(path: Path):
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(path) as handle:
         return yaml.load(handle, Loader=loader)
@@ -72,7 +72,7 @@ def strict_schema(schema: dict) -> dict | bool:
 @functools.cache
 def crd_validator(release: str, kind: str) -> jsonschema.Draft4Validator:
     """The strict validator of ``kind`` (``ray.io/v1``) in the vendored CRD of ``release``."""
-    crd = _load_yaml(CRD_DIR / release / CRD_FILES[kind])
+    crd = load_yaml(CRD_DIR / release / CRD_FILES[kind])
     assert crd["spec"]["names"]["kind"] == kind
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     assert version["served"] and version["storage"]

@@ -12,6 +12,7 @@ from tests.cluster.kuberay_schema import (
     CEL_REFUSED,
     CRD_DIR,
     SUPPORTED_RELEASES,
+    load_yaml,
     operator_rule_errors,
     schema_errors,
 )
@@ -41,7 +42,7 @@ def test_vendored_crds_are_the_releases_named_in_their_readme():
     for release in SUPPORTED_RELEASES:
         assert release in readme
         for kind_file in ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml"):
-            crd = yaml.safe_load((CRD_DIR / release / kind_file).read_text())
+            crd = load_yaml(CRD_DIR / release / kind_file)
             assert crd["kind"] == "CustomResourceDefinition" and crd["spec"]["group"] == "ray.io"
 
 
@@ -67,7 +68,7 @@ def test_strict_schema_takes_quantities_as_integers_or_strings(release):
     assert schema_errors(cluster, release) != []
 
 
-def test_a_field_that_only_a_cel_rule_checks_is_refused():
+def test_a_field_only_a_cel_rule_checks_is_refused():
     job = manifest("rayjob-train.yaml")
     job["spec"]["managedBy"] = "ray.io/kuberay-operator"
     for release in SUPPORTED_RELEASES:
