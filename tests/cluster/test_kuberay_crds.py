@@ -12,7 +12,7 @@ from tests.cluster.kuberay_schema import (
     CEL_REFUSED,
     CRD_DIR,
     SUPPORTED_RELEASES,
-    load_yaml,
+    crd_document,
     operator_rule_errors,
     schema_errors,
 )
@@ -41,9 +41,10 @@ def test_vendored_crds_are_the_releases_named_in_their_readme():
     assert "Apache License" in (CRD_DIR / "LICENSE").read_text()
     for release in SUPPORTED_RELEASES:
         assert release in readme
-        for kind_file in ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml"):
-            crd = load_yaml(CRD_DIR / release / kind_file)
+        for kind in ("RayCluster", "RayJob"):
+            crd = crd_document(release, kind)
             assert crd["kind"] == "CustomResourceDefinition" and crd["spec"]["group"] == "ray.io"
+            assert crd["spec"]["names"]["kind"] == kind
 
 
 @pytest.mark.parametrize("release", SUPPORTED_RELEASES)
