@@ -132,7 +132,7 @@ def test_fake_cluster_config_keeps_the_launcher_node_types():
 
 def test_prepare_and_enhance_run_on_the_launcher_node_types(s3_server, tmp_path):
     bucket = s3_server.make_bucket("fake-cluster")
-    photos = build_photo_dataset(tmp_path / "photos", longest_side=480)
+    photos = build_photo_dataset(tmp_path / "photos")
     upload_folder(photos.root, s3_server.filesystem(), f"{bucket}/photos")
     uri = f"s3://{bucket}"
 
