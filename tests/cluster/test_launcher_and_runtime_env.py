@@ -122,6 +122,8 @@ def test_node_types_put_gpu_work_on_bf16_gpus_and_prepare_on_cpu_nodes():
     cpu = types["cpu_worker"]["node_config"]["InstanceType"]
     assert gpu.split(".")[0] in BF16_GPU_FAMILIES
     assert re.match(r"^(c|m|r)\d", cpu), "a CPU-only family"
+    assert types["gpu_worker"]["docker"]["worker_run_options"] == ["--gpus all"]
+    assert "docker" not in types["cpu_worker"], "--gpus fails on a node without a GPU"
     workers = [types["gpu_worker"], types["cpu_worker"]]
     assert sum(node["max_workers"] for node in workers) <= config["max_workers"]
     assert config["provider"]["cache_stopped_nodes"] is False
