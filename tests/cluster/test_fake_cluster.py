@@ -134,7 +134,6 @@ def test_prepare_and_enhance_run_on_the_launcher_node_types(s3_server, tmp_path)
     bucket = s3_server.make_bucket("fake-cluster")
     photos = build_photo_dataset(tmp_path / "photos")
     upload_folder(photos.root, s3_server.filesystem(), f"{bucket}/photos")
-    uri = f"s3://{bucket}"
 
     gcs_port = free_ports(1)[0]
     aws = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
@@ -144,13 +143,23 @@ def test_prepare_and_enhance_run_on_the_launcher_node_types(s3_server, tmp_path)
     # Ray's socket paths must stay short: a temp dir under /tmp, not pytest's.
     temp_dir = Path(tempfile.mkdtemp(prefix="rfk", dir="/tmp"))
     cluster_env = dict(s3_server.env(), RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
-    head = start_ray_head(
-        temp_dir,
-        num_cpus=config["available_node_types"][FAKE_HEAD_NODE_TYPE]["resources"]["CPU"],
-        extra_env=cluster_env,
-        extra_args=[f"--autoscaling-config={config_path}"],
-        gcs_port=gcs_port,
-    )
+    try:
+        head = start_ray_head(
+            temp_dir,
+            num_cpus=config["available_node_types"][FAKE_HEAD_NODE_TYPE]["resources"]["CPU"],
+            extra_env=cluster_env,
+            extra_args=[f"--autoscaling-config={config_path}"],
+            gcs_port=gcs_port,
+        )
+        run_jobs_on_the_fake_cluster(head, s3_server, bucket, photos)
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def run_jobs_on_the_fake_cluster(head, s3_server, bucket: str, photos) -> None:
+    """Prepare then enhance through ``ray job submit``; the head's whole session is stopped
+    afterwards, whatever happened."""
+    uri = f"s3://{bucket}"
     try:
         prepare = ray_job_submit(
             head.dashboard_url, "prepare",
@@ -183,7 +192,6 @@ def test_prepare_and_enhance_run_on_the_launcher_node_types(s3_server, tmp_path)
         keys = {info.path.removeprefix(f"{bucket}/enhanced/") for info in written if info.is_file}
         assert {photo.key for photo in photos.low} <= keys
     finally:
-        stop_process(head.pid, str(temp_dir))
+        stop_process(head.pid, head.temp_dir)
     # The head, the autoscaler and every worker node it started are gone.
     assert session_members(head.pid) == []
-    shutil.rmtree(temp_dir, ignore_errors=True)
