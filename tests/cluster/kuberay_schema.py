@@ -70,9 +70,15 @@ def strict_schema(schema: dict) -> dict | bool:
 
 
 @functools.cache
+def crd_document(release: str, kind: str) -> dict:
+    """The vendored CRD of ``kind`` in ``release``, read once."""
+    return load_yaml(CRD_DIR / release / CRD_FILES[kind])
+
+
+@functools.cache
 def crd_validator(release: str, kind: str) -> jsonschema.Draft4Validator:
     """The strict validator of ``kind`` (``ray.io/v1``) in the vendored CRD of ``release``."""
-    crd = load_yaml(CRD_DIR / release / CRD_FILES[kind])
+    crd = crd_document(release, kind)
     assert crd["spec"]["names"]["kind"] == kind
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     assert version["served"] and version["storage"]
