@@ -163,10 +163,15 @@ def photo_batch(plan: Plan, batch: int, content: str = "photo") -> torch.Tensor:
 
 
 def time_calls(
-    call: Callable[[], object], device: torch.device, plan: Plan, deadline: float
+    call: Callable[[], object],
+    device: torch.device,
+    plan: Plan,
+    deadline: float,
+    seconds: float | None = None,
 ) -> tuple[float, int]:
     """Mean seconds per call after warm-up calls; runs at least ``min_iterations`` calls and
-    stops after ``seconds_per_point`` or at the section's deadline."""
+    stops after ``seconds`` (default ``seconds_per_point``) or at the section's deadline."""
+    seconds = plan.seconds_per_point if seconds is None else seconds
     for _ in range(plan.warmup_calls):
         call()
     synchronize(device)
@@ -175,9 +180,7 @@ def time_calls(
         call()
         calls += 1
         elapsed = time.perf_counter() - started
-        if calls >= plan.min_iterations and (
-            elapsed >= plan.seconds_per_point or time.monotonic() > deadline
-        ):
+        if calls >= plan.min_iterations and (elapsed >= seconds or time.monotonic() > deadline):
             break
     synchronize(device)
     return (time.perf_counter() - started) / calls, calls
@@ -203,8 +206,9 @@ def split_batch(plan: Plan, forward, batch: int, deadline: float) -> dict:
     reset_peak(plan.device)
     with torch.inference_mode():
         forward_s, calls = time_calls(lambda: forward(on_device), plan.device, plan, deadline)
-    h2d_s, _ = time_calls(upload, plan.device, plan, deadline)
-    d2h_s, _ = time_calls(download, plan.device, plan, deadline)
+    copy_seconds = plan.seconds_per_point / 5
+    h2d_s, _ = time_calls(upload, plan.device, plan, deadline, copy_seconds)
+    d2h_s, _ = time_calls(download, plan.device, plan, deadline, copy_seconds)
     return {
         "batch": batch,
         "images_per_s": batch / forward_s,
