@@ -81,7 +81,7 @@ class Inputs:
         PhotoSize("600x400", 600, 400, 0.0019, 0.0019, 50_000, 75_000),
         # decode/encode measured at 4000x3000; bytes assumed for a camera JPEG (4 MB in) and
         # the measured out/in ratio of enhance's quality-95 4:4:4 JPEG (1.5x)
-        PhotoSize("12 MP (4000x3000)", 4000, 3000, 0.126, 0.102, 4_000_000, 6_000_000),
+        PhotoSize("12 MP (4000x3000)", 4000, 3000, 0.130, 0.100, 4_000_000, 6_000_000),
     )
 
 
