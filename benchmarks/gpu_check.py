@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -192,7 +193,8 @@ def split_batch(plan: Plan, forward, batch: int, deadline: float) -> dict:
     if plan.device.type == "cuda":
         host = host.pin_memory()
     on_device = host.to(plan.device)
-    result = forward(on_device)
+    with torch.inference_mode():
+        result = forward(on_device)
     back = torch.empty_like(result, device="cpu")
     if plan.device.type == "cuda":
         back = back.pin_memory()
@@ -295,13 +297,7 @@ def section_compile(plan: Plan, deadline: float, args: argparse.Namespace) -> di
             command += ["--tiny"] if args.tiny else []
             command += ["--threads", str(args.threads)] if args.threads else []
             started = time.perf_counter()
-            try:
-                completed = subprocess.run(
-                    command, capture_output=True, text=True, timeout=remaining
-                )
-                outcome = None if completed.returncode == 0 else completed.stderr[-2000:]
-            except subprocess.TimeoutExpired:
-                outcome = f"killed after {remaining:.0f} s (section budget)"
+            outcome = run_child(command, remaining)
             row = json.loads(result_path.read_text()) if result_path.exists() else {}
             row.update(mode=mode, child_seconds=time.perf_counter() - started)
             if outcome:
@@ -309,6 +305,26 @@ def section_compile(plan: Plan, deadline: float, args: argparse.Namespace) -> di
             rows.append(row)
             print(f"  compile {mode}: {row.get('images_per_s', 'no result')} img/s", flush=True)
     return {"rows": rows, "backend": plan.compile_backend, "batch": plan.compile_batch}
+
+
+def run_child(command: list[str], timeout: float) -> str | None:
+    """Run ``command`` in its own process group; None when it succeeded, else what went wrong.
+
+    At the timeout the whole group is killed, the compiler's worker processes with it."""
+    child = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        return f"killed after {timeout:.0f} s (section budget)"
+    return None if child.returncode == 0 else stderr[-2000:]
 
 
 def compile_child(plan: Plan, mode: str, out: Path) -> None:

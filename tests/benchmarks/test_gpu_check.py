@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,36 @@ def test_a_failing_section_is_recorded_and_the_json_is_written(tmp_path, monkeyp
     }
     monkeypatch.setenv("OUT", str(tmp_path))
     assert gpu_check.default_out() == tmp_path / "gpu_check.json"
+
+
+def running(status: Path) -> bool:
+    """Whether the process of ``/proc/<pid>/status`` exists and is not a zombie."""
+    try:
+        return "\tZ" not in next(
+            line for line in status.read_text().splitlines() if line.startswith("State:")
+        )
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_child_past_its_time_is_killed_with_its_own_children(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_check
+
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import pathlib, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    outcome = gpu_check.run_child([sys.executable, "-c", script], timeout=5.0)
+    assert outcome == "killed after 5 s (section budget)"
+    grandchild = Path(f"/proc/{int(pid_file.read_text())}/status")
+    for _ in range(50):
+        if not running(grandchild):
+            break
+        time.sleep(0.1)
+    assert not running(grandchild)
+    assert gpu_check.run_child([sys.executable, "-c", "raise SystemExit('boom')"], 60) == "boom\n"
+    assert gpu_check.run_child([sys.executable, "-c", "pass"], 60) is None
