@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 
+import ray
 from pyarrow import fs as pafs
 
 from pipelines.darkness import add_darkness_arguments, dark_policy
@@ -79,6 +80,7 @@ from pipelines.storage import (
 )
 
 BLOCK_BYTES = 8 * 1024 * 1024
+REPORTED_SETTINGS = ("workers", "batch_size", "precision", "format", "limit", "overwrite")
 DEFAULT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")
 
 
@@ -224,28 +226,14 @@ def run(args) -> int:
         summary = summarize_run(target)
         facts = RunFacts(
             run_id, source.uri, output.uri, checkpoint.description, seconds, policy,
-            args.dark_threshold, _report_settings(args),
+            args.dark_threshold, {name: getattr(args, name) for name in REPORTED_SETTINGS},
         )  # fmt: skip
-        import ray
-
         report = write_report(output, facts, summary, ray.get(keeper.sample.remote()))
     except Exception as error:
         raise storage_failure("enhance", error) or error from None
     _print_summary(summary, seconds, output, run_id, args.limit)
     print(f"  report: {report}")
     return 0
-
-
-def _report_settings(args) -> dict:
-    """The settings the run report lists."""
-    return {
-        "workers": args.workers,
-        "batch size": args.batch_size,
-        "precision": args.precision,
-        "format": args.format,
-        "limit": "none" if args.limit is None else args.limit,
-        "overwrite": "yes" if args.overwrite else "no",
-    }
 
 
 def check_writable(output: Location, uri: str) -> None:

@@ -245,6 +245,9 @@ def render_page(facts: RunFacts, summary: dict, sample: list[dict]) -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        # An empty icon: otherwise browsers ask the server for /favicon.ico, which a bucket
+        # refuses (a 403 in the console of a page opened from a presigned URL).
+        '<link rel="icon" href="data:,">',
         f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>EnlightenGAN {_e(title)}</h1>",
         _summary_section(facts, summary),
@@ -270,11 +273,14 @@ def _summary_section(facts: RunFacts, summary: dict) -> str:
         ("output", f"<code>{_e(facts.output_uri)}</code>"),
         ("checkpoint", _e(facts.checkpoint)),
         ("images", f"{total:,}"),
-        *((STATUS_WORDS.get(name, name), f"{count:,}") for name, count in statuses.items()),
+        *((STATUS_WORDS.get(name, name), f"{count:,}") for name, count in _in_order(statuses)),
         ("time", f"{facts.seconds:,.1f} s ({rate:.2f} images enhanced per second)"),
         ("bytes written", f"{summary['output_bytes']:,}"),
         ("--only-dark", _e(facts.policy.mode if facts.policy else "off (every image enhanced)")),
-        *((_e(name), _e(value)) for name, value in facts.settings.items()),
+        *(
+            (_e(name.replace("_", " ")), _e(_setting(value)))
+            for name, value in facts.settings.items()
+        ),
     ]
     body = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
     manifest = f"{facts.output_uri.rstrip('/')}/_manifest/run-{facts.run_id}-*.parquet"
@@ -282,6 +288,18 @@ def _summary_section(facts: RunFacts, summary: dict) -> str:
         f"<h2>Summary</h2><table>{body}</table>"
         f'<p class="note">One row per image in <code>{_e(manifest)}</code>.</p>'
     )
+
+
+def _in_order(statuses: dict) -> list[tuple[str, int]]:
+    """Counts in the order of :data:`STATUS_WORDS`, any other status last."""
+    order = list(STATUS_WORDS)
+    return sorted(statuses.items(), key=lambda item: (order + [item[0]]).index(item[0]))
+
+
+def _setting(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "none" if value is None else str(value)
 
 
 def _failures_section(summary: dict) -> str:
