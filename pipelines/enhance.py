@@ -75,6 +75,7 @@ from pipelines.storage import (
     StorageOptions,
     add_storage_arguments,
     check_access,
+    display_uri,
     resolve,
     write_bytes,
 )
@@ -225,8 +226,9 @@ def run(args) -> int:
         seconds = time.perf_counter() - started
         summary = summarize_run(target)
         facts = RunFacts(
-            run_id, source.uri, output.uri, checkpoint.description, seconds, policy,
-            args.dark_threshold, {name: getattr(args, name) for name in REPORTED_SETTINGS},
+            run_id, display_uri(source.uri), display_uri(output.uri), checkpoint.description,
+            seconds, policy, args.dark_threshold,
+            {name: getattr(args, name) for name in REPORTED_SETTINGS},
         )  # fmt: skip
         report = write_report(output, facts, summary, ray.get(keeper.sample.remote()))
     except Exception as error:

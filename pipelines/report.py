@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import io
 import json
 import math
 import time
@@ -31,6 +30,7 @@ import ray
 
 from pipelines.darkness import DarkPolicy
 from pipelines.enhance_actor import ENHANCED, FAILED, object_column
+from pipelines.images import encode_like, resize
 from pipelines.storage import Location, write_bytes
 
 REPORT_DIR = "_report"
@@ -151,7 +151,6 @@ def report_niqe(rgb: np.ndarray) -> float:
     """NIQE of ``rgb`` fitted into :data:`NIQE_SIDE` (NIQE's cost grows faster than the pixel
     count: a 15-megapixel photo takes seconds); NaN where it is undefined."""
     from pipelines.evaluate import safe_niqe
-    from pipelines.images import resize
 
     height, width = rgb.shape[:2]
     scale = NIQE_SIDE / max(height, width)
@@ -166,9 +165,7 @@ def thumbnail_jpeg(rgb: np.ndarray, side: int = THUMBNAIL_SIDE) -> bytes:
 
     picture = Image.fromarray(rgb)
     picture.thumbnail((side, side))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
-    return buffer.getvalue()
+    return encode_like(np.asarray(picture), "JPEG", quality=THUMBNAIL_QUALITY)
 
 
 @dataclass(frozen=True)
