@@ -4,9 +4,10 @@ Ray Data's ``write_images`` names files itself; :func:`write_enhanced` keeps eac
 relative key instead. Every object is written atomically from a reader's view (one S3 PUT, or a
 temporary file renamed into place on a local disk). Its manifest row follows in a later part
 ``<output>/_manifest/run-<run id>-<task>-<digest>.parquet`` (:class:`ManifestSink`); rows that
-the planning stages decide go to ``run-<run id>-unusable-<digest>`` and ``-skipped-`` parts. An image only counts
-as done once a manifest row says ``enhanced`` with the size its object really has, so an object
-cut off by a crash, or written just before one (no manifest row yet), is redone.
+the planning stages decide go to ``run-<run id>-unusable-<digest>``, ``-skipped-`` and
+``-not-dark-`` parts. An image only counts as done once a manifest row says ``enhanced`` (or
+``copied``) with the size its object really has, so an object cut off by a crash, or written
+just before one (no manifest row yet), is redone.
 """
 
 from __future__ import annotations
