@@ -4,15 +4,17 @@ Ray Data's ``write_images`` names files itself; :func:`write_enhanced` keeps eac
 relative key instead. Every object is written atomically from a reader's view (one S3 PUT, or a
 temporary file renamed into place on a local disk). Its manifest row follows in a later part
 ``<output>/_manifest/run-<run id>-<task>-<digest>.parquet`` (:class:`ManifestSink`); rows that
-the planning stages decide go to ``run-<run id>-unusable-<digest>`` and ``-skipped-`` parts. An image only counts
-as done once a manifest row says ``enhanced`` with the size its object really has, so an object
-cut off by a crash, or written just before one (no manifest row yet), is redone.
+the planning stages decide go to ``run-<run id>-unusable-<digest>``, ``-skipped-`` and
+``-not-dark-`` parts. An image only counts as done once a manifest row says ``enhanced`` (or
+``copied``) with the size its object really has, so an object cut off by a crash, or written
+just before one (no manifest row yet), is redone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -26,7 +28,8 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 from ray.data import Datasink
 
-from pipelines.enhance_actor import ENHANCED, FAILED, PENDING
+from pipelines.darkness import DARKNESS_COLUMNS
+from pipelines.enhance_actor import COPIED, ENHANCED, FAILED, PENDING, TO_COPY
 from pipelines.errors import UserError
 from pipelines.images import encode_like
 from pipelines.retries import is_transient
@@ -45,8 +48,12 @@ MANIFEST_SCHEMA = pa.schema(
         ("height", pa.int64()),
         ("seconds", pa.float64()),
         ("run_id", pa.string()),
+        *((name, pa.float64()) for name in DARKNESS_COLUMNS),
     ]
 )
+# Keys listed per failure reason in a run's summary (the manifest has them all).
+FAILED_KEYS_KEPT = 20
+DARKNESS_BINS = 50
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 
 
@@ -55,6 +62,7 @@ def manifest_row(key: str, output_key: str, status: str, reason: str = "", **siz
     row = dict.fromkeys(MANIFEST_SCHEMA.names, 0)
     row.update(key=key, output_key=output_key, status=status, reason=reason or None)
     row.update(seconds=0.0, run_id="")
+    row.update(dict.fromkeys(DARKNESS_COLUMNS, math.nan))
     row.update(sizes)
     return row
 
@@ -104,13 +112,21 @@ def write_enhanced(
     run_id: str,
     output_format: str = "same",
     jpeg_quality: int = 95,
+    sampler=None,
 ) -> dict[str, np.ndarray]:
-    """Ray Data stage (CPU tasks): encode each enhanced row and write it at
-    ``<output_root>/<output_key>``; returns the batch's manifest rows (no pixels)."""
+    """Ray Data stage (CPU tasks): encode each enhanced row (or copy a ``to-copy`` row's
+    original bytes) and write it at ``<output_root>/<output_key>``; returns the batch's
+    manifest rows (no pixels). ``sampler`` (``pipelines.report.ReportSampler``) receives the
+    report's sample rows with their ``after`` side."""
     writer = _ImageWriter(filesystem, output_root.rstrip("/"), run_id, output_format, jpeg_quality)
-    count = len(batch["key"])
-    rows = [writer.write({name: column[index] for name, column in batch.items()})
-            for index in range(count)]  # fmt: skip
+    rows, sampled = [], []
+    for index in range(len(batch["key"])):
+        row = {name: column[index] for name, column in batch.items()}
+        rows.append(writer.write(row))
+        if sampler is not None:
+            sampled.append(sampler.after(row, rows[-1]))
+    if sampler is not None:
+        sampler.offer(sampled)
     return {
         name: np.array([row[name] for row in rows], dtype=object if kind == "o" else kind)
         for name, kind in _MANIFEST_KINDS.items()
@@ -137,8 +153,9 @@ class _ImageWriter:
             "width": int(row["width"]),
             "height": int(row["height"]),
             "run_id": self.run_id,
+            **{name: float(row[name]) for name in DARKNESS_COLUMNS},
         }
-        if row["status"] != PENDING:
+        if row["status"] not in (PENDING, TO_COPY):
             return manifest_row(
                 row["key"],
                 row["output_key"],
@@ -149,16 +166,17 @@ class _ImageWriter:
             )
         started = time.perf_counter()
         try:
-            pixels = np.frombuffer(row["pixels"], dtype=np.uint8)
-            pixels = pixels.reshape(int(row["height"]), int(row["width"]), 3)
-            fmt = choose_format(row["format"], self.output_format)
-            encoded = encode_like(
-                pixels,
-                fmt,
-                quality=self.jpeg_quality,
-                icc_profile=row["icc_profile"] or None,
-                exif=row["exif"] or None,
-            )
+            if row["status"] == TO_COPY:
+                encoded = row["original"]
+            else:
+                pixels = np.frombuffer(row["pixels"], dtype=np.uint8)
+                encoded = encode_like(
+                    pixels.reshape(int(row["height"]), int(row["width"]), 3),
+                    choose_format(row["format"], self.output_format),
+                    quality=self.jpeg_quality,
+                    icc_profile=row["icc_profile"] or None,
+                    exif=row["exif"] or None,
+                )
             path = f"{self.output_root}/{row['output_key']}"
             write_bytes(Location(self.filesystem, path, path), encoded)
         except Exception as error:
@@ -173,7 +191,7 @@ class _ImageWriter:
         return manifest_row(
             row["key"],
             row["output_key"],
-            ENHANCED,
+            COPIED if row["status"] == TO_COPY else ENHANCED,
             output_bytes=len(encoded),
             seconds=seconds,
             **sizes,
@@ -223,8 +241,9 @@ class ManifestSink(Datasink):
 
 
 def summarize_run(target: ManifestTarget) -> dict:
-    """Counts by status and failure reason, and bytes written, of one run's manifest parts,
-    read a batch at a time."""
+    """Counts by status and failure reason, the first :data:`FAILED_KEYS_KEPT` keys of each
+    reason, bytes written and a histogram of darkness scores (:data:`DARKNESS_BINS` bins over
+    0-1) of one run's manifest parts, read a batch at a time."""
     filesystem = target.filesystem
     manifest_root = f"{target.output_root.rstrip('/')}/{MANIFEST_DIR}"
     parts = [
@@ -235,19 +254,35 @@ def summarize_run(target: ManifestTarget) -> dict:
     ]
     statuses: Counter = Counter()
     reasons: Counter = Counter()
+    failed_keys: dict[str, list[str]] = {}
+    darkness = np.zeros(DARKNESS_BINS, dtype=np.int64)
     output_bytes = 0
     if parts:
         dataset = pads.dataset(
             parts, filesystem=filesystem, format="parquet", schema=MANIFEST_SCHEMA
         )
-        for batch in dataset.to_batches(columns=["status", "reason", "output_bytes"]):
+        columns = ["key", "status", "reason", "output_bytes", "darkness"]
+        for batch in dataset.to_batches(columns=columns):
             statuses.update(batch["status"].to_pylist())
-            reasons.update(
-                reason
-                for status, reason in zip(
-                    batch["status"].to_pylist(), batch["reason"].to_pylist(), strict=True
-                )
-                if status == FAILED
-            )
+            for key, status, reason in zip(
+                batch["key"].to_pylist(),
+                batch["status"].to_pylist(),
+                batch["reason"].to_pylist(),
+                strict=True,
+            ):
+                if status == FAILED:
+                    reasons[reason] += 1
+                    kept = failed_keys.setdefault(reason, [])
+                    if len(kept) < FAILED_KEYS_KEPT:
+                        kept.append(key)
+            scores = batch["darkness"].to_numpy(zero_copy_only=False)
+            scores = scores[np.isfinite(scores)]
+            darkness += np.histogram(scores, bins=DARKNESS_BINS, range=(0.0, 1.0))[0]
             output_bytes += pc.sum(batch["output_bytes"]).as_py() or 0
-    return {"status": dict(statuses), "reasons": dict(reasons), "output_bytes": output_bytes}
+    return {
+        "status": dict(statuses),
+        "reasons": dict(reasons),
+        "failed_keys": failed_keys,
+        "darkness_histogram": darkness.tolist(),
+        "output_bytes": output_bytes,
+    }

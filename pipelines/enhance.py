@@ -3,8 +3,9 @@
 A streaming Ray Data job (see ``docs/enhance.md``)::
 
     list keys, sorted, a page at a time (one task) -> skip finished ones (CPU tasks)
-        -> read + decode (CPU tasks) -> Enhancer (actor pool, GPU or CPU)
+        -> read + decode + darkness score (CPU tasks) -> Enhancer (actor pool, GPU or CPU)
         -> encode + atomic write under the same relative key (CPU tasks) -> manifest parts
+    then the run report (``pipelines.report``) from this run's manifest parts and sample.
 
 The driver validates the checkpoint and the output before any image is touched, and holds no
 per-image state: keys, the resume index and the manifest rows all stay in Ray's object store
@@ -20,8 +21,10 @@ import time
 import uuid
 from collections import Counter
 
+import ray
 from pyarrow import fs as pafs
 
+from pipelines.darkness import add_darkness_arguments, dark_policy
 from pipelines.datasink import (
     MANIFEST_DIR,
     ManifestSink,
@@ -30,10 +33,13 @@ from pipelines.datasink import (
     write_enhanced,
 )
 from pipelines.enhance_actor import (
+    COPIED,
     ENHANCED,
     FAILED,
+    NOT_DARK,
     PENDING,
     SKIPPED,
+    TO_COPY,
     EnhanceActor,
     InferenceSettings,
     add_checkpoint_argument,
@@ -55,6 +61,13 @@ from pipelines.errors import UserError
 from pipelines.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from pipelines.listing import PAGE_SIZE, ListingSource
 from pipelines.ray_runtime import add_ray_arguments, init_ray
+from pipelines.report import (
+    ReportSampler,
+    RunFacts,
+    SampleKeeper,
+    add_report_arguments,
+    write_report,
+)
 from pipelines.retries import retry_transient_task_errors, storage_failure
 from pipelines.storage import (
     IMAGE_EXTENSIONS,
@@ -62,11 +75,13 @@ from pipelines.storage import (
     StorageOptions,
     add_storage_arguments,
     check_access,
+    display_uri,
     resolve,
     write_bytes,
 )
 
 BLOCK_BYTES = 8 * 1024 * 1024
+REPORTED_SETTINGS = ("workers", "batch_size", "precision", "format", "limit", "overwrite")
 DEFAULT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")
 
 
@@ -113,6 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="manifest rows per Parquet part (default 256); after a crash, images whose row "
         "had not reached a part yet are redone",
     )
+    add_darkness_arguments(parser)
+    add_report_arguments(parser)
     add_storage_arguments(parser)
     add_ray_arguments(parser)
 
@@ -173,10 +190,13 @@ def _check_arguments(args) -> None:
         raise UserError("--manifest-rows must be >= 1")
     if args.limit is not None and args.limit < 0:
         raise UserError("--limit must be >= 0")
+    if args.report_samples < 0:
+        raise UserError("--report-samples must be >= 0")
 
 
 def run(args) -> int:
     _check_arguments(args)
+    policy = dark_policy(args)
     options = StorageOptions.from_args(args)
     source = check_access(resolve(args.input, options))
     output = check_access(resolve(args.output, options))
@@ -195,17 +215,26 @@ def run(args) -> int:
         if not args.overwrite:
             resume = build_resume_index(output.filesystem, _manifest_root(output))
         target = ManifestTarget(output.filesystem, output.path, run_id)
-        work = planned_work(listing, rules, resume, output, target, args)
+        work = planned_work(listing, rules, resume, output, target, args, policy)
         if args.dry_run:
-            _dry_run(work, source, checkpoint.files, args)
+            _dry_run(work, source, checkpoint.files, args, policy)
             return 0
         started = time.perf_counter()
-        run_pipeline(work, source, output, checkpoint.files, args, target)
+        keeper = SampleKeeper.remote(args.report_samples)
+        sampler = ReportSampler(keeper, args.report_niqe) if args.report_samples else None
+        run_pipeline(work, source, output, checkpoint.files, args, target, policy, sampler)
         seconds = time.perf_counter() - started
+        summary = summarize_run(target)
+        facts = RunFacts(
+            run_id, display_uri(source.uri), display_uri(output.uri), checkpoint.description,
+            seconds, policy, args.dark_threshold,
+            {name: getattr(args, name) for name in REPORTED_SETTINGS},
+        )  # fmt: skip
+        report = write_report(output, facts, summary, ray.get(keeper.sample.remote()))
     except Exception as error:
         raise storage_failure("enhance", error) or error from None
-    summary = summarize_run(target)
     _print_summary(summary, seconds, output, run_id, args.limit)
+    print(f"  report: {report}")
     return 0
 
 
@@ -244,7 +273,7 @@ def _configure(context) -> None:
     retry_transient_task_errors(context)
 
 
-def planned_work(listing, rules: KeyRules, resume, output: Location, target, args):
+def planned_work(listing, rules: KeyRules, resume, output: Location, target, args, policy=None):
     """The dataset of rows to work on: listed, checked against the manifest, unread."""
     import ray
 
@@ -268,13 +297,21 @@ def planned_work(listing, rules: KeyRules, resume, output: Location, target, arg
         dataset = cpu_stage(
             dataset,
             check_finished,
-            {"output_filesystem": output.filesystem, "output_root": output.path, "record": record},
+            {
+                "output_filesystem": output.filesystem,
+                "output_root": output.path,
+                "record": record,
+                "policy": policy,
+            },
         )
     return dataset
 
 
-def run_pipeline(work, source: Location, output: Location, checkpoint_files, args, target):
-    """Decode, enhance, write and record every row of ``work`` (see :func:`planned_work`)."""
+def run_pipeline(
+    work, source: Location, output: Location, checkpoint_files, args, target, policy, sampler
+):
+    """Decode, enhance, write and record every row of ``work`` (see :func:`planned_work`);
+    ``policy``: ``--only-dark``, ``sampler``: the run report's sample."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -284,7 +321,7 @@ def run_pipeline(work, source: Location, output: Location, checkpoint_files, arg
     dataset = work.repartition(target_num_rows_per_block=_rows_per_block(args.batch_size))
     if args.limit is not None:
         dataset = dataset.limit(args.limit)
-    dataset = decode_stage(dataset, source, args.max_pixels)
+    dataset = decode_stage(dataset, source, args.max_pixels, policy, sampler)
     dataset = dataset.map_batches(
         EnhanceActor,
         fn_constructor_kwargs={"checkpoint_files": [files_ref], "settings": settings},
@@ -303,6 +340,7 @@ def run_pipeline(work, source: Location, output: Location, checkpoint_files, arg
             "run_id": target.run_id,
             "output_format": args.format,
             "jpeg_quality": args.jpeg_quality,
+            "sampler": sampler,
         },
         batch_size=args.batch_size,
     )
@@ -311,12 +349,16 @@ def run_pipeline(work, source: Location, output: Location, checkpoint_files, arg
     dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
 
 
-def _dry_run(work, source: Location, checkpoint_files, args) -> None:
-    """Count what a run would do (listing and checks only, nothing read or written)."""
+def _dry_run(work, source: Location, checkpoint_files, args, policy=None) -> None:
+    """Count what a run would do: listing and checks only, nothing written; with
+    ``--only-dark`` the pending images are also read and decoded to score their darkness."""
     statuses: Counter = Counter()
     failed: Counter = Counter()
     samples: list[str] = []
     _configure(work.context)
+    if policy is not None:
+        work = decode_stage(work, source, args.max_pixels, policy)
+        work = work.map_batches(_decisions, batch_format="numpy", batch_size=None)
     for batch in work.iter_batches(batch_size=None, batch_format="numpy"):
         for key, status, reason in zip(batch["key"], batch["status"], batch["reason"], strict=True):
             statuses[status] += 1
@@ -325,14 +367,20 @@ def _dry_run(work, source: Location, checkpoint_files, args) -> None:
             elif status == PENDING and len(samples) < 5:
                 samples.append(str(key))
     pending = statuses[PENDING]
-    would = pending if args.limit is None else min(pending, args.limit)
+    would = pending if args.limit is None or policy else min(pending, args.limit)
     lines = [
         f"dry run: {sum(statuses.values())} images listed under {args.input}",
         f"  would enhance: {would}"
         + (f" (--limit leaves {pending - would} for later)" if would < pending else ""),
         f"  already done (skipped): {statuses[SKIPPED]}",
-        f"  unusable keys (failed): {statuses[FAILED]} {dict(failed) if failed else ''}",
+        f"  unusable (failed): {statuses[FAILED]} {dict(failed) if failed else ''}",
     ]
+    if policy is not None:
+        lines[1] += f" (dark: darkness >= {policy.threshold})"
+        lines.insert(2, f"  would copy unchanged (not dark): {statuses[TO_COPY]}")
+        lines.insert(3, f"  would leave out (not dark): {statuses[NOT_DARK]}")
+        if args.limit is not None:
+            lines.append(f"  --limit {args.limit}: the run reads at most that many of these")
     if samples:
         lines.append("  first to enhance: " + ", ".join(samples))
     estimate = _estimate_seconds_per_image(samples[:2], source, checkpoint_files, args)
@@ -343,6 +391,11 @@ def _dry_run(work, source: Location, checkpoint_files, args) -> None:
             "on this machine's CPU with a sample of the inputs)"
         )
     print("\n".join(lines))
+
+
+def _decisions(batch: dict) -> dict:
+    """A dry run's decoded rows without their pixels."""
+    return {name: batch[name] for name in ("key", "status", "reason")}
 
 
 def _estimate_seconds_per_image(keys: list[str], source: Location, checkpoint_files, args):
@@ -367,12 +420,14 @@ def _print_summary(summary: dict, seconds: float, output: Location, run_id, limi
     statuses = Counter(summary["status"])
     enhanced = statuses.get(ENHANCED, 0)
     unusable = sum(summary["reasons"].get(reason, 0) for reason in UNUSABLE_KEY_REASONS)
-    worked = enhanced + statuses.get(FAILED, 0) - unusable
+    decided = statuses.get(COPIED, 0) + statuses.get(NOT_DARK, 0)
+    worked = enhanced + decided + statuses.get(FAILED, 0) - unusable
     rate = enhanced / seconds if seconds > 0 else 0.0
     lines = [
         f"enhance summary (run {run_id}): {sum(statuses.values())} images",
         f"  enhanced: {enhanced}  skipped: {statuses.get(SKIPPED, 0)}  "
         f"failed: {statuses.get(FAILED, 0)}"
+        + "".join(f"  {name}: {statuses[name]}" for name in (COPIED, NOT_DARK) if statuses[name])
         + (
             f"  (--limit {limit} reached: rerun to go on)"
             if limit is not None and worked >= limit

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.darkness import DARKNESS_COLUMNS, DarkPolicy, darkness_stats, unknown_stats
 from pipelines.images import ImageRejected, decode_image
 from pipelines.retries import is_transient
 
@@ -24,6 +25,11 @@ PENDING = "pending"
 FAILED = "failed"
 ENHANCED = "enhanced"
 SKIPPED = "skipped"
+# --only-dark: no output (not-dark), or the original bytes written unchanged (copied); rows to
+# copy travel as to-copy, with their bytes, from the decode stage to the write stage.
+NOT_DARK = "not-dark"
+COPIED = "copied"
+TO_COPY = "to-copy"
 # What the actors need to rebuild the generator; optimiser and discriminator state stay behind.
 CHECKPOINT_FILES_FOR_INFERENCE = ("checkpoint.json", "config.json", "generator.pt")
 # `--checkpoint starter` (or no --checkpoint) names the generator shipped in the package.
@@ -62,12 +68,21 @@ def object_column(values, dtype=object) -> np.ndarray:
 
 
 def read_and_decode(
-    batch: dict[str, np.ndarray], input_filesystem, input_root: str, max_pixels: int
+    batch: dict[str, np.ndarray],
+    input_filesystem,
+    input_root: str,
+    max_pixels: int,
+    policy: DarkPolicy | None = None,
+    sampler=None,
 ) -> dict[str, np.ndarray]:
-    """CPU task: fetch each object's bytes and decode to upright RGB uint8 (EXIF applied).
+    """CPU task: fetch each object's bytes, decode to upright RGB uint8 (EXIF applied) and
+    score its darkness (``pipelines.darkness``).
 
     Failures (unreadable object, :class:`ImageRejected`) become ``failed`` rows with a reason;
-    a transient storage fault is raised instead, so the task is retried."""
+    a transient storage fault is raised instead, so the task is retried. With ``policy``
+    (``--only-dark``) an image that is not dark leaves as ``not-dark`` or ``to-copy`` (its
+    bytes in ``original``), without pixels. ``sampler`` (a ``pipelines.report.ReportSampler``)
+    adds the ``before`` side of the report's sample rows."""
     rows = []
     count = len(batch["key"])
     statuses = batch.get("status", [PENDING] * count)
@@ -88,6 +103,8 @@ def read_and_decode(
             "icc_profile": b"",
             "exif": b"",
             "pixels": b"",
+            "original": b"",
+            **unknown_stats(),
         }
         if status != PENDING:
             row["seconds"] = 0.0
@@ -112,12 +129,19 @@ def read_and_decode(
                     icc_profile=_rgb_icc_profile(decoded.icc_profile),
                     exif=decoded.exif or b"",
                     pixels=decoded.array.tobytes(),
+                    **darkness_stats(decoded.array),
                 )
+                if sampler is not None:
+                    row.update(sampler.before(key, decoded.array))
+                if policy is not None and not policy.is_dark(row["darkness"]):
+                    copy = policy.mode == "copy"
+                    row.update(status=TO_COPY if copy else NOT_DARK, pixels=b"")
+                    row["original"] = data if copy else b""
             except ImageRejected as rejected:
                 row.update(status=FAILED, reason=rejected.reason)
         row["seconds"] = time.perf_counter() - started
         rows.append(row)
-    return _to_columns(rows)
+    return _to_columns(rows, sampler)
 
 
 def decoded_images(pending: list[tuple[str, str]], source, max_pixels: int, num_blocks: int):
@@ -142,10 +166,11 @@ def cpu_stage(dataset, fn, fn_kwargs: dict, batch_size: int | None = None):
     )
 
 
-def decode_stage(dataset, source, max_pixels: int):
+def decode_stage(dataset, source, max_pixels: int, policy=None, sampler=None):
     """Add :func:`read_and_decode` tasks (one per block) to ``dataset``."""
     fn_kwargs = {"input_filesystem": source.filesystem, "input_root": source.path}
-    return cpu_stage(dataset, read_and_decode, {**fn_kwargs, "max_pixels": max_pixels})
+    fn_kwargs.update(max_pixels=max_pixels, policy=policy, sampler=sampler)
+    return cpu_stage(dataset, read_and_decode, fn_kwargs)
 
 
 def _rgb_icc_profile(profile: bytes | None) -> bytes:
@@ -154,15 +179,18 @@ def _rgb_icc_profile(profile: bytes | None) -> bytes:
     return profile if profile and profile[16:20] == b"RGB " else b""
 
 
-def _to_columns(rows: list[dict]) -> dict[str, np.ndarray]:
+def _to_columns(rows: list[dict], sampler=None) -> dict[str, np.ndarray]:
     columns = {}
     for name in ("key", "output_key", "status", "reason", "format"):
         columns[name] = object_column([row[name] for row in rows])
-    for name in ("icc_profile", "exif", "pixels"):
+    for name in ("icc_profile", "exif", "pixels", "original"):
         columns[name] = object_column([row[name] for row in rows])
     for name in ("input_bytes", "height", "width"):
         columns[name] = np.array([row[name] for row in rows], dtype=np.int64)
-    columns["seconds"] = np.array([row["seconds"] for row in rows], dtype=np.float64)
+    for name in ("seconds", *DARKNESS_COLUMNS):
+        columns[name] = np.array([row[name] for row in rows], dtype=np.float64)
+    if sampler is not None:
+        columns.update(sampler.before_columns(rows))
     return columns
 
 

@@ -3,19 +3,22 @@
 Two Ray Data stages, both running on streamed rows so that nothing scales with the archive:
 
 - :func:`list_work` (one task, a generator): lists the input page by page (sorted keys, see
-  ``pipelines.listing``) and yields rows ``key, output_key, status, reason, recorded_bytes``.
+  ``pipelines.listing``) and yields rows ``key, output_key, status, reason`` and what an
+  earlier run's manifest recorded for the key (``recorded_status``, ``recorded_bytes``,
+  ``recorded_darkness``; empty, 0 and NaN for none), looked up in the :class:`ResumeIndex`.
   ``status`` is ``failed`` for a key that cannot be written (escapes the output prefix, collides
-  with another key's output, lands in ``_manifest/``), else ``pending``. ``recorded_bytes`` is
-  the output size an earlier run's manifest recorded for this key (0: none), looked up in the
-  :class:`ResumeIndex`.
+  with another key's output, lands in ``_manifest/`` or ``_report/``), else ``pending``.
 - :func:`check_finished` (parallel tasks): a pending row whose output exists with exactly the
-  recorded size is ``skipped``; existence alone never counts, so a half-written object or an
-  orphan without a manifest row is redone.
+  recorded size, written the way this run would write it (enhanced, or copied under
+  ``--only-dark copy``), is ``skipped``; existence alone never counts, so a half-written object
+  or an orphan without a manifest row is redone. Under ``--only-dark skip`` a row whose recorded
+  darkness is below the threshold is ``not-dark`` without being read again.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +30,19 @@ import pyarrow.compute as pc
 import ray
 from pyarrow import fs as pafs
 
+from pipelines.darkness import DarkPolicy
 from pipelines.datasink import MANIFEST_DIR, ManifestTarget, manifest_row, read_manifest
-from pipelines.enhance_actor import ENHANCED, FAILED, PENDING, SKIPPED, object_column
+from pipelines.enhance_actor import (
+    COPIED,
+    ENHANCED,
+    FAILED,
+    NOT_DARK,
+    PENDING,
+    SKIPPED,
+    object_column,
+)
 from pipelines.listing import UNREADABLE, ListingSource
+from pipelines.report import REPORT_DIR
 from pipelines.storage import safe_join
 
 FORMAT_EXTENSIONS = {"png": (".png",), "jpeg": (".jpg", ".jpeg")}
@@ -38,6 +51,9 @@ LOADED_CHUNKS = 4
 STAT_CHUNK = 32
 STAT_THREADS = 16
 CHECK_ROWS = 1000
+# Statuses of the rows that decided an output's fate; a skipped row only repeats one of them.
+DECIDING_STATUSES = (ENHANCED, COPIED, NOT_DARK)
+NOTHING_RECORDED = ("", 0, math.nan)
 # Reasons decided while listing (never counted by --limit).
 UNUSABLE_KEY_REASONS = (
     "unsafe-key",
@@ -94,8 +110,9 @@ def _past(key: str, run: str) -> bool:
 
 @dataclass
 class ResumeIndex:
-    """The finished rows of earlier runs, ``(key, output_key) -> output_bytes`` of the latest
-    row, as sorted chunks in the object store; ``first_keys[i]`` is chunk ``i``'s first key.
+    """The finished rows of earlier runs, ``(key, output_key) -> (status, output_bytes,
+    darkness)`` of the latest deciding row (:data:`DECIDING_STATUSES`), as sorted chunks in the
+    object store; ``first_keys[i]`` is chunk ``i``'s first key.
 
     Keys are looked up in listing order, (nearly) ascending, so a lookup task holds a few
     chunks at a time."""
@@ -104,25 +121,33 @@ class ResumeIndex:
     chunks: list
 
     def __post_init__(self) -> None:
-        self._loaded: dict[int, dict[tuple[str, str], int]] = {}
+        self._loaded: dict[int, dict[tuple[str, str], tuple]] = {}
 
-    def recorded_bytes(self, key: str, output_key: str) -> int:
+    def recorded(self, key: str, output_key: str) -> tuple[str, int, float]:
+        """``(status, output_bytes, darkness)``; :data:`NOTHING_RECORDED` for a new key."""
         chunk = bisect.bisect_right(self.first_keys, key) - 1
         if chunk < 0:
-            return 0
+            return NOTHING_RECORDED
         if chunk not in self._loaded:
             # A directory-tree listing visits "a/..." before "a-b.jpg": keep a few chunks.
             if len(self._loaded) >= LOADED_CHUNKS:
                 del self._loaded[next(iter(self._loaded))]
             table = ray.get(self.chunks[chunk])
+            darkness = [math.nan if value is None else value
+                        for value in table["darkness"].to_pylist()]  # fmt: skip
             self._loaded[chunk] = dict(
                 zip(
                     zip(table["key"].to_pylist(), table["output_key"].to_pylist(), strict=True),
-                    table["output_bytes"].to_pylist(),
+                    zip(
+                        table["status"].to_pylist(),
+                        table["output_bytes"].to_pylist(),
+                        darkness,
+                        strict=True,
+                    ),
                     strict=True,
                 )
             )
-        return self._loaded[chunk].get((key, output_key), 0)
+        return self._loaded[chunk].get((key, output_key), NOTHING_RECORDED)
 
     def __getstate__(self):
         return {"first_keys": self.first_keys, "chunks": self.chunks}
@@ -134,19 +159,17 @@ class ResumeIndex:
 @ray.remote(num_returns="streaming")
 def _index_chunks(filesystem: pafs.FileSystem, manifest_root: str, chunk_rows: int):
     """First the chunks' first keys, then each chunk (so the driver owns them all)."""
-    table = read_manifest(
-        filesystem, manifest_root, ["key", "output_key", "status", "output_bytes", "run_id"]
-    )
-    finished = pc.and_(
-        pc.is_in(table["status"], pa.array([ENHANCED, SKIPPED])),
-        pc.greater(table["output_bytes"], 0),
-    )
+    columns = ["key", "output_key", "status", "output_bytes", "darkness", "run_id"]
+    table = read_manifest(filesystem, manifest_root, columns)
+    finished = pc.is_in(table["status"], pa.array(DECIDING_STATUSES))
     table = table.filter(finished).sort_by([("key", "ascending"), ("run_id", "ascending")])
     # Run ids start with their start time, so the last row of a (key, output_key) is the latest.
+    recorded = ["status", "output_bytes", "darkness"]
     table = table.group_by(["key", "output_key"], use_threads=False).aggregate(
-        [("output_bytes", "last")]
+        [(name, "last") for name in recorded]
     )
-    table = table.rename_columns(["key", "output_key", "output_bytes"]).sort_by("key")
+    table = table.select(["key", "output_key", *(f"{name}_last" for name in recorded)])
+    table = table.rename_columns(["key", "output_key", *recorded]).sort_by("key")
     keys = table["key"]
     cuts = []
     start = 0
@@ -191,7 +214,7 @@ class KeyRules:
             safe_join(self.output_root, output_key)
         except ValueError:
             return "unsafe-key"
-        if output_key.split("/", 1)[0] == MANIFEST_DIR:
+        if output_key.split("/", 1)[0] in (MANIFEST_DIR, REPORT_DIR):
             return "reserved-key"
         return None
 
@@ -238,20 +261,20 @@ def _planned(keys, rules: KeyRules, guard, resume, record) -> Iterator[dict[str,
         except UnicodeEncodeError:
             # A local file name that is not UTF-8: no object key can name it.
             shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            rows.append((shown, shown, FAILED, "undecodable-key", 0))
+            rows.append((shown, shown, FAILED, "undecodable-key", *NOTHING_RECORDED))
             continue
         if key.endswith("/"):
-            rows.append((key, key, FAILED, "unreadable-folder", 0))
+            rows.append((key, key, FAILED, "unreadable-folder", *NOTHING_RECORDED))
             continue
         output_key = output_key_for(key, rules.output_format)
         reason = rules.unusable_reason(output_key)
         if reason is None and guard is not None and not guard.claim(key, output_key):
             reason = "output-key-collision"
         if reason:
-            rows.append((key, output_key, FAILED, reason, 0))
+            rows.append((key, output_key, FAILED, reason, *NOTHING_RECORDED))
         else:
-            recorded = resume.recorded_bytes(key, output_key) if resume else 0
-            rows.append((key, output_key, PENDING, "", recorded))
+            recorded = resume.recorded(key, output_key) if resume else NOTHING_RECORDED
+            rows.append((key, output_key, PENDING, "", *recorded))
     if record is not None:
         failed = [row for row in rows if row[2] == FAILED]
         if failed:
@@ -259,7 +282,7 @@ def _planned(keys, rules: KeyRules, guard, resume, record) -> Iterator[dict[str,
                 "unusable",
                 [
                     manifest_row(k, o, FAILED, why, run_id=record.run_id)
-                    for k, o, _, why, _ in failed
+                    for k, o, _, why, *_ in failed
                 ],
             )
             rows = [row for row in rows if row[2] != FAILED]
@@ -268,7 +291,9 @@ def _planned(keys, rules: KeyRules, guard, resume, record) -> Iterator[dict[str,
 
 
 def _plan_columns(rows: list[tuple]) -> dict[str, np.ndarray]:
-    keys, output_keys, statuses, reasons, recorded = zip(*rows, strict=True)
+    keys, output_keys, statuses, reasons, recorded_statuses, recorded, darkness = zip(
+        *rows, strict=True
+    )
     columns = {
         name: object_column(values)
         for name, values in (
@@ -276,9 +301,11 @@ def _plan_columns(rows: list[tuple]) -> dict[str, np.ndarray]:
             ("output_key", output_keys),
             ("status", statuses),
             ("reason", reasons),
+            ("recorded_status", recorded_statuses),
         )
     }
     columns["recorded_bytes"] = np.array(recorded, dtype=np.int64)
+    columns["recorded_darkness"] = np.array(darkness, dtype=np.float64)
     return columns
 
 
@@ -292,50 +319,65 @@ def file_infos(filesystem: pafs.FileSystem, paths: list[str]) -> list[pafs.FileI
         return [info for infos in pool.map(filesystem.get_file_info, chunks) for info in infos]
 
 
+def recorded_action(policy: DarkPolicy | None, darkness: float) -> str:
+    """What this run does with an image of recorded ``darkness`` (NaN: unknown, so it is read):
+    ``enhanced``, ``copied`` or ``not-dark``."""
+    if policy is None or math.isnan(darkness) or policy.is_dark(darkness):
+        return ENHANCED
+    return COPIED if policy.mode == "copy" else NOT_DARK
+
+
 def check_finished(
     batch: dict[str, np.ndarray],
     output_filesystem: pafs.FileSystem,
     output_root: str,
     record: ManifestTarget | None = None,
+    policy: DarkPolicy | None = None,
 ) -> dict[str, np.ndarray]:
-    """Mark ``skipped`` the pending rows whose output already has the recorded size.
+    """Mark ``skipped`` the pending rows whose output was written the way this run would write
+    it and still has the recorded size, and ``not-dark`` those that ``--only-dark skip`` leaves
+    out by their recorded darkness.
 
-    With ``record`` the skipped rows are written as this task's own manifest part and left
-    out of the output; without it (``--dry-run``) they stay in the batch for counting."""
-    candidates = [
-        index
-        for index, (status, recorded) in enumerate(
-            zip(batch["status"], batch["recorded_bytes"], strict=True)
-        )
-        if status == PENDING and recorded > 0
-    ]
-    if not candidates:
-        return batch
+    With ``record`` these rows are written as this task's own manifest parts and left out of
+    the output; without it (``--dry-run``) they stay in the batch for counting."""
+    status = batch["status"].copy()
+    candidates, not_dark = [], []
+    for index, (current, recorded_status, darkness) in enumerate(
+        zip(status, batch["recorded_status"], batch["recorded_darkness"], strict=True)
+    ):
+        if current != PENDING or not recorded_status:
+            continue
+        action = recorded_action(policy, darkness)
+        if action == NOT_DARK:
+            status[index] = NOT_DARK
+            not_dark.append(index)
+        elif action == recorded_status and batch["recorded_bytes"][index] > 0:
+            candidates.append(index)
     root = output_root.rstrip("/")
     infos = file_infos(
         output_filesystem, [f"{root}/{batch['output_key'][index]}" for index in candidates]
     )
-    status = batch["status"].copy()
     skipped = []
     for index, info in zip(candidates, infos, strict=True):
         if info.type == pafs.FileType.File and info.size == batch["recorded_bytes"][index]:
             status[index] = SKIPPED
             skipped.append(index)
     batch = {**batch, "status": status}
-    if record is None or not skipped:
+    if record is None or not (skipped or not_dark):
         return batch
-    record.write(
-        "skipped",
-        [
-            manifest_row(
-                batch["key"][index],
-                batch["output_key"][index],
-                SKIPPED,
-                output_bytes=int(batch["recorded_bytes"][index]),
-                run_id=record.run_id,
-            )
-            for index in skipped
-        ],
-    )
-    keep = status != SKIPPED
+    for kind, indexes, sizes in (("skipped", skipped, True), ("not-dark", not_dark, False)):
+        if indexes:
+            record.write(kind, [_decided_row(batch, index, sizes, record) for index in indexes])
+    keep = status == PENDING
     return {name: column[keep] for name, column in batch.items()}
+
+
+def _decided_row(batch, index: int, with_bytes: bool, record: ManifestTarget) -> dict:
+    return manifest_row(
+        batch["key"][index],
+        batch["output_key"][index],
+        batch["status"][index],
+        output_bytes=int(batch["recorded_bytes"][index]) if with_bytes else 0,
+        darkness=float(batch["recorded_darkness"][index]),
+        run_id=record.run_id,
+    )

@@ -27,8 +27,9 @@ def test_demo_smallest_settings_runs_every_job_and_a_rerun_reuses(ray_local, tmp
         assert str(path) in printed and path.is_file()
     assert str(run / "loss_curve.png") in printed and (run / "loss_curve.png").is_file()
     low = _files(out / "photos" / "low")
-    enhanced = [p for p in _files(out / "enhanced") if p.parts[0] != "_manifest"]
+    enhanced = [p for p in _files(out / "enhanced") if p.parts[0] not in ("_manifest", "_report")]
     assert [p.with_suffix("") for p in enhanced] == [p.with_suffix("") for p in low]
+    assert len(list((out / "enhanced" / "_report").glob("*/index.html"))) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == len(low)
     variants = ("input", "enhanced", "gamma", "histeq", "compared")
@@ -60,8 +61,9 @@ def test_demo_s3_runs_every_job_through_a_local_bucket_and_stops_the_server(
     assert data.is_dir() and any(data.rglob("*"))
     assert not any(process_mentions(pid, str(out / "s3")) for pid in _pids())
     low = _files(out / "photos" / "low")
-    enhanced = [p for p in _files(out / "enhanced") if p.parts[0] != "_manifest"]
+    enhanced = [p for p in _files(out / "enhanced") if p.parts[0] not in ("_manifest", "_report")]
     assert [p.with_suffix("") for p in enhanced] == [p.with_suffix("") for p in low]
+    assert len(list((out / "enhanced" / "_report").glob("*/index.html"))) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == len(low)
     assert (out / "evaluation" / "contact_sheet.png").is_file()

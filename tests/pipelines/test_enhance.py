@@ -21,6 +21,7 @@ from pipelines.cli import main
 from pipelines.datasink import read_manifest
 from pipelines.enhance_actor import InferenceSettings, build_enhancer
 from pipelines.images import decode_image
+from pipelines.sample_photos import build_photo_dataset
 from pipelines.storage import resolve
 from tests.fixtures.bad_files import build_bad_files, write_corpus
 from tests.fixtures.photos import darken, encode, fit_within, upload_folder, wheel_photo
@@ -123,7 +124,7 @@ def test_local_to_local_every_valid_image_once_same_size_and_equal_to_enhancer(
     written = sorted(
         p.relative_to(output).as_posix()
         for p in output.rglob("*")
-        if p.is_file() and "_manifest" not in p.parts
+        if p.is_file() and not {"_manifest", "_report"} & set(p.parts)
     )
     assert written == sorted(valid)
     rows = latest_status(manifest_rows(str(output)))
@@ -225,7 +226,7 @@ def test_s3_to_local_and_local_to_s3(ray_local, s3_env, checkpoint_run, inputs, 
     written = sorted(
         p.relative_to(local_out).as_posix()
         for p in local_out.rglob("*")
-        if p.is_file() and "_manifest" not in p.parts
+        if p.is_file() and not {"_manifest", "_report"} & set(p.parts)
     )
     assert written == [
         "coffee.png", "icc.png", "portrait/grace hopper.png", "rocket.png", "travel/china.png"
@@ -338,3 +339,56 @@ def test_without_checkpoint_the_shipped_starter_model_enhances(ray_local, tmp_pa
     assert written.mean() > 2 * dark.mean()
     # --precision auto may pick bf16 on this CPU; the reference here is fp32
     assert np.abs(written.astype(np.int16) - expected.astype(np.int16)).mean() < 3.0
+
+
+def test_only_dark_skip_then_copy_then_every_image_with_resume_and_dry_run(
+    ray_local, checkpoint_run, tmp_path, capsys
+):
+    """Six dark photos (the five darkened ones and the Hubble deep field) and three day ones."""
+    build_photo_dataset(tmp_path / "in", longest_side=200)
+    day = ["normal/animals/chelsea.png", "normal/flower.png", "normal/street/motorcycle.jpg"]
+    output = tmp_path / "out"
+    common = ("--checkpoint", str(checkpoint_run), "--input", str(tmp_path / "in"))
+    common += ("--output", str(output), "--report-samples", "2")
+
+    assert enhance(*common, "--only-dark", "skip", "--dry-run") == 0
+    printed = capsys.readouterr().out
+    assert "would enhance: 6 (dark: darkness >= 0.65)" in printed
+    assert "would leave out (not dark): 3" in printed and not output.exists()
+
+    assert enhance(*common, "--only-dark", "skip") == 0
+    assert "enhanced: 6  skipped: 0  failed: 0  not-dark: 3" in capsys.readouterr().out
+    assert not any((output / key).exists() for key in day)
+    rows = manifest_rows(str(output))
+    assert all(0 <= row["darkness"] <= 1 and row["luma_p50"] <= row["luma_p95"] for row in rows)
+    assert {row["key"] for row in rows if row["status"] == "not-dark"} == set(day)
+
+    assert enhance(*common, "--only-dark", "skip") == 0
+    assert "enhanced: 0  skipped: 6  failed: 0  not-dark: 3" in capsys.readouterr().out
+    assert enhance(*common, "--only-dark", "copy", "--dry-run") == 0
+    printed = capsys.readouterr().out
+    assert (
+        "already done (skipped): 6" in printed and "would copy unchanged (not dark): 3" in printed
+    )
+
+    assert enhance(*common, "--only-dark", "copy") == 0
+    assert "enhanced: 0  skipped: 6  failed: 0  copied: 3" in capsys.readouterr().out
+    for key in day:
+        assert (output / key).read_bytes() == (tmp_path / "in" / key).read_bytes()
+    assert enhance(*common, "--only-dark", "copy") == 0
+    assert "enhanced: 0  skipped: 9  failed: 0" in capsys.readouterr().out
+
+    # Without the rule the copies are not the enhanced images a run writes: redone.
+    assert enhance(*common) == 0
+    assert "enhanced: 3  skipped: 6  failed: 0" in capsys.readouterr().out
+    for key in day:
+        assert (output / key).read_bytes() != (tmp_path / "in" / key).read_bytes()
+    assert len(list((output / "_report").iterdir())) == 5
+
+
+def test_only_dark_copy_with_another_format_is_refused(checkpoint_run, inputs, tmp_path, capsys):
+    code = enhance(
+        "--checkpoint", str(checkpoint_run), "--input", str(inputs), "--output", str(tmp_path),
+        "--only-dark", "copy", "--format", "png",
+    )  # fmt: skip
+    assert code == 2 and "--format same" in capsys.readouterr().err

@@ -3,12 +3,14 @@ and that Ray Data streams the listing instead of holding it to the end (real loc
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
 import pytest
 from pyarrow import fs as pafs
 
+from pipelines.darkness import DarkPolicy
 from pipelines.datasink import MANIFEST_DIR, manifest_row, read_manifest, write_manifest_part
 from pipelines.enhance import _configure
 from pipelines.enhance_plan import (
@@ -78,10 +80,12 @@ def test_collision_guard_matches_the_whole_memory_reference_on_random_keys():
                 assert _guarded(list(keys), output_format, order) == expected
 
 
-def _manifest(root, rows_by_run: dict[str, list[tuple[str, str, str, int]]]):
+def _manifest(root, rows_by_run: dict[str, list[tuple]]):
+    """Rows ``(key, output_key, status, output_bytes[, darkness])`` per run id."""
     for run_id, rows in rows_by_run.items():
-        rows = [manifest_row(k, o, status, output_bytes=size, run_id=run_id)
-                for k, o, status, size in rows]  # fmt: skip
+        rows = [manifest_row(k, o, status, output_bytes=size, run_id=run_id,
+                             darkness=rest[0] if rest else math.nan)
+                for k, o, status, size, *rest in rows]  # fmt: skip
         write_manifest_part(
             pafs.LocalFileSystem(), f"{root}/{MANIFEST_DIR}", f"{run_id}.parquet", rows
         )
@@ -104,31 +108,60 @@ def test_resume_index_keeps_the_latest_finished_row_across_chunks(ray_local, tmp
     index = build_resume_index(pafs.LocalFileSystem(), f"{tmp_path}/{MANIFEST_DIR}", chunk_rows=3)
     assert len(index.chunks) >= 6 and index.first_keys == sorted(index.first_keys)
     expected = {k: 100 + i for i, k in enumerate(keys)} | {"k003.jpg": 7}
-    assert [index.recorded_bytes(k, k) for k in keys] == [expected[k] for k in keys]
-    assert index.recorded_bytes("k005.jpg", "k005.png") == 55
-    assert index.recorded_bytes("k019.jpg", "k019.png") == 0
-    assert index.recorded_bytes("a-before-all.jpg", "a-before-all.jpg") == 0
-    assert index.recorded_bytes("zzz.jpg", "zzz.jpg") == 0
+    assert [index.recorded(k, k)[:2] for k in keys] == [("enhanced", expected[k]) for k in keys]
+    assert index.recorded("k005.jpg", "k005.png")[:2] == ("enhanced", 55)
+    assert index.recorded("k019.jpg", "k019.png")[:2] == ("", 0)
+    assert index.recorded("a-before-all.jpg", "a-before-all.jpg")[:2] == ("", 0)
+    assert index.recorded("zzz.jpg", "zzz.jpg")[:2] == ("", 0)
     # Out of order lookups are still right (they reload chunks).
-    assert index.recorded_bytes("k001.jpg", "k001.jpg") == 101
+    assert index.recorded("k001.jpg", "k001.jpg")[:2] == ("enhanced", 101)
+
+
+def test_resume_index_records_how_each_output_was_decided_and_its_darkness(ray_local, tmp_path):
+    _manifest(
+        tmp_path,
+        {
+            "20260101T000000-aaaaaa": [
+                ("dark.jpg", "dark.jpg", "enhanced", 50, 0.9),
+                ("day.jpg", "day.jpg", "copied", 70, 0.2),
+                ("noon.jpg", "noon.jpg", "not-dark", 0, 0.1),
+                ("old.jpg", "old.jpg", "enhanced", 30),  # a manifest from before the scores
+            ],
+            "20260102T000000-bbbbbb": [
+                ("dark.jpg", "dark.jpg", "skipped", 50, 0.9),  # repeats, never decides
+                ("day.jpg", "day.jpg", "enhanced", 90, 0.2),  # a later run without --only-dark
+            ],
+        },
+    )
+    index = build_resume_index(pafs.LocalFileSystem(), f"{tmp_path}/{MANIFEST_DIR}")
+    assert index.recorded("dark.jpg", "dark.jpg") == ("enhanced", 50, 0.9)
+    assert index.recorded("day.jpg", "day.jpg") == ("enhanced", 90, 0.2)
+    assert index.recorded("noon.jpg", "noon.jpg") == ("not-dark", 0, 0.1)
+    status, size, darkness = index.recorded("old.jpg", "old.jpg")
+    assert (status, size) == ("enhanced", 30) and math.isnan(darkness)
 
 
 def test_resume_index_of_an_output_without_manifest_is_none(ray_local, tmp_path):
     assert build_resume_index(pafs.LocalFileSystem(), f"{tmp_path}/{MANIFEST_DIR}") is None
 
 
-def _batch(rows: list[tuple[str, str, int]]) -> dict[str, np.ndarray]:
+def _batch(rows: list[tuple]) -> dict[str, np.ndarray]:
+    """Planned rows ``(key, output_key, recorded_bytes[, recorded_status, darkness])``."""
+
     def column(values):
         array = np.empty(len(values), dtype=object)
         array[:] = values
         return array
 
+    rows = [(*row, "enhanced" if row[2] else "", math.nan)[:5] for row in rows]
     return {
-        "key": column([key for key, _, _ in rows]),
-        "output_key": column([key for _, key, _ in rows]),
+        "key": column([row[0] for row in rows]),
+        "output_key": column([row[1] for row in rows]),
         "status": column(["pending"] * len(rows)),
         "reason": column([""] * len(rows)),
-        "recorded_bytes": np.array([size for _, _, size in rows], dtype=np.int64),
+        "recorded_status": column([row[3] for row in rows]),
+        "recorded_bytes": np.array([row[2] for row in rows], dtype=np.int64),
+        "recorded_darkness": np.array([row[4] for row in rows], dtype=np.float64),
     }
 
 
@@ -155,8 +188,46 @@ def test_check_finished_skips_only_outputs_with_the_recorded_size(tmp_path):
     assert len(list((tmp_path / MANIFEST_DIR).glob("*.parquet"))) == 1
 
 
+def test_check_finished_follows_the_only_dark_policy_of_this_run(tmp_path):
+    for name, size in (("dark.jpg", 10), ("day.jpg", 20), ("noon.jpg", 30)):
+        (tmp_path / name).write_bytes(b"x" * size)
+    batch = _batch(
+        [
+            ("dark.jpg", "dark.jpg", 10, "enhanced", 0.9),
+            ("day.jpg", "day.jpg", 20, "copied", 0.2),
+            ("noon.jpg", "noon.jpg", 30, "enhanced", 0.1),  # enhanced by a run without the rule
+            ("night.jpg", "night.jpg", 0, "not-dark", 0.8),  # the threshold was higher then
+            ("new.jpg", "new.jpg", 0, "", math.nan),
+        ]
+    )
+    filesystem = pafs.LocalFileSystem()
+
+    def statuses(policy):
+        return list(check_finished(batch, filesystem, str(tmp_path), policy=policy)["status"])
+
+    assert statuses(None) == ["skipped", "pending", "skipped", "pending", "pending"]
+    assert statuses(DarkPolicy("copy", 0.5)) == [
+        "skipped", "skipped", "pending", "pending", "pending"
+    ]  # fmt: skip
+    assert statuses(DarkPolicy("skip", 0.5)) == [
+        "skipped", "not-dark", "not-dark", "pending", "pending"
+    ]  # fmt: skip
+    assert statuses(DarkPolicy("skip", 0.95))[:4] == ["not-dark"] * 4
+
+    target = ManifestTarget(filesystem, str(tmp_path), "run-z")
+    kept = check_finished(batch, filesystem, str(tmp_path), target, DarkPolicy("skip", 0.5))
+    assert list(kept["key"]) == ["night.jpg", "new.jpg"]
+    rows = read_manifest(filesystem, f"{tmp_path}/{MANIFEST_DIR}").to_pylist()
+    assert sorted((r["key"], r["status"], r["output_bytes"], r["darkness"]) for r in rows) == [
+        ("dark.jpg", "skipped", 10, 0.9),
+        ("day.jpg", "not-dark", 0, 0.2),
+        ("noon.jpg", "not-dark", 0, 0.1),
+    ]
+
+
 def test_list_work_marks_unusable_keys_and_filters_extensions(tmp_path):
-    for key in ["a.jpg", "a.png", "_manifest/x.png", "notes.txt", "out/old.jpg", "b.JPEG"]:
+    for key in ["a.jpg", "a.png", "_manifest/x.png", "_report/r.png", "notes.txt", "out/o.jpg",
+                "b.JPEG"]:  # fmt: skip
         (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / key).write_bytes(b"x")
     rules = KeyRules(str(tmp_path), "png", (".jpg", ".jpeg", ".png"), "out/")
@@ -170,6 +241,7 @@ def test_list_work_marks_unusable_keys_and_filters_extensions(tmp_path):
     ]
     assert rows == [
         ("_manifest/x.png", "_manifest/x.png", "failed", "reserved-key"),
+        ("_report/r.png", "_report/r.png", "failed", "reserved-key"),
         ("a.jpg", "a.png", "pending", ""),
         ("a.png", "a.png", "failed", "output-key-collision"),
         ("b.JPEG", "b.png", "pending", ""),

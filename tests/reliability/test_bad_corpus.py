@@ -117,7 +117,7 @@ def test_enhance_from_a_folder_gives_every_file_one_row_and_every_valid_file_an_
     written = sorted(
         path.relative_to(output).as_posix()
         for path in output.rglob("*")
-        if path.is_file() and "_manifest" not in path.parts
+        if path.is_file() and not {"_manifest", "_report"} & set(path.parts)
     )
     assert written == sorted(entry.key for entry in valid)
     by_key = {row["key"]: row for row in rows}

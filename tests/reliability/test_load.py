@@ -1,7 +1,8 @@
 """Load: enhance and prepare thousands of small real-photo crops on the local Ray with a tiny
 model. Every image is handled exactly once, and peak memory (the driver plus every Ray process,
 sampled in a thread) stays flat from N to 10N images: the jobs stream, they never hold the
-whole set. CI runs the issue's 200 then 2,000 images.
+whole set. Enhance runs with ``--only-dark skip`` over a mix of dark and day crops and writes
+its run report (the sample is kept on the stream). CI runs the issue's 200 then 2,000 images.
 ``benchmarks/bench_load.py`` runs the same thing as a script and prints images/s."""
 
 from __future__ import annotations
@@ -24,15 +25,20 @@ from enlightengan.checkpoint import save_checkpoint
 from enlightengan.config import tiny_config
 from enlightengan.generator import Generator
 from pipelines.cli import main
+from pipelines.darkness import DEFAULT_DARK_THRESHOLD, darkness_stats
 from pipelines.datasink import read_manifest
+from pipelines.images import decode_png
 from pipelines.sample_photos import PHOTO_SOURCES, darken, encode, wheel_photo
 
 SMALL_SIZE = (64, 48)  # width, height
 PREPARE_SIZE_OPTIONS = ["--max-long", "64", "--max-short", "48", "--min-side", "32"]
 
 
-def write_small_photos(folder: Path, count: int, seed: int = 0) -> list[str]:
-    """``count`` distinct 64x48 PNG crops of the shipped real photos, darkened; returns keys.
+def write_small_photos(
+    folder: Path, count: int, seed: int = 0, day_every: int | None = None
+) -> list[str]:
+    """``count`` distinct 64x48 PNG crops of the shipped real photos, darkened (but every
+    ``day_every``-th one); returns keys.
 
     Crops are random in position and scale; pixel (0, 0) carries the index so that no two
     files are byte-identical (prepare would drop copies as duplicates)."""
@@ -47,7 +53,9 @@ def write_small_photos(folder: Path, count: int, seed: int = 0) -> list[str]:
         top = int(rng.integers(0, photo.shape[0] - crop_h + 1))
         left = int(rng.integers(0, photo.shape[1] - crop_w + 1))
         crop = Image.fromarray(photo[top : top + crop_h, left : left + crop_w]).resize(SMALL_SIZE)
-        pixels = darken(np.asarray(crop)).copy()
+        pixels = np.asarray(crop).copy()
+        if not day_every or index % day_every:
+            pixels = darken(pixels)
         pixels[0, 0] = (index % 256, index // 256 % 256, 255)
         key = f"batch{index // 100:03d}/crop_{index:05d}.png"
         (folder / key).parent.mkdir(parents=True, exist_ok=True)
@@ -117,9 +125,18 @@ class LoadResult:
         return self.count / self.seconds
 
 
+def expected_enhance_outcomes(folder: Path, keys: list[str]) -> dict[str, str]:
+    """``enhanced`` or ``not-dark`` per key, from the darkness of the pixels written."""
+    outcomes = {}
+    for key in keys:
+        darkness = darkness_stats(decode_png((folder / key).read_bytes()))["darkness"]
+        outcomes[key] = "enhanced" if darkness >= DEFAULT_DARK_THRESHOLD else "not-dark"
+    return outcomes
+
+
 def run_enhance(checkpoint: Path, source: Path, output: Path, count: int) -> LoadResult:
     argv = ["enhance", "--checkpoint", str(checkpoint), "--input", str(source)]
-    argv += ["--output", str(output), "--batch-size", "16"]
+    argv += ["--output", str(output), "--batch-size", "16", "--only-dark", "skip"]
     with PeakRss() as meter:
         started = time.perf_counter()
         assert main(argv) == 0
@@ -131,6 +148,11 @@ def run_enhance(checkpoint: Path, source: Path, output: Path, count: int) -> Loa
         outcomes[row["key"]] = row["reason"] or row["status"]
     written = sum(1 for p in output.rglob("*.png") if "_manifest" not in p.parts)
     assert written == sum(status == "enhanced" for status in outcomes.values())
+    (report,) = (output / "_report").iterdir()
+    numbers = json.loads((report / "summary.json").read_text())
+    assert sum(numbers["darkness_histogram"]) == len(outcomes)
+    assert len(numbers["sample"]) == min(24, len(outcomes))
+    assert (report / "index.html").stat().st_size > 24 * 1000
     return LoadResult(count, seconds, meter.peak, meter.processes, outcomes)
 
 
@@ -158,7 +180,7 @@ def load_inputs(root: Path, count: int) -> dict[str, list[str]]:
     """``count`` crops for enhance under ``root/enhance``, the same number split between the
     two prepare domains under ``root/low`` and ``root/normal``."""
     return {
-        "enhance": write_small_photos(root / "enhance", count, seed=count),
+        "enhance": write_small_photos(root / "enhance", count, seed=count, day_every=5),
         "low": write_small_photos(root / "low", count // 2, seed=count + 1),
         "normal": write_small_photos(root / "normal", count - count // 2, seed=count + 2),
     }
@@ -175,7 +197,9 @@ def measure_load(work: Path, counts: tuple[int, ...], warmup: int = 20) -> dict[
         root = work / f"run{index}-{count}"
         keys = load_inputs(root, count)
         enhanced = run_enhance(checkpoint, root / "enhance", root / "enhanced", count)
-        assert enhanced.outcomes == dict.fromkeys(keys["enhance"], "enhanced")
+        expected = expected_enhance_outcomes(root / "enhance", keys["enhance"])
+        assert enhanced.outcomes == expected
+        assert 0 < list(expected.values()).count("not-dark") < count / 2
         prepared = run_prepare(root / "low", root / "normal", root / "prepared", count)
         written = {f"{domain}/{key}" for domain in ("low", "normal") for key in keys[domain]}
         assert prepared.outcomes == dict.fromkeys(written, "written")
