@@ -161,6 +161,34 @@ def openvino_candidates(checkpoint: Path, generator, cache: Path, native_bf16: b
     return candidates
 
 
+def report(durations: dict, outputs: dict, setup_seconds: dict, repeats: int) -> list[dict]:
+    """Print the table of medians, ranges, speed ratios and PSNR; return its rows."""
+    baseline = outputs["torch fp32 NCHW"]
+    medians = {name: statistics.median(values) for name, values in durations.items()}
+    print(f"\nafter {repeats} repeats:\n{'candidate':45s} {'median s':>8s} {'min':>6s} "
+          f"{'max':>6s} {'vs ort':>6s} {'vs dflt':>7s} {'set-up s':>8s} {'PSNR dB':>7s}")  # fmt: skip
+    results = []
+    for name in sorted(medians, key=medians.get):
+        row = {
+            "candidate": name,
+            "median_s": medians[name],
+            "min_s": min(durations[name]),
+            "max_s": max(durations[name]),
+            "speed_vs_onnxruntime": medians.get(REFERENCE, float("nan")) / medians[name],
+            "speed_vs_default": medians.get(DEFAULT, float("nan")) / medians[name],
+            "setup_s": setup_seconds[name],
+            "psnr_vs_fp32_db": psnr(outputs[name], baseline),
+        }
+        results.append(row)
+        print(
+            f"{name:45s} {row['median_s']:8.3f} {row['min_s']:6.3f} {row['max_s']:6.3f} "
+            f"x{row['speed_vs_onnxruntime']:5.2f} x{row['speed_vs_default']:6.2f} "
+            f"{row['setup_s']:8.1f} {row['psnr_vs_fp32_db']:7.2f}",
+            flush=True,
+        )
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per candidate")
@@ -241,35 +269,15 @@ def main() -> int:
             started = time.perf_counter()
             outputs[name] = enhancers[name]([image])[0]
             durations[name].append(time.perf_counter() - started)
-        print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
-
-    baseline = outputs["torch fp32 NCHW"]
-    medians = {name: statistics.median(values) for name, values in durations.items()}
-    results = []
-    print(f"\n{'candidate':45s} {'median s':>8s} {'min':>6s} {'max':>6s} "
-          f"{'vs ort':>6s} {'vs dflt':>7s} {'set-up s':>8s} {'PSNR dB':>7s}")  # fmt: skip
-    for name in sorted(names, key=medians.get):
-        row = {
-            "candidate": name,
-            "median_s": medians[name],
-            "min_s": min(durations[name]),
-            "max_s": max(durations[name]),
-            "speed_vs_onnxruntime": medians.get(REFERENCE, float("nan")) / medians[name],
-            "speed_vs_default": medians.get(DEFAULT, float("nan")) / medians[name],
-            "setup_s": setup_seconds[name],
-            "psnr_vs_fp32_db": psnr(outputs[name], baseline),
-        }
-        results.append(row)
-        print(
-            f"{name:45s} {row['median_s']:8.3f} {row['min_s']:6.3f} {row['max_s']:6.3f} "
-            f"x{row['speed_vs_onnxruntime']:5.2f} x{row['speed_vs_default']:6.2f} "
-            f"{row['setup_s']:8.1f} {row['psnr_vs_fp32_db']:7.2f}"
-        )
+        # The table after every repeat: a run cut short by a time limit still reports.
+        results = report(durations, outputs, setup_seconds, repeat + 1)
+        if args.json:
+            summary = {"repeats": repeat + 1, "results": results, "skipped": skipped}
+            Path(args.json).write_text(json.dumps(summary, indent=2))
+    medians = {row["candidate"]: row["median_s"] for row in results}
     if DEFAULT in medians and REFERENCE in medians:
         print(f"\ndefault path ({choice.backend} {choice.precision}) vs onnxruntime: "
               f"x{medians[REFERENCE] / medians[DEFAULT]:.3f}")  # fmt: skip
-    if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "skipped": skipped}, indent=2))
     return 0
 
 
