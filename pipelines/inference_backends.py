@@ -158,7 +158,12 @@ def cached_onnx_export(checkpoint_dir: str | os.PathLike, generator, cache: Path
 
     key = checkpoint_digest(checkpoint_dir, CHECKPOINT_FILES_FOR_INFERENCE)
     folder = (cache or cache_dir()) / "onnx"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        # A read-only home (some cluster images) still gets a cache per machine.
+        folder = Path(tempfile.gettempdir()) / "enlightengan-onnx"
+        folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key}-{EXPORT_FORMAT}-opset{ONNX_OPSET}.onnx"
     with _locked(folder / f"{key}.lock"):
         if not path.exists():

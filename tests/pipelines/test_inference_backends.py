@@ -5,6 +5,7 @@ cache, the automatic choice, and ``enlightengan enhance --backend`` on real Ray.
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,20 @@ def test_export_is_cached_by_checkpoint_content(checkpoint, photo, tmp_path, pri
     repaired = enhanced(checkpoint, [photo], backend="onnxruntime")[0]
     np.testing.assert_array_equal(repaired, first)
     assert exported.read_bytes()[:4] != b"not "
+
+
+def test_unusable_cache_folder_falls_back_to_the_temp_folder(
+    checkpoint, photo, tmp_path, monkeypatch
+):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv(CACHE_ENV, str(blocker))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    output = enhanced(checkpoint, [photo[:64, :96]], backend="onnxruntime")[0]
+    assert output.shape == (64, 96, 3)
+    assert len(list((tmp_path / "tmp" / "enlightengan-onnx").glob("*.onnx"))) == 1
 
 
 @pytest.mark.parametrize(
