@@ -33,8 +33,9 @@ from enlightengan.checkpoint import save_checkpoint  # noqa: E402
 from enlightengan.config import EnlightenGANConfig  # noqa: E402
 from enlightengan.generator import Generator  # noqa: E402
 from pipelines.cli import main as cli_main  # noqa: E402
-from pipelines.enhance_actor import InferenceSettings, build_enhancer, resolve_precision  # noqa: E402
+from pipelines.enhance_actor import InferenceSettings, build_enhancer  # noqa: E402
 from pipelines.images import decode_image  # noqa: E402
+from pipelines.inference_backends import choose_backend  # noqa: E402
 from tests.fixtures.photos import PHOTO_SOURCES, darken, encode, wheel_photo  # noqa: E402
 
 
@@ -161,10 +162,11 @@ def main() -> None:
     checkpoint = save_checkpoint(work / "ckpt", config=config, networks={"generator": generator})
     paths = write_photos(work / "photos", options.images, (600, 400))
     images = [decode_image(p.read_bytes()).array for p in paths]
-    precision = resolve_precision("auto", "cpu")
-    settings = InferenceSettings(precision=precision, batch_size=options.batch_size)
+    choice = choose_backend("auto", "auto", "cpu")
+    settings = InferenceSettings(precision="auto", batch_size=options.batch_size)
     print(f"cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, "
-          f"{len(paths)} images 600x400, precision (auto) {precision}, channels_last")  # fmt: skip
+          f"{len(paths)} images 600x400, backend and precision (auto): {choice.backend} "
+          f"{choice.precision}")  # fmt: skip
 
     (work / "ref").mkdir()
     reference = reference_serial(generator, paths, work / "ref")
@@ -183,8 +185,10 @@ def main() -> None:
 
     if not options.skip_bf16:
         sample = images[:2]
-        fp32 = build_enhancer(checkpoint, InferenceSettings(precision="fp32"))(sample)
-        bf16_enhancer = build_enhancer(checkpoint, InferenceSettings(precision="bf16"))
+        fp32_settings = InferenceSettings(backend="torch", precision="fp32")
+        fp32 = build_enhancer(checkpoint, fp32_settings)(sample)
+        bf16_settings = InferenceSettings(backend="torch", precision="bf16")
+        bf16_enhancer = build_enhancer(checkpoint, bf16_settings)
         started = time.perf_counter()
         bf16 = bf16_enhancer(sample)
         rate = len(sample) / (time.perf_counter() - started)

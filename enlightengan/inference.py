@@ -22,6 +22,12 @@ image is tiled, the Enhancer applies that same decision to the WHOLE image first
 by 2, enhance, bilinear upsample back), and keeps tiles no wider than ``halve_above_width`` so
 the generator never halves a tile a second time. The attention map is linear in the pixels,
 so pooling the image equals pooling its attention map, as the generator does.
+
+Pluggable forward: another runtime (an ONNX session, a compiled graph) can replace the
+generator's forward through ``Enhancer(generator, settings, forward=...)``. Such a forward only
+ever sees host float32 batches whose sides are multiples of ``pad_multiple`` and never wider
+than ``halve_above_width``: the Enhancer pads, halves and crops around it exactly as the
+generator does inside its own forward, and batching and tiling stay the same.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -53,6 +59,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PIXEL_ROUNDINGS = ("round", "truncate")
 MIN_TILE_SIZE = 64
+# (B, 3, H, W) float32 on the host, H and W multiples of pad_multiple -> the generator's output.
+ForwardFunction = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -103,9 +111,18 @@ class Enhancer:
 
     The generator is moved to ``settings.device`` (and to channels_last when asked) and put in
     eval mode; the Enhancer owns it from then on.
+
+    ``forward``: run this instead of the generator (see the module notes on its contract); the
+    generator then only supplies the config, and ``device``, ``precision`` and
+    ``channels_last`` are the forward's business.
     """
 
-    def __init__(self, generator: Generator, settings: EnhancerSettings | None = None) -> None:
+    def __init__(
+        self,
+        generator: Generator,
+        settings: EnhancerSettings | None = None,
+        forward: ForwardFunction | None = None,
+    ) -> None:
         self.settings = (settings or EnhancerSettings()).validate()
         self.device = torch.device(self.settings.device)
         generator = unwrap_module(generator).to(self.device).eval()
@@ -113,6 +130,7 @@ class Enhancer:
             generator = generator.to(memory_format=torch.channels_last)
         self.generator = generator
         self.config: GeneratorConfig = generator.config
+        self.external_forward = forward
 
     @classmethod
     def from_checkpoint(
@@ -198,12 +216,33 @@ class Enhancer:
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """One generator forward on the device; float32 result on the host."""
+        if self.external_forward is not None:
+            return self._external_forward(batch)
         inputs = batch.to(self.device, dtype=torch.float32, non_blocking=True)
         if self.settings.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             outputs = self.generator(inputs)
         return outputs.float().cpu().contiguous()
+
+    def _external_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """The pluggable forward, with the generator's own halving and padding around it."""
+        height, width = batch.shape[-2:]
+        inputs = batch.detach().to("cpu", torch.float32)
+        halve_above = self.config.halve_above_width
+        halve = halve_above is not None and width > halve_above
+        if halve:
+            inputs = F.avg_pool2d(inputs, 2)
+        padded, padding = pad_to_multiple(inputs, self.config.pad_multiple)
+        outputs = crop_padding(self.external_forward(padded.contiguous()), padding)
+        if halve:
+            outputs = F.interpolate(
+                outputs,
+                size=(height, width),
+                mode="bilinear",
+                align_corners=self.config.upsample_align_corners,
+            )
+        return outputs.float().contiguous()
 
     def _enhance_whole_image_tiled(self, image: torch.Tensor) -> torch.Tensor:
         """One (1, 3, H, W) image, tiled, with the reference's halving decided on the whole."""

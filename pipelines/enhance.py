@@ -59,6 +59,7 @@ from pipelines.enhance_plan import (
 )
 from pipelines.errors import UserError
 from pipelines.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from pipelines.inference_backends import add_backend_argument, choose_backend
 from pipelines.listing import PAGE_SIZE, ListingSource
 from pipelines.ray_runtime import add_ray_arguments, init_ray
 from pipelines.report import (
@@ -98,8 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=("auto", "fp32", "bf16", "fp16"),
         default="auto",
-        help="auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32",
+        help="auto: bf16 on GPUs and on CPUs with AMX, else fp32 (onnxruntime runs fp32 only)",
     )
+    add_backend_argument(parser)
     parser.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC"
     )
@@ -170,6 +172,7 @@ def inference_settings(args, total_cpus: float | None = None) -> InferenceSettin
         threads = max(1, int(total_cpus // max(1, args.workers)))
     return InferenceSettings(
         device="cuda" if args.gpus_per_worker > 0 else "cpu",
+        backend=args.backend,
         precision=args.precision,
         channels_last=args.channels_last,
         batch_size=args.batch_size,
@@ -192,6 +195,7 @@ def _check_arguments(args) -> None:
         raise UserError("--limit must be >= 0")
     if args.report_samples < 0:
         raise UserError("--report-samples must be >= 0")
+    choose_backend(args.backend, args.precision, "cuda" if args.gpus_per_worker > 0 else "cpu")
 
 
 def run(args) -> int:

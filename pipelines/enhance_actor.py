@@ -41,6 +41,7 @@ class InferenceSettings:
     """How each actor runs the generator (mirrors ``enlightengan.inference.EnhancerSettings``)."""
 
     device: str = "cpu"
+    backend: str = "auto"
     precision: str = "fp32"
     channels_last: bool = True
     batch_size: int = 4
@@ -203,34 +204,17 @@ def stage_checkpoint(files: dict[str, bytes]) -> Path:
     return directory
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto``: bf16 autocast on CUDA and on CPUs with native bf16 arithmetic (AVX512-BF16 or
-    AMX, where it roughly halves the time at a PSNR cost the benchmark reports); else fp32
-    (emulated bf16 on AVX2 is slower than fp32)."""
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        return "bf16"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = cpuinfo.read(1 << 20)
-    except OSError:
-        return "fp32"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
-
-
 def build_enhancer(checkpoint_dir: str | os.PathLike, settings: InferenceSettings):
-    """The ``enlightengan`` Enhancer for a local checkpoint directory and these settings."""
+    """The Enhancer for a local checkpoint directory and these settings, on the backend that
+    ``settings.backend`` names or ``auto`` chooses (``pipelines.inference_backends``)."""
     import torch
 
-    from enlightengan.checkpoint import load_generator
-    from enlightengan.inference import Enhancer, EnhancerSettings
+    from pipelines.inference_backends import build_backend_enhancer
 
     if settings.torch_threads:
         torch.set_num_threads(min(settings.torch_threads, os.cpu_count() or 1))
     options = {
         "device": settings.device,
-        "precision": resolve_precision(settings.precision, settings.device),
         "channels_last": settings.channels_last,
         "batch_size": settings.batch_size,
     }
@@ -238,8 +222,7 @@ def build_enhancer(checkpoint_dir: str | os.PathLike, settings: InferenceSetting
         options["tile_size"] = settings.tile_size
     if settings.tile_overlap is not None:
         options["tile_overlap"] = settings.tile_overlap
-    generator = load_generator(checkpoint_dir, map_location="cpu")
-    return Enhancer(generator, EnhancerSettings(**options))
+    return build_backend_enhancer(checkpoint_dir, settings, options)
 
 
 class EnhanceActor:

@@ -35,6 +35,7 @@ from pipelines.enhance_actor import (
 )
 from pipelines.errors import UserError
 from pipelines.images import DEFAULT_MAX_PIXELS
+from pipelines.inference_backends import add_backend_argument, choose_backend
 from pipelines.ray_runtime import add_ray_arguments, init_ray
 from pipelines.storage import (
     IMAGE_EXTENSIONS,
@@ -99,6 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="0: CPU actors")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward")
     parser.add_argument("--tile-size", type=int, default=1024, help="tile above this; 0: never")
+    # torch fp32 by default: the scores describe the model as PyTorch runs it.
+    add_backend_argument(parser, default="torch")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="bomb limit")
     add_storage_arguments(parser)
     add_ray_arguments(parser)
@@ -206,6 +209,7 @@ def run_pipeline(keys, source, checkpoint_files, args, compared_files=None) -> l
     )
     settings = InferenceSettings(
         device="cuda" if args.gpus_per_worker > 0 else "cpu",
+        backend=args.backend,
         batch_size=args.batch_size,
         tile_size=args.tile_size or None,
     )
@@ -393,6 +397,7 @@ def run(args) -> int:
         raise UserError("--limit must be >= 1")
     if not args.gamma > 0:
         raise UserError("--gamma must be > 0")
+    choose_backend(args.backend, "fp32", "cuda" if args.gpus_per_worker > 0 else "cpu")
     paper_set = paper_set_for(args.paper_set, args.input)
     options = StorageOptions.from_args(args)
     source = check_access(resolve(args.input, options))

@@ -75,7 +75,7 @@ def test_evaluate_writes_scores_equal_to_direct_niqe(
     assert table["broken.jpg"]["status"] == "failed" and table["broken.jpg"]["reason"]
     assert math.isnan(table["tiny.png"]["niqe_input"])  # smaller than one 96x96 NIQE block
 
-    enhancer = build_enhancer(checkpoint, InferenceSettings(batch_size=1))
+    enhancer = build_enhancer(checkpoint, InferenceSettings(backend="torch", batch_size=1))
     for key in ("coffee.png", "rocket.png"):
         pixels = decode_image((lime_folder / key).read_bytes()).array
         row = table[key]
@@ -163,7 +163,7 @@ def test_compare_scores_the_shipped_starter_model_in_its_own_column(
     assert "compared with the shipped starter model" in capsys.readouterr().err
     table = {row["key"]: row for row in pq.read_table(output / "scores.parquet").to_pylist()}
     starter = Enhancer(load_starter_generator(), EnhancerSettings(batch_size=1))
-    tiny = build_enhancer(checkpoint, InferenceSettings(batch_size=1))
+    tiny = build_enhancer(checkpoint, InferenceSettings(backend="torch", batch_size=1))
     for key in ("coffee.png", "chelsea.png"):
         pixels = decode_image((lime_folder / key).read_bytes()).array
         row = table[key]
