@@ -223,8 +223,8 @@ class ManifestSink(Datasink):
 
 
 def summarize_run(target: ManifestTarget) -> dict:
-    """Counts by status and failure reason, and bytes written, of one run's manifest parts,
-    read a batch at a time."""
+    """Counts by status and failure reason, and bytes written (by this run: enhanced rows
+    only), of one run's manifest parts, read a batch at a time."""
     filesystem = target.filesystem
     manifest_root = f"{target.output_root.rstrip('/')}/{MANIFEST_DIR}"
     parts = [
@@ -249,5 +249,7 @@ def summarize_run(target: ManifestTarget) -> dict:
                 )
                 if status == FAILED
             )
-            output_bytes += pc.sum(batch["output_bytes"]).as_py() or 0
+            # A skipped row records the size of the object an earlier run wrote.
+            written = pc.equal(batch["status"], ENHANCED)
+            output_bytes += pc.sum(pc.if_else(written, batch["output_bytes"], 0)).as_py() or 0
     return {"status": dict(statuses), "reasons": dict(reasons), "output_bytes": output_bytes}

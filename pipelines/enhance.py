@@ -42,6 +42,7 @@ from pipelines.enhance_actor import (
     decode_stage,
     load_checkpoint_files,
     stage_checkpoint,
+    start_checkpoint_holder,
 )
 from pipelines.enhance_plan import (
     CHECK_ROWS,
@@ -62,6 +63,7 @@ from pipelines.storage import (
     StorageOptions,
     add_storage_arguments,
     check_access,
+    delete_file,
     resolve,
     write_bytes,
 )
@@ -216,7 +218,7 @@ def check_writable(output: Location, uri: str) -> None:
     probe = f"{_manifest_root(output)}/.write-check-{uuid.uuid4().hex}"
     try:
         write_bytes(Location(output.filesystem, probe, probe), b"enlightengan write check\n")
-        output.filesystem.delete_file(probe)
+        delete_file(Location(output.filesystem, probe, probe))
     except (OSError, UserError) as error:
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"cannot write to the output {uri}: {detail}") from None
@@ -280,14 +282,14 @@ def run_pipeline(work, source: Location, output: Location, checkpoint_files, arg
 
     total_cpus = ray.cluster_resources().get("CPU", 1.0)
     settings = inference_settings(args, total_cpus)
-    files_ref = ray.put(checkpoint_files)
+    holder, holder_name = start_checkpoint_holder(checkpoint_files, target.run_id)
     dataset = work.repartition(target_num_rows_per_block=_rows_per_block(args.batch_size))
     if args.limit is not None:
         dataset = dataset.limit(args.limit)
     dataset = decode_stage(dataset, source, args.max_pixels)
     dataset = dataset.map_batches(
         EnhanceActor,
-        fn_constructor_kwargs={"checkpoint_files": [files_ref], "settings": settings},
+        fn_constructor_kwargs={"checkpoint_holder": holder_name, "settings": settings},
         compute=ActorPoolStrategy(size=args.workers),
         batch_size=args.batch_size,
         batch_format="numpy",
@@ -308,7 +310,10 @@ def run_pipeline(work, source: Location, output: Location, checkpoint_files, arg
     )
     sink = ManifestSink(target, args.manifest_rows)
     _configure(dataset.context)
-    dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
+    try:
+        dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
+    finally:
+        ray.kill(holder)
 
 
 def _dry_run(work, source: Location, checkpoint_files, args) -> None:
