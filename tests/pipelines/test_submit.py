@@ -30,6 +30,7 @@ from pipelines.devstack import DevStack
 from pipelines.local_services import session_members
 from pipelines.submit import forwarded_arguments
 from tests.fixtures.photos import upload_folder
+from tests.fixtures.seaweed import all_keys, botocore_client
 
 pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[2]
@@ -292,28 +293,6 @@ CONTENT_TYPES_WRITTEN = {
 }
 
 
-def botocore_client(loaded: DevStack):
-    """A real S3 client (botocore, as boto3 and the AWS CLI use) for the dev stack's bucket."""
-    import botocore.config
-    import botocore.session
-
-    credentials = loaded.s3.environment()
-    return botocore.session.get_session().create_client(
-        "s3",
-        endpoint_url=credentials["AWS_ENDPOINT_URL"],
-        region_name=credentials["AWS_REGION"],
-        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-        config=botocore.config.Config(s3={"addressing_style": "path"}),
-    )
-
-
-def all_keys(client, bucket: str, prefix: str) -> list[str]:
-    """Every key under ``prefix`` as the S3 API lists them (no folder logic in between)."""
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return [item["Key"] for page in pages for item in page.get("Contents", ())]
-
-
 class NewUserShell:
     """Commands as a new user types them: a bash whose environment comes only from
     ``eval "$(enlightengan dev env)"`` (no AWS or Ray variables of this process), with the
@@ -366,7 +345,7 @@ def test_ray_cli_and_an_s3_client_as_a_new_user(stack, photo_dataset):
     loaded, state_dir, _ = stack
     shell = NewUserShell(state_dir)
     secret = loaded.s3.environment()["AWS_SECRET_ACCESS_KEY"]
-    client = botocore_client(loaded)
+    client = botocore_client(loaded.s3.environment())
     bucket, base = loaded.bucket, "new-user"
     uri = f"s3://{bucket}/{base}"
     low_files = sorted(photo_dataset.low, key=lambda photo: photo.key)
