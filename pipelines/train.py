@@ -129,8 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--wait-for-workers",
         type=float,
         default=600.0,
-        help="seconds to wait for the resources of the workers (at the start and after a node "
-        "is lost) before the job fails with a message (default 600); without --min-workers",
+        help="seconds to wait for the workers' resources (at the start and after a node is "
+        "lost) before the job ends with a message (default 600); with --min-workers, Ray waits "
+        "below the minimum without a deadline",
     )
     parser.add_argument("--max-failures", type=int, default=3, help="worker-group retries")
     parser.add_argument("--dry-run", action="store_true", help="resolve, print, write config")
@@ -299,9 +300,9 @@ def global_batch_size(batch_size: int, min_workers: int, max_workers: int) -> in
     if any(batch_size % count for count in counts):
         multiple = math.lcm(*counts)
         raise UserError(
-            f"optim.batch_size {batch_size} must be a multiple of every worker count from "
-            f"--min-workers {min_workers} to --workers {max_workers} (of {multiple}) so the "
-            f"global batch stays the same when nodes are lost; e.g. "
+            f"optim.batch_size {batch_size} must be a multiple of each worker count from "
+            f"--min-workers {min_workers} to --workers {max_workers}, i.e. of {multiple}, so "
+            f"the global batch stays the same when nodes are lost; e.g. "
             f"--set optim.batch_size={multiple * max(1, round(batch_size / multiple))}"
         )
     return batch_size
