@@ -75,16 +75,23 @@ def read_manifest(filesystem: pafs.FileSystem, manifest_root: str, columns=None)
 
     Temporary files of interrupted local writes start with ``.`` and are ignored."""
     columns = columns or MANIFEST_SCHEMA.names
-    info = filesystem.get_file_info(manifest_root)
-    if info.type != pafs.FileType.Directory:
+    # The parts listed here, not the folder handed to pyarrow: on S3 the "folder" exists only
+    # while an object is under it, and a store may list it as a folder a moment after its last
+    # object went (the write check's probe).
+    selector = pafs.FileSelector(manifest_root, allow_not_found=True)
+    parts = [
+        info.path
+        for info in filesystem.get_file_info(selector)
+        if info.type == pafs.FileType.File and not info.base_name.startswith((".", "_"))
+    ]
+    if not parts:
         return MANIFEST_SCHEMA.empty_table().select(columns)
     dataset = pads.dataset(
-        manifest_root,
+        parts,
         filesystem=filesystem,
         format="parquet",
         schema=MANIFEST_SCHEMA,
         exclude_invalid_files=False,
-        ignore_prefixes=[".", "_"],
     )
     return dataset.to_table(columns=columns)
 

@@ -329,7 +329,7 @@ class NewUserShell:
         )
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
         status = self.run(f"ray job status {job_id}")
-        assert "SUCCEEDED" in status.stdout + status.stderr, status.stdout + status.stderr
+        assert f"Job '{job_id}' succeeded" in status.stdout + status.stderr, status.stdout
         logs = self.run(f"ray job logs {job_id}")
         assert logs.returncode == 0, logs.stderr
         return logs.stdout
