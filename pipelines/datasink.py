@@ -83,16 +83,23 @@ def read_manifest(filesystem: pafs.FileSystem, manifest_root: str, columns=None)
 
     Temporary files of interrupted local writes start with ``.`` and are ignored."""
     columns = columns or MANIFEST_SCHEMA.names
-    info = filesystem.get_file_info(manifest_root)
-    if info.type != pafs.FileType.Directory:
+    # The parts listed here, not the folder handed to pyarrow: on S3 the "folder" exists only
+    # while an object is under it, and a store may list it as a folder a moment after its last
+    # object went (the write check's probe).
+    selector = pafs.FileSelector(manifest_root, allow_not_found=True)
+    parts = [
+        info.path
+        for info in filesystem.get_file_info(selector)
+        if info.type == pafs.FileType.File and not info.base_name.startswith((".", "_"))
+    ]
+    if not parts:
         return MANIFEST_SCHEMA.empty_table().select(columns)
     dataset = pads.dataset(
-        manifest_root,
+        parts,
         filesystem=filesystem,
         format="parquet",
         schema=MANIFEST_SCHEMA,
         exclude_invalid_files=False,
-        ignore_prefixes=[".", "_"],
     )
     return dataset.to_table(columns=columns)
 
@@ -242,8 +249,9 @@ class ManifestSink(Datasink):
 
 def summarize_run(target: ManifestTarget) -> dict:
     """Counts by status and failure reason, the first :data:`FAILED_KEYS_KEPT` keys of each
-    reason, bytes written and a histogram of darkness scores (:data:`DARKNESS_BINS` bins over
-    0-1) of one run's manifest parts, read a batch at a time."""
+    reason, bytes written by this run (enhanced and copied rows) and a histogram of darkness
+    scores (:data:`DARKNESS_BINS` bins over 0-1) of one run's manifest parts, read a batch at a
+    time."""
     filesystem = target.filesystem
     manifest_root = f"{target.output_root.rstrip('/')}/{MANIFEST_DIR}"
     parts = [
@@ -278,7 +286,9 @@ def summarize_run(target: ManifestTarget) -> dict:
             scores = batch["darkness"].to_numpy(zero_copy_only=False)
             scores = scores[np.isfinite(scores)]
             darkness += np.histogram(scores, bins=DARKNESS_BINS, range=(0.0, 1.0))[0]
-            output_bytes += pc.sum(batch["output_bytes"]).as_py() or 0
+            # A skipped row records the size of the object an earlier run wrote.
+            written = pc.is_in(batch["status"], pa.array([ENHANCED, COPIED]))
+            output_bytes += pc.sum(pc.if_else(written, batch["output_bytes"], 0)).as_py() or 0
     return {
         "status": dict(statuses),
         "reasons": dict(reasons),

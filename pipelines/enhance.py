@@ -48,6 +48,7 @@ from pipelines.enhance_actor import (
     decode_stage,
     load_checkpoint_files,
     stage_checkpoint,
+    start_checkpoint_holder,
 )
 from pipelines.enhance_plan import (
     CHECK_ROWS,
@@ -76,6 +77,7 @@ from pipelines.storage import (
     StorageOptions,
     add_storage_arguments,
     check_access,
+    delete_file,
     display_uri,
     resolve,
     write_bytes,
@@ -249,7 +251,7 @@ def check_writable(output: Location, uri: str) -> None:
     probe = f"{_manifest_root(output)}/.write-check-{uuid.uuid4().hex}"
     try:
         write_bytes(Location(output.filesystem, probe, probe), b"enlightengan write check\n")
-        output.filesystem.delete_file(probe)
+        delete_file(Location(output.filesystem, probe, probe))
     except (OSError, UserError) as error:
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"cannot write to the output {uri}: {detail}") from None
@@ -321,14 +323,14 @@ def run_pipeline(
 
     total_cpus = ray.cluster_resources().get("CPU", 1.0)
     settings = inference_settings(args, total_cpus)
-    files_ref = ray.put(checkpoint_files)
+    holder, holder_name = start_checkpoint_holder(checkpoint_files, target.run_id)
     dataset = work.repartition(target_num_rows_per_block=_rows_per_block(args.batch_size))
     if args.limit is not None:
         dataset = dataset.limit(args.limit)
     dataset = decode_stage(dataset, source, args.max_pixels, policy, sampler)
     dataset = dataset.map_batches(
         EnhanceActor,
-        fn_constructor_kwargs={"checkpoint_files": [files_ref], "settings": settings},
+        fn_constructor_kwargs={"checkpoint_holder": holder_name, "settings": settings},
         compute=ActorPoolStrategy(size=args.workers),
         batch_size=args.batch_size,
         batch_format="numpy",
@@ -350,7 +352,10 @@ def run_pipeline(
     )
     sink = ManifestSink(target, args.manifest_rows)
     _configure(dataset.context)
-    dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
+    try:
+        dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
+    finally:
+        ray.kill(holder)
 
 
 def _dry_run(work, source: Location, checkpoint_files, args, policy=None) -> None:

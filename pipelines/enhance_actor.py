@@ -225,16 +225,48 @@ def build_enhancer(checkpoint_dir: str | os.PathLike, settings: InferenceSetting
     return build_backend_enhancer(checkpoint_dir, settings, options)
 
 
+class CheckpointHolder:
+    """Keeps the generator's files (``{name: bytes}``) for the enhancer actors of one run.
+
+    The driver starts it as a named actor on its own node; an enhancer actor gets only its
+    name. Ray restarts a lost enhancer actor with the same constructor arguments, and a
+    reference into the object store among them (or anything over 100 KB, which Ray puts there)
+    may be gone by then, which Ray warns about at error level for every actor. A name stays
+    valid while the driver runs, and the holder hands out the files again."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self._files = files
+
+    def files(self) -> dict[str, bytes]:
+        return self._files
+
+
+def start_checkpoint_holder(files: dict[str, bytes], run_id: str):
+    """A :class:`CheckpointHolder` named after the run, pinned to the driver's node (it shares
+    the driver's fate anyway); returns ``(handle, name)``. Keep the handle while the job runs."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    name = f"enlightengan-checkpoint-{run_id}"
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    holder = (
+        ray.remote(CheckpointHolder)
+        .options(name=name, num_cpus=0, max_restarts=0, scheduling_strategy=here)
+        .remote(files)
+    )
+    return holder, name
+
+
 class EnhanceActor:
     """Actor-pool stage: loads the generator once, then enhances each batch's decoded images.
 
-    ``checkpoint_files`` is a one-element list holding an ``ObjectRef`` to ``{name: bytes}``
-    (a list so Ray Data passes the reference through instead of resolving it early)."""
+    ``checkpoint_holder`` is the name of the run's :class:`CheckpointHolder` (a string, so a
+    restarted actor gets the files again)."""
 
-    def __init__(self, checkpoint_files: list, settings: InferenceSettings):
+    def __init__(self, checkpoint_holder: str, settings: InferenceSettings):
         import ray
 
-        files = ray.get(checkpoint_files[0])
+        files = ray.get(ray.get_actor(checkpoint_holder).files.remote())
         directory = stage_checkpoint(files)
         self.enhancer = build_enhancer(directory, settings)
 

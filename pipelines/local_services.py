@@ -118,6 +118,9 @@ def session_members(session: int) -> list[int]:
     return members
 
 
+KILL_WAIT_SECONDS = 30.0
+
+
 def stop_processes(processes: list[tuple[int, str, float]]) -> list[int]:
     """Stop each ``(pid, marker, grace_seconds)`` whose command line names ``marker`` (a
     recycled PID is never signalled), with the session it leads: every stack process starts a
@@ -142,11 +145,13 @@ def stop_processes(processes: list[tuple[int, str, float]]) -> list[int]:
         still = []
         for pid, grace in pending:
             left = leftovers(pid)
-            if left and time.monotonic() - started > grace:
+            elapsed = time.monotonic() - started
+            if left and elapsed > grace:
                 for member in left:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(member, signal.SIGKILL)
-            elif left:
+            # Until the killed processes are gone too (a loaded machine takes its time).
+            if left and elapsed <= grace + KILL_WAIT_SECONDS:
                 still.append((pid, grace))
         pending = still
     return [pid for pid, _ in running]

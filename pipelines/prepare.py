@@ -227,8 +227,9 @@ def prepare(
     storage.delete_file(output.child(MANIFEST))
     for stale in (*DOMAINS, REJECTED):
         storage.delete_prefix(output.child(stale))
-    for domain in DOMAINS:
-        output.filesystem.create_dir(output.child(domain).path, recursive=True)
+    if output.is_local:  # on S3 a "folder" would be a zero-byte marker object in listings
+        for domain in DOMAINS:
+            output.filesystem.create_dir(output.child(domain).path, recursive=True)
 
     items = [{"domain": d, "key": k} for d in DOMAINS for k in listed[d]]
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -268,7 +269,7 @@ def prepare(
         sorted(rejected_rows, key=lambda row: (row["domain"], row["key"])),
         schema=pa.schema([(n, pa.string()) for n in ("key", "domain", "reason", "detail")]),
     )
-    with output.filesystem.open_output_stream(output.child(REJECTED).path) as stream:
+    with storage.open_output(output.child(REJECTED)) as stream:
         pq.write_table(rejected_table, stream)
 
     duration = time.perf_counter() - started

@@ -8,6 +8,7 @@ it joins the cluster; a submitted Ray Job finds ``RAY_ADDRESS`` set and must cal
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import ray
@@ -34,6 +35,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    plain_progress_without_terminal()
     if address:
         ray.init(address=address, log_to_driver=True)
         return
@@ -55,6 +57,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         configure_logging=False,
         runtime_env={"worker_process_setup_hook": "pipelines.ray_runtime.quiet_dashboard_checks"},
     )
+
+
+def plain_progress_without_terminal() -> None:
+    """Progress as plain log lines when stdout is not a terminal (a Ray Job's log, a file, a
+    pipe), also for datasets that run inside Ray workers (Ray Train's data shards), whose bars
+    Ray would otherwise draw in this process with cursor-movement escapes."""
+    if not sys.stdout.isatty():
+        from ray.data import DataContext
+
+        DataContext.get_current().use_ray_tqdm = False
 
 
 # Without a dashboard there is no State API, and Ray Train's placement-group cleaner warns

@@ -198,10 +198,10 @@ def write_report(output: Location, facts: RunFacts, summary: dict, sample: list[
         ],
     }
     summary_json = json.dumps(numbers, indent=2, allow_nan=False, default=str)
-    write_object(folder.child("summary.json"), summary_json.encode(), "application/json")
+    write_bytes(folder.child("summary.json"), summary_json.encode())
     page = render_page(facts, summary, sample)
     index = folder.child("index.html")
-    write_object(index, page.encode("utf-8"), "text/html; charset=utf-8")
+    write_bytes(index, page.encode("utf-8"))
     return index.uri
 
 
@@ -209,17 +209,6 @@ def _plain(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value.item() if isinstance(value, np.generic) else value
-
-
-def write_object(location: Location, data: bytes, content_type: str) -> None:
-    """Write a whole object; on an object store with its ``Content-Type`` (so a browser shows
-    it instead of downloading it), locally through :func:`pipelines.storage.write_bytes`."""
-    if location.is_local:
-        write_bytes(location, data)
-        return
-    metadata = {"Content-Type": content_type}
-    with location.filesystem.open_output_stream(location.path, metadata=metadata) as stream:
-        stream.write(data)
 
 
 STATUS_WORDS = {

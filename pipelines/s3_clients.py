@@ -339,8 +339,24 @@ def is_s3_filesystem(filesystem: pafs.FileSystem) -> bool:
 
 
 def access_of(filesystem: pafs.FileSystem) -> S3Access:
-    """The :class:`S3Access` behind a filesystem made by :func:`pyarrow_filesystem`."""
-    return filesystem.handler.access
+    """The :class:`S3Access` behind a filesystem made by :func:`pyarrow_filesystem`, or the
+    endpoint and keys a plain ``pyarrow`` S3 filesystem was built with (as it pickles them)."""
+    if isinstance(filesystem, pafs.PyFileSystem):
+        return filesystem.handler.access
+    state = filesystem.__reduce__()[1][0]
+    endpoint = state.get("endpoint_override") or None
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{state.get('scheme') or 'https'}://{endpoint}"
+    keys = None
+    if state.get("access_key"):
+        keys = (state["access_key"], state["secret_key"], state.get("session_token") or None)
+    return S3Access(
+        region=state.get("region") or DEFAULT_REGION,
+        endpoint=endpoint,
+        ca_bundle=state.get("tls_ca_file_path") or None,
+        credential_source="explicit",
+        carried_keys=keys,
+    )
 
 
 def s3fs_filesystem(access: S3Access):

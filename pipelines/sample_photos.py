@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipelines import storage
+
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
@@ -173,7 +175,7 @@ def upload_folder(local_dir: Path, filesystem, destination: str) -> list[str]:
     keys = []
     for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         key = path.relative_to(local_dir).as_posix()
-        with filesystem.open_output_stream(f"{destination.rstrip('/')}/{key}") as stream:
-            stream.write(path.read_bytes())
+        target = f"{destination.rstrip('/')}/{key}"
+        storage.write_bytes(storage.Location(filesystem, target, target), path.read_bytes())
         keys.append(key)
     return keys

@@ -123,16 +123,28 @@ def read_domain(
 SHARD_SCHEMA = pa.schema([PROCESSED_SCHEMA.field(column) for column in SHARD_COLUMNS])
 
 
-def open_shard_writer(location: storage.Location) -> pq.ParquetWriter:
-    """A Parquet writer for one shard file with the shard schema and compression."""
-    return pq.ParquetWriter(
-        location.path,
-        SHARD_SCHEMA,
-        filesystem=location.filesystem,
-        # PNG bytes do not compress further; the small columns do.
-        compression={"image": "NONE", **{c: "ZSTD" for c in SHARD_COLUMNS if c != "image"}},
-        use_dictionary=["uri"],
-    )
+class ShardWriter:
+    """A Parquet writer for one shard file with the shard schema and compression, streaming
+    into an object that carries its Content-Type (``storage.open_output``)."""
+
+    def __init__(self, location: storage.Location):
+        self._stream = storage.open_output(location)
+        self._writer = pq.ParquetWriter(
+            self._stream,
+            SHARD_SCHEMA,
+            # PNG bytes do not compress further; the small columns do.
+            compression={"image": "NONE", **{c: "ZSTD" for c in SHARD_COLUMNS if c != "image"}},
+            use_dictionary=["uri"],
+        )
+
+    def write_table(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self._stream.close()
 
 
 def drop_rows(location: storage.Location, name: str, keys: set[str]) -> tuple[str, int]:
@@ -144,7 +156,7 @@ def drop_rows(location: storage.Location, name: str, keys: set[str]) -> tuple[st
     dropped_bytes = pc.sum(pc.binary_length(table.filter(dropped).column("image"))).as_py() or 0
     new_name = f"{name.removesuffix('.parquet')}-d{uuid.uuid4().hex[:6]}.parquet"
     if kept.num_rows:
-        writer = open_shard_writer(location.child(new_name))
+        writer = ShardWriter(location.child(new_name))
         writer.write_table(kept)
         writer.close()
     storage.delete_file(location.child(name))
@@ -165,7 +177,7 @@ class ShardDatasink(Datasink):
         return not self.output.is_local
 
     def write(self, blocks, ctx) -> dict:
-        writers: dict[str, tuple[str, pq.ParquetWriter]] = {}
+        writers: dict[str, tuple[str, ShardWriter]] = {}
         written = dict.fromkeys(DOMAINS, 0)
         hashes: dict[str, list[tuple[str, str]]] = {domain: [] for domain in DOMAINS}
         rejected, image_bytes = [], 0
@@ -202,9 +214,9 @@ class ShardDatasink(Datasink):
             "rejected": rejected,
         }
 
-    def _open_shard(self, domain: str, task_index: int) -> tuple[str, pq.ParquetWriter]:
+    def _open_shard(self, domain: str, task_index: int) -> tuple[str, ShardWriter]:
         name = f"part-{task_index:05d}-{uuid.uuid4().hex[:12]}.parquet"
-        return name, open_shard_writer(self.output.child(domain).child(name))
+        return name, ShardWriter(self.output.child(domain).child(name))
 
     def on_write_complete(self, write_result) -> None:
         self.results = list(write_result.write_returns)

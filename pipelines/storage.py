@@ -251,9 +251,46 @@ def read_bytes(target, max_bytes: int | None = None) -> bytes:
         return stream.read()
 
 
+# What every object this project writes is, so that browsers and CDNs show an image instead
+# of downloading it: AWS S3 and MinIO store what the PUT says (pyarrow's default is
+# application/octet-stream) and do not guess from the key.
+CONTENT_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".parquet": "application/vnd.apache.parquet",
+    ".json": "application/json",
+    ".jsonl": "application/jsonl",
+    ".txt": "text/plain; charset=utf-8",
+    ".csv": "text/csv; charset=utf-8",
+    ".md": "text/markdown; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+}
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+def content_type(path: str) -> str:
+    """The Content-Type of an object from its key's extension (case-insensitive)."""
+    return CONTENT_TYPES.get(posixpath.splitext(path)[1].lower(), DEFAULT_CONTENT_TYPE)
+
+
+def open_output(location: Location):
+    """An output stream for one whole object, with its Content-Type on S3 (where
+    ``open_output_stream`` takes object metadata; a local file has none)."""
+    if location.is_s3:
+        metadata = {"Content-Type": content_type(location.path)}
+        return location.filesystem.open_output_stream(location.path, metadata=metadata)
+    return location.filesystem.open_output_stream(location.path)
+
+
 def write_bytes(target, data: bytes) -> None:
     """Write a whole object; locally via a temporary file and rename, so readers never see half
-    a file (an S3 PUT is atomic already)."""
+    a file (an S3 PUT is atomic already). On S3 the object gets its Content-Type."""
     location = as_location(target)
     filesystem = location.filesystem
     parent = posixpath.dirname(location.path)
@@ -265,7 +302,7 @@ def write_bytes(target, data: bytes) -> None:
         os.replace(temporary, location.path)
         return
     try:
-        with filesystem.open_output_stream(location.path) as stream:
+        with open_output(location) as stream:
             stream.write(data)
     except OSError as error:
         raise _explain(error, location) from None
@@ -279,6 +316,9 @@ def exists(target) -> bool:
 def delete_prefix(target) -> None:
     """Remove everything under a location (no error when there is nothing)."""
     location = as_location(target)
+    if location.is_s3:
+        _delete_s3_objects(location, prefix=True)
+        return
     info = location.filesystem.get_file_info(location.path)
     if info.type == pafs.FileType.Directory:
         location.filesystem.delete_dir_contents(location.path, missing_dir_ok=True)
@@ -288,10 +328,39 @@ def delete_prefix(target) -> None:
 
 def delete_file(target) -> None:
     location = as_location(target)
+    if location.is_s3:
+        _delete_s3_objects(location, prefix=False)
+        return
     try:
         location.filesystem.delete_file(location.path)
     except FileNotFoundError:
         pass
+
+
+def _delete_s3_objects(location: Location, prefix: bool) -> None:
+    """Delete the object at ``location`` (and, with ``prefix``, every object under it) with
+    plain S3 calls. S3 has no folders; pyarrow's deletes write a zero-byte ``parent/`` marker
+    object after each one so that an emptied "directory" still exists, and those markers
+    would litter every listing."""
+    from pipelines.listing import _as_storage_error
+
+    bucket, _, key = location.path.strip("/").partition("/")
+    client = s3_clients.botocore_client(s3_clients.access_of(location.filesystem))
+    try:
+        keys = [key] if key else []
+        if prefix:
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=f"{key}/" if key else ""
+            )
+            keys += [item["Key"] for page in pages for item in page.get("Contents", ())]
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": name} for name in keys[start : start + 1000]]
+            answer = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            refused = answer.get("Errors") or []
+            if refused:
+                raise OSError(f"S3 refused to delete {len(refused)} objects: {refused[0]['Code']}")
+    except Exception as error:
+        raise _as_storage_error(error) from None
 
 
 def fsspec_filesystem(uri: str, options: StorageOptions | None = None):

@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 from enlightengan.config import EnlightenGANConfig
@@ -117,6 +118,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="PACK",
         help="worker placement across nodes (STRICT_SPREAD: one worker per node)",
     )
+    parser.add_argument(
+        "--min-workers",
+        type=int,
+        default=None,
+        help="continue on this many workers or more when nodes are lost, with the same global "
+        "batch (default: --workers, i.e. wait for the lost capacity to come back)",
+    )
+    parser.add_argument(
+        "--wait-for-workers",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the workers' resources (at the start and after a node is "
+        "lost) before the job ends with a message (default 600); with --min-workers, Ray waits "
+        "below the minimum without a deadline",
+    )
     parser.add_argument("--max-failures", type=int, default=3, help="worker-group retries")
     parser.add_argument("--dry-run", action="store_true", help="resolve, print, write config")
     parser.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)
@@ -140,6 +156,13 @@ class TrainJob:
     domain_counts: dict
     options: storage.StorageOptions = storage.StorageOptions()
     placement_strategy: str = "PACK"
+    min_workers: int | None = None
+    wait_for_workers_s: float = 600.0
+
+    @property
+    def elastic(self) -> bool:
+        """Fewer workers allowed than asked for: Ray Train's elastic scaling."""
+        return self.min_workers is not None and self.min_workers < self.workers
 
     def describe(self) -> dict:
         """What config.json holds: URIs as displayed, no credentials."""
@@ -154,7 +177,8 @@ class TrainJob:
             max_failures=self.max_failures,
             placement=self.placement_strategy,
             domain_counts=self.domain_counts,
-            global_batch=self.worker.per_worker_batch * self.workers,
+            min_workers=self.min_workers or self.workers,
+            wait_for_workers_s=self.wait_for_workers_s,
         )
         return {"config": self.config.to_dict(), "job": job}
 
@@ -199,12 +223,12 @@ def resolve_job(args) -> TrainJob:
     for name in ("checkpoint_every", "keep_checkpoints", "report_every", "max_failures"):
         if getattr(args, name) < (0 if name == "max_failures" else 1):
             raise UserError(f"--{name.replace('_', '-')} must be positive")
-    per_worker_batch = config.optim.batch_size // args.workers
-    if per_worker_batch < 1:
-        raise UserError(
-            f"optim.batch_size {config.optim.batch_size} is smaller than --workers "
-            f"{args.workers}: each worker needs >= 1 image per step"
-        )
+    min_workers = args.workers if args.min_workers is None else args.min_workers
+    if not 1 <= min_workers <= args.workers:
+        raise UserError(f"--min-workers must be between 1 and --workers ({args.workers})")
+    if args.wait_for_workers <= 0:
+        raise UserError("--wait-for-workers must be > 0 seconds")
+    global_batch = global_batch_size(config.optim.batch_size, min_workers, args.workers)
     options = storage.StorageOptions.from_args(args)
     data = storage.check_access(storage.resolve(args.data, options))
     manifest = shards.check_prepared(args.data, options)
@@ -215,7 +239,7 @@ def resolve_job(args) -> TrainJob:
                 f"the {domain} domain has {count} images, fewer than --workers "
                 f"{args.workers}: every worker needs at least one"
             )
-    steps_per_epoch = epoch_length(counts, per_worker_batch * args.workers)
+    steps_per_epoch = epoch_length(counts, global_batch)
     if args.steps is not None and args.steps < 1 or args.epochs is not None and args.epochs < 1:
         raise UserError("--steps and --epochs must be >= 1")
     epochs = args.epochs if args.epochs is not None else config.optim.total_epochs
@@ -228,7 +252,7 @@ def resolve_job(args) -> TrainJob:
         config=config.to_dict(),
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
-        per_worker_batch=per_worker_batch,
+        global_batch=global_batch,
         experiment_name=EXPERIMENT_NAME,
         checkpoint_every=args.checkpoint_every,
         sample_every=max(0, args.sample_every),
@@ -236,7 +260,7 @@ def resolve_job(args) -> TrainJob:
         precision=args.precision,
         shuffle_buffer=max(0, args.shuffle_buffer),
         fail_at_step=args.fail_at_step,
-        in_memory_domains=in_memory_domains(args.data, options, args.workers, args.memory_mb),
+        in_memory_domains=in_memory_domains(args.data, options, min_workers, args.memory_mb),
         torch_threads=args.torch_threads,
     )
     return TrainJob(
@@ -252,7 +276,36 @@ def resolve_job(args) -> TrainJob:
         counts,
         options,
         args.placement,
+        min_workers,
+        args.wait_for_workers,
     )
+
+
+def global_batch_size(batch_size: int, min_workers: int, max_workers: int) -> int:
+    """The global batch every step takes, whatever the number of workers.
+
+    A fixed worker count takes ``workers * (batch_size // workers)``. An elastic one (fewer
+    workers allowed) keeps ``batch_size`` itself, so each count in the range must divide it:
+    the learning-rate schedule counts epochs in steps of that global batch, and a resumed run
+    must see the same epoch length on any number of workers.
+    """
+    if batch_size < max_workers and min_workers == max_workers:
+        raise UserError(
+            f"optim.batch_size {batch_size} is smaller than --workers "
+            f"{max_workers}: each worker needs >= 1 image per step"
+        )
+    if min_workers == max_workers:
+        return max_workers * (batch_size // max_workers)
+    counts = range(min_workers, max_workers + 1)
+    if any(batch_size % count for count in counts):
+        multiple = math.lcm(*counts)
+        raise UserError(
+            f"optim.batch_size {batch_size} must be a multiple of each worker count from "
+            f"--min-workers {min_workers} to --workers {max_workers}, i.e. of {multiple}, so "
+            f"the global batch stays the same when nodes are lost; e.g. "
+            f"--set optim.batch_size={multiple * max(1, round(batch_size / multiple))}"
+        )
+    return batch_size
 
 
 def decoded_megabytes(data_uri: str, domain: str, options) -> float:
@@ -338,7 +391,7 @@ def run_training(job: TrainJob):
         train_loop_per_worker,
         train_loop_config=job.worker.to_dict(),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=job.workers,
+            num_workers=(job.min_workers, job.workers) if job.elastic else job.workers,
             use_gpu=job.use_gpu,
             resources_per_worker=resources,
             placement_strategy=job.placement_strategy,
@@ -348,11 +401,53 @@ def run_training(job: TrainJob):
             storage_path=job.run.path,
             storage_filesystem=job.run.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=job.max_failures,
+                controller_failure_limit=startup_retries(job.wait_for_workers_s),
+            ),
         ),
         datasets=datasets,
     )
     return trainer.fit()
+
+
+def worker_group_start_timeout() -> float:
+    """Seconds Ray Train waits for one worker group's resources (its own setting)."""
+    from ray.train.v2._internal.constants import (
+        DEFAULT_WORKER_GROUP_START_TIMEOUT_S,
+        WORKER_GROUP_START_TIMEOUT_S_ENV_VAR,
+    )
+
+    return float(
+        os.environ.get(WORKER_GROUP_START_TIMEOUT_S_ENV_VAR, DEFAULT_WORKER_GROUP_START_TIMEOUT_S)
+    )
+
+
+def startup_retries(wait_for_workers_s: float) -> int:
+    """Ray Train retries a worker group that could not get its resources within its start
+    timeout as a controller failure, without limit by default: the first try and this many
+    retries make the ``--wait-for-workers`` deadline."""
+    return max(0, math.ceil(wait_for_workers_s / worker_group_start_timeout()) - 1)
+
+
+def failure_message(job: TrainJob, error: Exception) -> str:
+    """One line on why training stopped, with what to do."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    run = storage.display_uri(job.run.uri)
+    if isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):
+        wanted = job.workers if not job.elastic else f"{job.min_workers}-{job.workers}"
+        return (
+            f"train: the cluster could not place {wanted} workers "
+            f"({job.cpus_per_worker} CPUs{' and 1 GPU' if job.use_gpu else ''} each) within "
+            f"--wait-for-workers {job.wait_for_workers_s:g} s (a node lost, or never there); "
+            f"the checkpoints in {run} are kept: run the same command again when the capacity "
+            f"is back, or add --min-workers to go on with fewer"
+        )
+    return (
+        f"train: failed after {job.max_failures} retries: {error}; the checkpoints in {run} "
+        f"are kept, run the same command again to resume"
+    )
 
 
 def run(args) -> int:
@@ -371,7 +466,7 @@ def run(args) -> int:
     try:
         result = run_training(job)
     except ray.train.TrainingFailedError as error:
-        print(f"train: failed after {job.max_failures} retries: {error}")
+        print(failure_message(job, error))
         return 1
     pointer = json.loads(storage.read_bytes(job.run.child(LATEST_POINTER)))
     metrics = result.metrics or {}

@@ -63,7 +63,7 @@ class WorkerSettings:
     config: dict
     total_steps: int
     steps_per_epoch: int
-    per_worker_batch: int
+    global_batch: int
     experiment_name: str = "train"
     checkpoint_every: int = 500
     sample_every: int = 500
@@ -76,6 +76,11 @@ class WorkerSettings:
 
     def __post_init__(self):
         object.__setattr__(self, "in_memory_domains", tuple(self.in_memory_domains))
+
+    def per_worker_batch(self, world_size: int) -> int:
+        """Each worker's share of the global batch: an elastic run that lost workers keeps the
+        global batch (the driver checked that every allowed worker count divides it)."""
+        return self.global_batch // world_size
 
     def model_config(self) -> EnlightenGANConfig:
         return EnlightenGANConfig.from_dict(self.config).validate()
@@ -242,6 +247,25 @@ def _restore_state(checkpoint) -> object | None:
         return load_checkpoint(directory)
 
 
+def _latest_state(run: RunFiles) -> object | None:
+    """The newer of Ray Train's latest checkpoint and the run's ``latest_checkpoint.json``.
+
+    Ray Train counts a reported checkpoint only once its controller has collected the report;
+    a node lost right after a checkpoint can take the report with it, and Ray would restart
+    from an older checkpoint (or from scratch). The pointer is written after the checkpoint is
+    complete in storage, so it is safe to resume from."""
+    restored = _restore_state(ray.train.get_checkpoint())
+    text = run.read_text(LATEST_POINTER)
+    if text is None:
+        return restored
+    pointer = json.loads(text)
+    if restored is not None and restored.step >= pointer["step"]:
+        return restored
+    location = run.location(pointer["path"])
+    log.info(f"train: resuming from {pointer['path']} (step {pointer['step']})")
+    return _restore_state(ray.train.Checkpoint(location.path, filesystem=run.filesystem))
+
+
 def _average_over_workers(losses: dict[str, float], world_size: int) -> dict[str, float]:
     if world_size == 1:
         return losses
@@ -305,7 +329,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    restored = _restore_state(ray.train.get_checkpoint())
+    restored = _latest_state(run)
     vgg = build_vgg_features(config.loss.vgg_weights, flavour=config.loss.vgg_flavour)
     torch.manual_seed(config.seed)  # identical initial weights on every rank and attempt
     modules = build_modules(config, vgg)
@@ -335,18 +359,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
         return
 
     shuffle_seed = config.seed * 101 + rank * 13 + step
+    per_worker_batch = settings.per_worker_batch(world)
     prefetcher = BatchPrefetcher(
         *(
             cycle_rows(
                 ray.train.get_dataset_shard(domain),
-                settings.per_worker_batch,
+                per_worker_batch,
                 settings.shuffle_buffer,
                 shuffle_seed + index,
                 keep_in_memory=domain in settings.in_memory_domains,
             )
             for index, domain in enumerate(DOMAINS)
         ),
-        settings.per_worker_batch,
+        per_worker_batch,
         config.augment,
         augment_rng,
     )
@@ -375,7 +400,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 "epoch": epoch,
                 "lr": lr,
                 **losses,
-                "images_per_s": settings.per_worker_batch * world / elapsed,
+                "workers": world,
+                "images_per_s": per_worker_batch * world / elapsed,
                 "step_time_s": elapsed,
                 "data_wait_share": waited / elapsed,
                 "time": time.time(),
@@ -456,7 +482,9 @@ def _checkpoint_and_report(
                     "lr": record["lr"],
                     "steps_per_epoch": settings.steps_per_epoch,
                     "total_steps": settings.total_steps,
-                    "per_worker_batch": settings.per_worker_batch,
+                    "per_worker_batch": settings.per_worker_batch(
+                        ray.train.get_context().get_world_size()
+                    ),
                     "world_size": ray.train.get_context().get_world_size(),
                     "worker_nodes": worker_nodes,
                 },

@@ -182,19 +182,26 @@ def test_resume_after_limit_and_partial_output_redoes_only_missing(
     assert enhance(*common, "--dry-run") == 0
     assert "would enhance: 4" in capsys.readouterr().out
     assert enhance(*common) == 0
-    assert "enhanced: 4  skipped: 1  failed: 0" in capsys.readouterr().out
+    second_summary = capsys.readouterr().out
+    assert "enhanced: 4  skipped: 1  failed: 0" in second_summary
     assert (output / sorted(done_first)[1]).stat().st_mtime_ns == mtime_kept
     rows = manifest_rows(str(output))
     second_run = [row for row in rows if row not in first]
     enhanced_again = sorted(row["key"] for row in second_run if row["status"] == "enhanced")
     assert cut in enhanced_again and orphan in enhanced_again and len(enhanced_again) == 4
+    # Bytes written counts this run's objects, not the size of the one it skipped.
+    written = sum(row["output_bytes"] for row in second_run if row["status"] == "enhanced")
+    assert f", {written} bytes written" in second_summary
     for path in source.rglob("*.*"):
         key = path.relative_to(source).as_posix()
         size = decode_image(path.read_bytes()).array.shape[:2]
         assert decode_image((output / key).read_bytes()).array.shape[:2] == size
 
     assert enhance(*common) == 0
-    assert "enhanced: 0  skipped: 5  failed: 0" in capsys.readouterr().out
+    all_skipped = capsys.readouterr().out
+    assert (
+        "enhanced: 0  skipped: 5  failed: 0" in all_skipped and ", 0 bytes written" in all_skipped
+    )
     assert enhance(*common, "--overwrite", "--format", "png", "--limit", "1") == 0
     assert "enhanced: 1" in capsys.readouterr().out
     assert len([p for p in output.rglob("*.png") if "_manifest" not in p.parts]) >= 3

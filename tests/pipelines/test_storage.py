@@ -7,6 +7,7 @@ from pyarrow import fs as pafs
 
 from pipelines import storage
 from pipelines.errors import UserError
+from tests.fixtures.seaweed import all_keys, botocore_client
 
 
 def test_local_paths_and_file_uris_resolve_to_the_same_place(tmp_path):
@@ -146,3 +147,34 @@ def test_fsspec_filesystem_reads_what_storage_wrote(s3_env):
     storage.write_bytes(f"s3://{bucket}/f/a.jpg", b"abc")
     filesystem, path = storage.fsspec_filesystem(f"s3://{bucket}/f")
     assert filesystem.cat_file(f"{path}/a.jpg") == b"abc"
+
+
+def test_objects_carry_their_content_type_and_deletes_leave_no_folder_objects(s3_env):
+    """Read back with a real S3 client: each object's Content-Type comes from its extension
+    (SeaweedFS would guess some itself; AWS S3 and MinIO keep what the PUT said), and deleting
+    leaves no zero-byte ``prefix/`` objects behind (pyarrow's own deletes write them)."""
+    bucket = s3_env.make_bucket("types")
+    client = botocore_client(s3_env.env())
+    expected = {
+        "out/a b/photo.JPG": "image/jpeg",
+        "out/photo.jpeg": "image/jpeg",
+        "out/plot.png": "image/png",
+        "out/nested/deep/photo.webp": "image/webp",
+        "out/shards/low/part-0.parquet": "application/vnd.apache.parquet",
+        "out/manifest.json": "application/json",
+        "out/metrics.jsonl": "application/jsonl",
+        "out/weights.pt": "application/octet-stream",
+    }
+    for key in expected:
+        storage.write_bytes(storage.resolve(f"s3://{bucket}/{key}"), b"data")
+    for key, content_type in expected.items():
+        assert client.head_object(Bucket=bucket, Key=key)["ContentType"] == content_type, key
+
+    storage.delete_file(storage.resolve(f"s3://{bucket}/out/manifest.json"))
+    storage.delete_file(storage.resolve(f"s3://{bucket}/out/nested/deep/photo.webp"))
+    storage.delete_prefix(storage.resolve(f"s3://{bucket}/out/shards"))
+    storage.delete_file(storage.resolve(f"s3://{bucket}/out/never-written.json"))
+    assert all_keys(client, bucket) == sorted(
+        key for key in expected if "manifest" not in key and "nested" not in key
+        and "shards" not in key
+    )  # fmt: skip

@@ -17,6 +17,8 @@ import os
 import re
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,10 @@ from pipelines.devstack import DevStack
 from pipelines.local_services import session_members
 from pipelines.submit import forwarded_arguments
 from tests.fixtures.photos import upload_folder
+from tests.fixtures.seaweed import all_keys, botocore_client
 
 pytestmark = pytest.mark.timeout(300)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -245,6 +249,8 @@ def test_secrets_in_arguments_or_runtime_env_are_refused(cluster_env, tmp_path):
     prepare = ["--low", "a", "--normal", "b", "--out", "c"]
     code, _, err = run_cli("submit", "prepare", *address, "--metadata", f"k={secret}", *prepare)
     assert code == 2 and "secret" in err and secret not in err
+    documented = re.search(r"see ([\w/.-]+\.md), (\w+)", err)
+    assert f"## {documented[2]}" in (REPO / documented[1]).read_text()  # the page and section
     code, _, err = run_cli("submit", "prepare", *address, *prepare, "--out", f"s3://{secret}/x")
     assert code == 2 and secret not in err
     leaky = tmp_path / "runtime_env.yaml"
@@ -265,3 +271,173 @@ def test_submit_options_are_removed_and_job_options_kept_verbatim():
         "--",
         "--follow",
     ]
+
+
+# Keys a user's bucket may well hold: a space, a plus, a literal "%20", a decomposed (NFD)
+# accent and CJK; each must come back byte for byte under the output prefix.
+# In the order of the low-light photos' own keys, with the same formats.
+AWKWARD_KEYS = (
+    "night/with space.jpg",
+    "night/plus+sign.png",
+    "夜景/東京.png",
+    "night/literal%20percent.JPG",
+    "night/cafe\u0301.jpeg",
+)
+CONTENT_TYPES_WRITTEN = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".parquet": "application/vnd.apache.parquet",
+    ".json": "application/json",
+    ".jsonl": "application/jsonl",
+}
+
+
+class NewUserShell:
+    """Commands as a new user types them: a bash whose environment comes only from
+    ``eval "$(enlightengan dev env)"`` (no AWS or Ray variables of this process), with the
+    project's ``enlightengan`` and Ray's own ``ray`` on the PATH, run from the checkout."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+        self.env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("AWS_", "RAY_")) or name == "RAY_AUTH_MODE"
+        }
+        self.env["PATH"] = f"{Path(sys.executable).parent}:{self.env['PATH']}"
+        self.outputs: list[str] = []
+
+    def run(self, command: str, timeout: float = 400) -> subprocess.CompletedProcess:
+        script = f'eval "$(enlightengan dev env --state-dir {self.state_dir})"\n{command}'
+        completed = subprocess.run(
+            ["bash", "-c", script],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        self.outputs.append(completed.stdout + completed.stderr)
+        return completed
+
+    def job(self, job_id: str, entrypoint: str) -> str:
+        """``ray job submit`` (it follows the logs), then the job's full log via ``ray job
+        logs``; fails the test unless the job SUCCEEDED."""
+        submitted = self.run(
+            f"ray job submit --working-dir . --submission-id {job_id} -- {entrypoint}"
+        )
+        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+        status = self.run(f"ray job status {job_id}")
+        assert f"Job '{job_id}' succeeded" in status.stdout + status.stderr, status.stdout
+        logs = self.run(f"ray job logs {job_id}")
+        assert logs.returncode == 0, logs.stderr
+        return logs.stdout
+
+
+@pytest.mark.timeout(900)
+def test_ray_cli_and_an_s3_client_as_a_new_user(stack, photo_dataset):
+    """prepare, train and enhance submitted with ``ray job submit`` against the dev stack
+    (addresses from ``eval "$(enlightengan dev env)"``), the bucket filled and read with
+    botocore: awkward keys round-trip, objects carry their Content-Type, no folder markers,
+    job logs without cursor escapes or a secret, and a rerun that skips everything writes 0
+    bytes."""
+    loaded, state_dir, _ = stack
+    shell = NewUserShell(state_dir)
+    secret = loaded.s3.environment()["AWS_SECRET_ACCESS_KEY"]
+    client = botocore_client(loaded.s3.environment())
+    bucket, base = loaded.bucket, "new-user"
+    uri = f"s3://{bucket}/{base}"
+    low_files = sorted(photo_dataset.low, key=lambda photo: photo.key)
+    for key, photo in zip(AWKWARD_KEYS, low_files, strict=True):
+        assert os.path.splitext(key)[1] == os.path.splitext(photo.key)[1], (key, photo.key)
+        body = (photo_dataset.low_dir / photo.key).read_bytes()
+        client.put_object(Bucket=bucket, Key=f"{base}/photos/low/{key}", Body=body)
+    for photo in photo_dataset.normal:
+        body = (photo_dataset.normal_dir / photo.key).read_bytes()
+        client.put_object(Bucket=bucket, Key=f"{base}/photos/normal/{photo.key}", Body=body)
+    client.put_object(Bucket=bucket, Key=f"{base}/tiny.json", Body=tiny_config().to_json())
+
+    logs = shell.job(
+        "new-user-prepare",
+        f"python -m pipelines.cli prepare --low {uri}/photos/low --normal {uri}/photos/normal "
+        f"--out {uri}/shards",
+    )
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=f"{base}/shards/manifest.json")
+                          ["Body"].read())  # fmt: skip
+    assert manifest["domains"]["low"]["written"] == len(AWKWARD_KEYS), logs[-2000:]
+    train_logs = shell.job(
+        "new-user-train",
+        f"python -m pipelines.cli train --data {uri}/shards --run {uri}/run "
+        f"--config {uri}/tiny.json --steps 2 --checkpoint-every 2 --cpus-per-worker 0.5",
+    )
+    assert "train: finished at step 2 of 2" in train_logs
+    assert "\x1b[A" not in train_logs  # progress as plain lines: no terminal is attached
+    enhance = (
+        f"python -m pipelines.cli enhance --checkpoint {uri}/run --input {uri}/photos/low "
+        f"--output {uri}/enhanced"
+    )
+    enhance_logs = shell.job("new-user-enhance", enhance)
+    assert f"enhanced: {len(AWKWARD_KEYS)}  skipped: 0  failed: 0" in enhance_logs
+    rerun_logs = shell.job("new-user-enhance-again", enhance)
+    assert f"enhanced: 0  skipped: {len(AWKWARD_KEYS)}  failed: 0" in rerun_logs
+    assert ", 0 bytes written" in rerun_logs
+
+    keys = all_keys(client, bucket, f"{base}/")
+    # S3 has no folders: no job of ours writes zero-byte "prefix/" objects. Ray Train's own
+    # storage code still creates them for the run's experiment folder and its checkpoints.
+    ray_train_folders = {f"{base}/", f"{base}/run/", f"{base}/run/train/"}
+    markers = [
+        key
+        for key in keys
+        if key.endswith("/")
+        and key not in ray_train_folders
+        and not key.startswith(f"{base}/run/train/checkpoint_")
+    ]
+    assert markers == []
+    enhanced = {
+        key.removeprefix(f"{base}/enhanced/")
+        for key in keys
+        if key.startswith(f"{base}/enhanced/") and "/_manifest/" not in key
+    }
+    assert enhanced == set(AWKWARD_KEYS)
+    checked = [f"{base}/enhanced/{key}" for key in AWKWARD_KEYS] + [  # fmt: skip
+        key
+        for key in keys
+        if key.endswith((".parquet", ".json", ".jsonl", "loss_curve.png"))
+        and key.startswith((f"{base}/shards/", f"{base}/run/", f"{base}/enhanced/"))
+        and "/checkpoint_" not in key
+    ]
+    assert any("/enhanced/_manifest/" in key for key in checked)
+    assert any(key.endswith("/metrics.jsonl") for key in checked)
+    for key in checked:
+        expected = CONTENT_TYPES_WRITTEN[os.path.splitext(key)[1].lower()]
+        assert client.head_object(Bucket=bucket, Key=key)["ContentType"] == expected, key
+
+    listed = shell.run("ray job list")
+    assert "new-user-enhance-again" in listed.stdout
+    assert all(secret not in output for output in shell.outputs)
+
+
+def test_a_stopped_job_ends_jobs_logs_follow_with_1_where_ray_job_logs_f_gives_0(stack):
+    """``enlightengan jobs logs --follow`` (and ``submit --follow``) report how the job ended:
+    a stopped job did not finish its work, so 1, as for a failure; ``ray job logs -f`` only
+    streams the log and exits 0 whatever happened."""
+    _, state_dir, _ = stack
+    shell = NewUserShell(state_dir)
+    started = shell.run(
+        "ray job submit --no-wait --submission-id stop-me -- python -c 'import time; "
+        'print("waiting", flush=True); time.sleep(600)\''
+    )
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 120
+    while "RUNNING" not in shell.run("ray job status stop-me").stdout:
+        assert time.monotonic() < deadline, shell.outputs[-1]
+        time.sleep(1)
+    assert shell.run("ray job stop stop-me").returncode == 0
+    assert shell.run("ray job logs -f stop-me").returncode == 0
+    followed = shell.run("enlightengan jobs logs stop-me --follow")
+    assert followed.returncode == 1
+    assert "waiting" in followed.stdout and "job stop-me STOPPED" in followed.stderr
+    status = shell.run("enlightengan jobs status stop-me")
+    assert status.returncode == 1 and "STOPPED" in status.stdout

@@ -3,9 +3,11 @@ SeaweedFS and real photos prepared by ``enlightengan prepare``; tiny model setti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ from enlightengan.vgg import build_vgg_features
 from pipelines import storage
 from pipelines.cli import main
 from pipelines.images import decode_png
+from pipelines.local_services import session_members
 from pipelines.prepare import prepare
 from pipelines.train_worker import augment_generator
 
@@ -112,7 +115,7 @@ def test_checkpoints_metrics_and_pictures_land_in_the_bucket(faulted_run):
         assert storage.read_bytes(run.child(key))[:8] == b"\x89PNG\r\n\x1a\n"
     described = json.loads(storage.read_bytes(run.child("config.json")))
     assert described["config"]["generator"]["base_channels"] == 4
-    assert described["job"]["per_worker_batch"] == 1 and described["job"]["workers"] == 2
+    assert described["job"]["global_batch"] == 2 and described["job"]["workers"] == 2
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(described)
 
 
@@ -187,12 +190,34 @@ def test_changed_model_settings_on_an_existing_run_are_refused(faulted_run, prep
         ("--set", "augment.crop_size=50"),
         ("--set", "generator.norm=sync_batch"),
         ("--workers", "3"),  # batch 2 < 3 workers
+        ("--workers", "3", "--min-workers", "2", "--set", "optim.batch_size=4"),  # 3 of 4
+        ("--workers", "2", "--min-workers", "3"),
+        ("--wait-for-workers", "0"),
     ],
 )
 def test_bad_settings_exit_2_before_any_compute(prepared_bucket, tmp_path, extra, capsys):
     assert main(_train_args(prepared_bucket, str(tmp_path / "run"), *extra)) == 2
     assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_workers_that_cannot_be_placed_end_the_job_at_the_deadline(
+    prepared_bucket, tmp_path, monkeypatch, capsys
+):
+    """Two workers of 1.5 CPUs never fit the 2-CPU local Ray: with Ray Train's start timeout
+    at 5 s, ``--wait-for-workers 10`` gives up after two tries, with one line saying what."""
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "5")
+    args = ["--workers", "2", "--cpus-per-worker", "1.5", "--steps", "2"]
+    started = time.monotonic()
+    code = main(
+        _train_args(prepared_bucket, str(tmp_path / "run"), *args, "--wait-for-workers", "10")
+    )
+    waited = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "could not place 2 workers (1.5 CPUs each) within --wait-for-workers 10 s" in out
+    assert "run the same command again when the capacity is back" in out
+    assert 10 <= waited < 120
 
 
 def test_missing_data_and_missing_credentials_exit_2(prepared_bucket, tmp_path, monkeypatch):
@@ -245,21 +270,38 @@ def test_one_worker_matches_a_plain_pytorch_loop(ray_local, photo_dataset, tmp_p
 
 
 MULTI_NODE_SCRIPT = """
-import os, sys, tempfile
+import json, os, sys, tempfile, threading, time
 # Cluster writes its address file under the default temp dir (/tmp/ray), which a fresh machine
 # lacks: point that default at a folder of our own.
 os.environ["RAY_TMPDIR"] = tempfile.mkdtemp()
 os.makedirs(os.path.join(os.environ["RAY_TMPDIR"], "ray"))
 import ray
 from ray.cluster_utils import Cluster
-node = {"num_cpus": 2, "node_ip_address": "127.0.0.1"}
+node = {"num_cpus": int(os.environ.get("NODE_CPUS", "2")), "node_ip_address": "127.0.0.1"}
 cluster = Cluster(
     initialize_head=True,
     head_node_args={**node, "include_dashboard": False, "temp_dir": tempfile.mkdtemp()},
 )
-cluster.add_node(**node)
+second = cluster.add_node(**node)
 cluster.wait_for_nodes()
+from pipelines import storage
 from pipelines.cli import main
+
+def remove_second_node_after(step, pointer):
+    # Node loss: the second node is killed (no graceful shutdown) once the run has a
+    # checkpoint at or after `step`.
+    while True:
+        if storage.exists(pointer) and json.loads(storage.read_bytes(pointer))["step"] >= step:
+            cluster.remove_node(second, allow_graceful=False)
+            print(f"removed the second node after the step-{step} checkpoint", flush=True)
+            return
+        time.sleep(0.1)
+
+if os.environ.get("REMOVE_NODE_AFTER_STEP"):
+    run = sys.argv[sys.argv.index("--run") + 1]
+    pointer = storage.resolve(run).child("latest_checkpoint.json")
+    step = int(os.environ["REMOVE_NODE_AFTER_STEP"])
+    threading.Thread(target=remove_second_node_after, args=(step, pointer), daemon=True).start()
 code = main(sys.argv[1:] + ["--address", cluster.address])
 ray.shutdown()
 cluster.shutdown()
@@ -267,23 +309,108 @@ sys.exit(code)
 """
 
 
-def test_two_nodes_one_worker_each(prepared_bucket, aws_environment):
-    """A separate process owns a two-node ``Cluster`` (the session's local Ray stays as is)."""
+def _run_on_two_nodes(args: list[str], log: Path, **env_vars: str) -> tuple[int, str]:
+    """``enlightengan train`` in a separate process that owns a two-node ``Cluster`` (the
+    session's local Ray stays as is), in a session of its own: whatever of it outlives the
+    run (a killed node's agents) is killed by PID. Returns the exit code and the output."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-c", MULTI_NODE_SCRIPT, *args],
+            cwd=REPO,
+            env={**env, **env_vars},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        code = process.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        for _ in range(100):
+            left = session_members(process.pid)
+            if not left:
+                break
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        process.wait(timeout=30)
+    text = log.read_text(errors="replace")
+    if code is None:
+        pytest.fail(f"the two-node run did not end within 600 s:\n{text[-4000:]}")
+    return code, text
+
+
+def test_two_nodes_one_worker_each(prepared_bucket, aws_environment, tmp_path):
     run = storage.resolve(prepared_bucket.rsplit("/", 1)[0] + "/runs/two-nodes")
     args = ["--workers", "2", "--steps", "2", "--checkpoint-every", "2", "--sample-every", "0"]
     args += ["--placement", "STRICT_SPREAD"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    env.pop("RAY_ADDRESS", None)
-    completed = subprocess.run(
-        [sys.executable, "-c", MULTI_NODE_SCRIPT, *_train_args(prepared_bucket, run.uri, *args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    code, output = _run_on_two_nodes(_train_args(prepared_bucket, run.uri, *args), tmp_path / "log")
+    assert code == 0, output[-3000:]
     pointer = json.loads(storage.read_bytes(run.child("latest_checkpoint.json")))
     assert pointer["step"] == 2
     state = json.loads(storage.read_bytes(run.child(f"{pointer['path']}/trainer_state.json")))
     assert state["world_size"] == 2 and len(set(state["worker_nodes"])) == 2  # one per node
+
+
+def _download(location: storage.Location, local: Path) -> Path:
+    for key in storage.list_files(location, extensions=None):
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        (local / key).write_bytes(storage.read_bytes(location.child(key)))
+    return local
+
+
+def test_node_lost_after_a_checkpoint_the_run_goes_on_with_the_same_global_batch(
+    prepared_bucket, aws_environment, tmp_path
+):
+    """Two nodes with one worker each (2 of their 3 CPUs, one left for Ray Data's read tasks:
+    a third worker fits nowhere); the second node is killed once
+    the step-2 checkpoint is written. With ``--min-workers 1`` Ray Train restarts the worker
+    group from that checkpoint on the one node left, each worker taking the whole global batch
+    of 2: every step runs once, on the learning-rate schedule of the unchanged epoch length."""
+    run = storage.resolve(prepared_bucket.rsplit("/", 1)[0] + "/runs/node-lost")
+    steps = 6
+    args = ["--workers", "2", "--min-workers", "1", "--cpus-per-worker", "2"]
+    args += ["--steps", str(steps), "--checkpoint-every", "2", "--sample-every", "0"]
+    args += ["--keep-checkpoints", "10"]
+    args += [item for name, value in DECAY.items() for item in ("--set", f"{name}={value}")]
+    code, output = _run_on_two_nodes(
+        _train_args(prepared_bucket, run.uri, *args),
+        tmp_path / "log",
+        REMOVE_NODE_AFTER_STEP="2",
+        NODE_CPUS="3",
+        # Ray Train notices the smaller cluster when a start of the two-worker group times out
+        # (60 s by default).
+        RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="15",
+    )
+    assert code == 0, output[-3000:]
+    assert "removed the second node after the step-2 checkpoint" in output
+    assert f"train: finished at step {steps} of {steps}" in output
+
+    records = _read_jsonl(run.child("metrics.jsonl"))
+    assert [record["step"] for record in records] == list(range(1, steps + 1))
+    for record in records:
+        assert record["epoch"] == (record["step"] - 1) // STEPS_PER_EPOCH
+        assert record["lr"] == pytest.approx(learning_rate(record["epoch"], DECAYING.optim))
+        assert all(math.isfinite(record[term]) for term in LOSS_TERMS)
+    workers = [record["workers"] for record in records]
+    assert workers[:2] == [2, 2] and workers[-1] == 1  # two workers until the loss, then one
+    restarted_at = workers.index(1)
+    assert workers[restarted_at:] == [1] * (steps - restarted_at)
+    assert restarted_at % 2 == 0  # the single worker took over from a checkpoint
+
+    first = load_checkpoint(_download(run.child("train/checkpoint_00000002"), tmp_path / "a"))
+    final = load_checkpoint(_download(run.child(f"train/checkpoint_{steps:08d}"), tmp_path / "b"))
+    assert first.trainer_state["world_size"] == 2
+    assert len(set(first.trainer_state["worker_nodes"])) == 2
+    assert final.trainer_state["world_size"] == 1 and final.trainer_state["per_worker_batch"] == 2
+    assert final.trainer_state["worker_nodes"][0] in first.trainer_state["worker_nodes"]
+    assert final.step == steps and final.trainer_state["steps_per_epoch"] == STEPS_PER_EPOCH
+    # The optimiser state went on from the checkpoint: Adam counted every step exactly once.
+    assert int(final.optimizer_states["generator"]["state"][0]["step"]) == steps
+    last_lr = learning_rate((steps - 1) // STEPS_PER_EPOCH, DECAYING.optim)
+    assert final.optimizer_states["generator"]["param_groups"][0]["lr"] == pytest.approx(last_lr)
