@@ -20,6 +20,7 @@ import math
 import posixpath
 import sys
 import time
+import uuid
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from pipelines.enhance_actor import (
     add_checkpoint_argument,
     decoded_images,
     load_checkpoint_files,
+    start_checkpoint_holder,
 )
 from pipelines.errors import UserError
 from pipelines.images import DEFAULT_MAX_PIXELS
@@ -218,10 +220,14 @@ def run_pipeline(keys, source, checkpoint_files, args, compared_files=None) -> l
     # none for the decode and scoring tasks (the job waits forever): halve them.
     actor_cpus = 0.5 if args.gpus_per_worker or compared_files is not None else 1.0
 
+    holders = []
+
     def enhance(dataset, files):
+        holder, name = start_checkpoint_holder(files, f"evaluate-{uuid.uuid4().hex[:12]}")
+        holders.append(holder)
         return dataset.map_batches(
             EnhanceActor,
-            fn_constructor_kwargs={"checkpoint_files": [ray.put(files)], "settings": settings},
+            fn_constructor_kwargs={"checkpoint_holder": name, "settings": settings},
             compute=ActorPoolStrategy(size=args.workers),
             batch_size=args.batch_size,
             num_cpus=actor_cpus,
@@ -238,6 +244,14 @@ def run_pipeline(keys, source, checkpoint_files, args, compared_files=None) -> l
     dataset = dataset.map_batches(
         score_enhanced, fn_kwargs={"sample_keys": sample_keys}, batch_size=None, num_cpus=0.5
     )
+    try:
+        return _collect_rows(dataset)
+    finally:
+        for holder in holders:
+            ray.kill(holder)
+
+
+def _collect_rows(dataset) -> list[dict]:
     rows = []
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         names = list(batch)

@@ -290,6 +290,7 @@ CONTENT_TYPES_WRITTEN = {
     ".parquet": "application/vnd.apache.parquet",
     ".json": "application/json",
     ".jsonl": "application/jsonl",
+    ".html": "text/html; charset=utf-8",
 }
 
 
@@ -398,17 +399,20 @@ def test_ray_cli_and_an_s3_client_as_a_new_user(stack, photo_dataset):
     enhanced = {
         key.removeprefix(f"{base}/enhanced/")
         for key in keys
-        if key.startswith(f"{base}/enhanced/") and "/_manifest/" not in key
+        if key.startswith(f"{base}/enhanced/")
+        and "/_manifest/" not in key
+        and "/_report/" not in key
     }
     assert enhanced == set(AWKWARD_KEYS)
     checked = [f"{base}/enhanced/{key}" for key in AWKWARD_KEYS] + [  # fmt: skip
         key
         for key in keys
-        if key.endswith((".parquet", ".json", ".jsonl", "loss_curve.png"))
+        if key.endswith((".parquet", ".json", ".jsonl", "loss_curve.png", ".html"))
         and key.startswith((f"{base}/shards/", f"{base}/run/", f"{base}/enhanced/"))
         and "/checkpoint_" not in key
     ]
     assert any("/enhanced/_manifest/" in key for key in checked)
+    assert any(key.endswith("/index.html") for key in checked)
     assert any(key.endswith("/metrics.jsonl") for key in checked)
     for key in checked:
         expected = CONTENT_TYPES_WRITTEN[os.path.splitext(key)[1].lower()]
