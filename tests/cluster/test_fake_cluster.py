@@ -130,6 +130,7 @@ def test_fake_cluster_config_keeps_the_launcher_node_types():
     assert all(config[field] == [] for field in COMMAND_FIELDS)
 
 
+@pytest.mark.heavy
 def test_prepare_and_enhance_run_on_the_launcher_node_types(s3_server, tmp_path):
     bucket = s3_server.make_bucket("fake-cluster")
     photos = build_photo_dataset(tmp_path / "photos")

@@ -107,9 +107,10 @@ def test_same_seed_same_losses(vgg, unpaired_photos):
 
 
 def test_tiny_overfit_discriminators_learn_and_outputs_brighten(vgg, unpaired_photos):
-    # Zero conv biases start the generator at (nearly) the identity, so 30 steps show the
+    # Zero conv biases start the generator at (nearly) the identity, so 60 steps show the
     # brightening; the reference's PyTorch-default biases start this tiny net at a random
-    # colour offset that 30 steps do not undo.
+    # colour offset that 60 steps do not undo. (At 30 steps the brightening was 0.004 on one
+    # CPU and above 0.005 on another: floating-point order decides so early.)
     settings = {"optim.lr": 1e-3, "augment.random_darken": False}
     settings |= {"generator.conv_bias_init": "zero", "discriminator.conv_bias_init": "zero"}
     config = small_config(**settings)
@@ -118,7 +119,7 @@ def test_tiny_overfit_discriminators_learn_and_outputs_brighten(vgg, unpaired_ph
     untrained = build_modules(config, vgg).generator.eval()
     with torch.no_grad():
         before = untrained(dark).clamp(-1, 1).mean().item()
-    modules, history = run_steps(config, vgg, unpaired_photos, steps=30)
+    modules, history = run_steps(config, vgg, unpaired_photos, steps=60)
     with torch.no_grad():
         after = modules.generator.eval()(dark).clamp(-1, 1).mean().item()
 

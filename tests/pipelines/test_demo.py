@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import pytest
 from PIL import Image
 
 from pipelines.cli import main
@@ -44,6 +45,7 @@ def test_demo_smallest_settings_runs_every_job_and_a_rerun_reuses(ray_local, tmp
     assert "enhanced: 0  skipped: 5" in printed
 
 
+@pytest.mark.heavy
 def test_demo_s3_runs_every_job_through_a_local_bucket_and_stops_the_server(
     ray_local, tmp_path, capsys
 ):
@@ -75,6 +77,7 @@ def _pids() -> list[int]:
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
 
 
+@pytest.mark.heavy
 def test_demo_default_settings_visibly_brighten_the_photos(ray_local, tmp_path):
     """The README's first command as it stands (400 steps, about 2 minutes on 2 cores)."""
     # The faithful losses alone barely move the tiny model in 400 steps (14.5 -> 20.7 measured

@@ -136,6 +136,7 @@ def test_dev_stack_listens_on_loopback_only_and_never_prints_the_secret(stack):
     assert code == 0 and out.count("running") == 2
 
 
+@pytest.mark.heavy
 def test_submitted_prepare_train_enhance_write_their_outputs_to_the_bucket(
     cluster_env, photo_dataset, tmp_path
 ):
@@ -336,6 +337,7 @@ class NewUserShell:
         return logs.stdout
 
 
+@pytest.mark.heavy
 @pytest.mark.timeout(900)
 def test_ray_cli_and_an_s3_client_as_a_new_user(stack, photo_dataset):
     """prepare, train and enhance submitted with ``ray job submit`` against the dev stack
@@ -423,6 +425,7 @@ def test_ray_cli_and_an_s3_client_as_a_new_user(stack, photo_dataset):
     assert all(secret not in output for output in shell.outputs)
 
 
+@pytest.mark.heavy
 def test_a_stopped_job_ends_jobs_logs_follow_with_1_where_ray_job_logs_f_gives_0(stack):
     """``enlightengan jobs logs --follow`` (and ``submit --follow``) report how the job ended:
     a stopped job did not finish its work, so 1, as for a failure; ``ray job logs -f`` only

@@ -345,6 +345,7 @@ def _run_on_two_nodes(args: list[str], log: Path, **env_vars: str) -> tuple[int,
     return code, text
 
 
+@pytest.mark.heavy
 def test_two_nodes_one_worker_each(prepared_bucket, aws_environment, tmp_path):
     run = storage.resolve(prepared_bucket.rsplit("/", 1)[0] + "/runs/two-nodes")
     args = ["--workers", "2", "--steps", "2", "--checkpoint-every", "2", "--sample-every", "0"]
@@ -364,6 +365,7 @@ def _download(location: storage.Location, local: Path) -> Path:
     return local
 
 
+@pytest.mark.heavy
 def test_node_lost_after_a_checkpoint_the_run_goes_on_with_the_same_global_batch(
     prepared_bucket, aws_environment, tmp_path
 ):

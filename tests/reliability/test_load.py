@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import ray  # noqa: F401  (before psutil: Ray ships it)
 import torch
 from PIL import Image
@@ -225,6 +226,7 @@ def check_flat_memory(results: dict[str, list], capsys) -> None:
         assert ratio <= 1.3, f"peak RSS grew {ratio:.2f}x: {describe(small)}; {describe(large)}"
 
 
+@pytest.mark.heavy
 def test_2000_images_each_handled_once_with_flat_memory(ray_local, tmp_path, capsys):
     """The issue's size, in CI (18 s on 2 cores): 200 then 2,000 images through each job."""
     check_flat_memory(measure_load(tmp_path, (200, 2000)), capsys)
