@@ -113,18 +113,4 @@ class ListingSource:
                     if key and not key.endswith("/") and not hidden:
                         yield key, int(item["Size"])
         except Exception as error:
-            raise _as_storage_error(error) from None
-
-
-def _as_storage_error(error: Exception) -> Exception:
-    """botocore's errors in the words ``pipelines.retries`` knows, so a store that went away
-    makes Ray Data re-run the listing task instead of failing the job."""
-    from botocore import exceptions
-
-    if isinstance(error, exceptions.ConnectionError | exceptions.HTTPClientError):
-        return OSError(f"cannot reach the storage while listing: {type(error).__name__}")
-    if isinstance(error, exceptions.ClientError):
-        code = error.response.get("Error", {}).get("Code", "")
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return OSError(f"listing failed: {code or 'error'} (HTTP status {status})")
-    return error
+            raise s3_clients.as_storage_error(error, "listing") from None

@@ -398,3 +398,17 @@ def s3fs_filesystem(access: S3Access):
     return s3fs.S3FileSystem(
         session=session, client_kwargs=client_kwargs, config_kwargs=config_kwargs
     )
+
+
+def as_storage_error(error: Exception, action: str) -> Exception:
+    """botocore's errors in the words ``pipelines.retries`` knows, so a store that went away
+    makes Ray Data re-run the task instead of failing the job; ``action`` names what failed."""
+    from botocore import exceptions
+
+    if isinstance(error, exceptions.ConnectionError | exceptions.HTTPClientError):
+        return OSError(f"cannot reach the storage while {action}: {type(error).__name__}")
+    if isinstance(error, exceptions.ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return OSError(f"{action} failed: {code or 'error'} (HTTP status {status})")
+    return error

@@ -342,8 +342,6 @@ def _delete_s3_objects(location: Location, prefix: bool) -> None:
     plain S3 calls. S3 has no folders; pyarrow's deletes write a zero-byte ``parent/`` marker
     object after each one so that an emptied "directory" still exists, and those markers
     would litter every listing."""
-    from pipelines.listing import _as_storage_error
-
     bucket, _, key = location.path.strip("/").partition("/")
     client = s3_clients.botocore_client(s3_clients.access_of(location.filesystem))
     try:
@@ -360,7 +358,7 @@ def _delete_s3_objects(location: Location, prefix: bool) -> None:
             if refused:
                 raise OSError(f"S3 refused to delete {len(refused)} objects: {refused[0]['Code']}")
     except Exception as error:
-        raise _as_storage_error(error) from None
+        raise s3_clients.as_storage_error(error, "deleting") from None
 
 
 def fsspec_filesystem(uri: str, options: StorageOptions | None = None):
