@@ -44,11 +44,11 @@ from pipelines.enhance_actor import (
     InferenceSettings,
     add_checkpoint_argument,
     build_enhancer,
+    checkpoint_holder,
     cpu_stage,
     decode_stage,
     load_checkpoint_files,
     stage_checkpoint,
-    start_checkpoint_holder,
 )
 from pipelines.enhance_plan import (
     CHECK_ROWS,
@@ -323,39 +323,36 @@ def run_pipeline(
 
     total_cpus = ray.cluster_resources().get("CPU", 1.0)
     settings = inference_settings(args, total_cpus)
-    holder, holder_name = start_checkpoint_holder(checkpoint_files, target.run_id)
     dataset = work.repartition(target_num_rows_per_block=_rows_per_block(args.batch_size))
     if args.limit is not None:
         dataset = dataset.limit(args.limit)
     dataset = decode_stage(dataset, source, args.max_pixels, policy, sampler)
-    dataset = dataset.map_batches(
-        EnhanceActor,
-        fn_constructor_kwargs={"checkpoint_holder": holder_name, "settings": settings},
-        compute=ActorPoolStrategy(size=args.workers),
-        batch_size=args.batch_size,
-        batch_format="numpy",
-        num_cpus=args.cpus_per_worker,
-        num_gpus=args.gpus_per_worker or None,
-    )
-    dataset = cpu_stage(
-        dataset,
-        write_enhanced,
-        {
-            "filesystem": output.filesystem,
-            "output_root": output.path,
-            "run_id": target.run_id,
-            "output_format": args.format,
-            "jpeg_quality": args.jpeg_quality,
-            "sampler": sampler,
-        },
-        batch_size=args.batch_size,
-    )
-    sink = ManifestSink(target, args.manifest_rows)
-    _configure(dataset.context)
-    try:
+    with checkpoint_holder(checkpoint_files, target.run_id) as holder_name:
+        dataset = dataset.map_batches(
+            EnhanceActor,
+            fn_constructor_kwargs={"checkpoint_holder": holder_name, "settings": settings},
+            compute=ActorPoolStrategy(size=args.workers),
+            batch_size=args.batch_size,
+            batch_format="numpy",
+            num_cpus=args.cpus_per_worker,
+            num_gpus=args.gpus_per_worker or None,
+        )
+        dataset = cpu_stage(
+            dataset,
+            write_enhanced,
+            {
+                "filesystem": output.filesystem,
+                "output_root": output.path,
+                "run_id": target.run_id,
+                "output_format": args.format,
+                "jpeg_quality": args.jpeg_quality,
+                "sampler": sampler,
+            },
+            batch_size=args.batch_size,
+        )
+        sink = ManifestSink(target, args.manifest_rows)
+        _configure(dataset.context)
         dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
-    finally:
-        ray.kill(holder)
 
 
 def _dry_run(work, source: Location, checkpoint_files, args, policy=None) -> None:

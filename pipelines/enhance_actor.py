@@ -9,6 +9,7 @@ failed keeps ``status == "failed"`` and a ``reason`` and passes every later stag
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -241,9 +242,10 @@ class CheckpointHolder:
         return self._files
 
 
-def start_checkpoint_holder(files: dict[str, bytes], run_id: str):
+@contextlib.contextmanager
+def checkpoint_holder(files: dict[str, bytes], run_id: str):
     """A :class:`CheckpointHolder` named after the run, pinned to the driver's node (it shares
-    the driver's fate anyway); returns ``(handle, name)``. Keep the handle while the job runs."""
+    the driver's fate anyway), for as long as the ``with`` block runs; yields its name."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -254,7 +256,10 @@ def start_checkpoint_holder(files: dict[str, bytes], run_id: str):
         .options(name=name, num_cpus=0, max_restarts=0, scheduling_strategy=here)
         .remote(files)
     )
-    return holder, name
+    try:
+        yield name
+    finally:
+        ray.kill(holder)
 
 
 class EnhanceActor:

@@ -14,6 +14,7 @@ all computed in the same run on the same decoded pixels. The driver writes ``sco
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -31,9 +32,9 @@ from pipelines.enhance_actor import (
     EnhanceActor,
     InferenceSettings,
     add_checkpoint_argument,
+    checkpoint_holder,
     decoded_images,
     load_checkpoint_files,
-    start_checkpoint_holder,
 )
 from pipelines.errors import UserError
 from pipelines.images import DEFAULT_MAX_PIXELS
@@ -196,7 +197,6 @@ def score_enhanced(batch, sample_keys: frozenset):
 def run_pipeline(keys, source, checkpoint_files, args, compared_files=None) -> list[dict]:
     """Build and run the dataset; returns one dict per image (scores and sample thumbnails).
     ``compared_files``: a second model's checkpoint files, scored as the ``compared`` variant."""
-    import ray
     from ray.data import ActorPoolStrategy
 
     # Twice the sheet's rows: some of the first keys may fail to decode.
@@ -220,35 +220,35 @@ def run_pipeline(keys, source, checkpoint_files, args, compared_files=None) -> l
     # none for the decode and scoring tasks (the job waits forever): halve them.
     actor_cpus = 0.5 if args.gpus_per_worker or compared_files is not None else 1.0
 
-    holders = []
+    with contextlib.ExitStack() as holders:
 
-    def enhance(dataset, files):
-        holder, name = start_checkpoint_holder(files, f"evaluate-{uuid.uuid4().hex[:12]}")
-        holders.append(holder)
-        return dataset.map_batches(
-            EnhanceActor,
-            fn_constructor_kwargs={"checkpoint_holder": name, "settings": settings},
-            compute=ActorPoolStrategy(size=args.workers),
-            batch_size=args.batch_size,
-            num_cpus=actor_cpus,
-            num_gpus=args.gpus_per_worker or None,
-        )
+        def enhance(dataset, files):
+            name = holders.enter_context(
+                checkpoint_holder(files, f"evaluate-{uuid.uuid4().hex[:12]}")
+            )
+            return dataset.map_batches(
+                EnhanceActor,
+                fn_constructor_kwargs={"checkpoint_holder": name, "settings": settings},
+                compute=ActorPoolStrategy(size=args.workers),
+                batch_size=args.batch_size,
+                num_cpus=actor_cpus,
+                num_gpus=args.gpus_per_worker or None,
+            )
 
-    if compared_files is not None:
-        dataset = dataset.map_batches(keep_input_pixels, batch_size=None, num_cpus=0.5)
-        dataset = enhance(dataset, compared_files)
+        if compared_files is not None:
+            dataset = dataset.map_batches(keep_input_pixels, batch_size=None, num_cpus=0.5)
+            dataset = enhance(dataset, compared_files)
+            dataset = dataset.map_batches(
+                score_compared,
+                fn_kwargs={"sample_keys": sample_keys},
+                batch_size=None,
+                num_cpus=0.5,
+            )
+        dataset = enhance(dataset, checkpoint_files)
         dataset = dataset.map_batches(
-            score_compared, fn_kwargs={"sample_keys": sample_keys}, batch_size=None, num_cpus=0.5
+            score_enhanced, fn_kwargs={"sample_keys": sample_keys}, batch_size=None, num_cpus=0.5
         )
-    dataset = enhance(dataset, checkpoint_files)
-    dataset = dataset.map_batches(
-        score_enhanced, fn_kwargs={"sample_keys": sample_keys}, batch_size=None, num_cpus=0.5
-    )
-    try:
         return _collect_rows(dataset)
-    finally:
-        for holder in holders:
-            ray.kill(holder)
 
 
 def _collect_rows(dataset) -> list[dict]:
