@@ -33,9 +33,9 @@ from enlightengan.checkpoint import save_checkpoint  # noqa: E402
 from enlightengan.config import EnlightenGANConfig  # noqa: E402
 from enlightengan.generator import Generator  # noqa: E402
 from pipelines.cli import main as cli_main  # noqa: E402
-from pipelines.enhance_actor import InferenceSettings, build_enhancer  # noqa: E402
-from pipelines.images import decode_image  # noqa: E402
-from pipelines.inference_backends import choose_backend  # noqa: E402
+from pipelines.inference.backends import choose_backend  # noqa: E402
+from pipelines.inference.stages import InferenceSettings, build_enhancer  # noqa: E402
+from pipelines.io.images import decode_image  # noqa: E402
 from tests.fixtures.photos import PHOTO_SOURCES, darken, encode, wheel_photo  # noqa: E402
 
 

@@ -10,7 +10,7 @@ that ship inside wheels and adding noise (so they compress like real photos), th
 * prepare: the real job (Ray Data, draft-mode decode, ``--num-cpus`` local Ray), Ray started
   beforehand and warmed up on a small run so worker start-up is not counted;
 * with ``--s3``: the same files in a real SeaweedFS bucket: MB/s of a bare serial s3fs read loop,
-  of Ray Data ``read_binary_files`` through ``pipelines.storage``, and of prepare from S3.
+  of Ray Data ``read_binary_files`` through ``pipelines.io.storage``, and of prepare from S3.
 
 Prints each figure and the ratios. Run: ``python benchmarks/bench_prepare.py --count 300 --s3``.
 Each prepare run pays fixed costs of a few CPU seconds (worker processes that Ray recycled
@@ -32,7 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.images import ResizePolicy, encode_png  # noqa: E402
+from pipelines.io.images import ResizePolicy, encode_png  # noqa: E402
 from tests.fixtures.photos import PHOTO_SOURCES, upload_folder, wheel_photo  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def serial_pillow_loop(
 
 
 def timed_prepare(low: str, normal: str, out: str) -> tuple[float, dict]:
-    from pipelines.prepare import prepare
+    from pipelines.prepare.job import prepare
 
     started = time.perf_counter()
     manifest = prepare(low, normal, out)
@@ -86,7 +86,7 @@ def timed_prepare(low: str, normal: str, out: str) -> tuple[float, dict]:
 def s3_comparison(folder: Path, paths: list[Path], total_mb: float, workdir: Path) -> None:
     import ray
 
-    from pipelines import storage
+    from pipelines.io import storage
     from tests.fixtures.seaweed import start_seaweed
 
     server = start_seaweed(workdir / "seaweedfs")
@@ -158,7 +158,7 @@ def main() -> None:
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("ENLIGHTENGAN_RAY_TMPDIR", str(workdir / "ray"))
-    from pipelines.ray_runtime import init_ray
+    from pipelines.ops.ray_runtime import init_ray
 
     init_ray(num_cpus=args.num_cpus)
     warm = sorted(paths[: 2 * args.num_cpus])

@@ -41,7 +41,7 @@ from enlightengan.training import (  # noqa: E402
     training_step,
 )
 from enlightengan.vgg import build_vgg_features  # noqa: E402
-from pipelines.train_worker import augment_generator  # noqa: E402
+from pipelines.train.worker import augment_generator  # noqa: E402
 
 CLUSTER_SCRIPT = """
 import json, os, sys, tempfile, time
@@ -94,7 +94,7 @@ def ray_samples_per_s(run: Path, warmup: int) -> float:
 def plain_samples_per_s(data: Path, settings: dict, steps: int, warmup: int) -> float:
     import pyarrow.parquet as pq
 
-    from pipelines.images import decode_png
+    from pipelines.io.images import decode_png
 
     config = EnlightenGANConfig().with_overrides(settings).validate()
     images = {
@@ -141,8 +141,8 @@ def main() -> int:
     import ray
 
     from pipelines.cli import main as cli
-    from pipelines.prepare import prepare
-    from pipelines.ray_runtime import init_ray
+    from pipelines.ops.ray_runtime import init_ray
+    from pipelines.prepare.job import prepare
     from tests.fixtures.photos import build_photo_dataset
 
     photos = build_photo_dataset(root / "photos")

@@ -14,16 +14,22 @@ import sys
 from pipelines.errors import UserError
 
 JOBS: dict[str, tuple[str, str]] = {
-    "prepare": ("pipelines.prepare", "ingest unpaired low/normal photos into Parquet shards"),
-    "train": ("pipelines.train", "train EnlightenGAN with Ray Train on prepared shards"),
-    "enhance": ("pipelines.enhance", "bulk-enhance an image prefix with a trained generator"),
+    "prepare": (
+        "pipelines.prepare.job",
+        "ingest unpaired low/normal photos into Parquet shards",
+    ),
+    "train": ("pipelines.train.job", "train EnlightenGAN with Ray Train on prepared shards"),
+    "enhance": (
+        "pipelines.enhance.job",
+        "bulk-enhance an image prefix with a trained generator",
+    ),
     "evaluate": ("pipelines.evaluate", "NIQE of inputs, enhanced outputs and baselines"),
     "export": ("pipelines.export", "export a checkpoint to ONNX / TorchScript / official layout"),
     "import-official": ("pipelines.export", "import the authors' released generator weights"),
-    "submit": ("pipelines.submit", "submit prepare/train/enhance as a Ray Job to a cluster"),
-    "jobs": ("pipelines.submit", "list, follow or stop submitted Ray Jobs"),
-    "dev": ("pipelines.devstack", "start/stop a local Ray head and S3 server on loopback"),
-    "demo": ("pipelines.demo", "end-to-end run on photos shipped inside installed wheels"),
+    "submit": ("pipelines.ops.submit", "submit prepare/train/enhance as a Ray Job to a cluster"),
+    "jobs": ("pipelines.ops.submit", "list, follow or stop submitted Ray Jobs"),
+    "dev": ("pipelines.ops.devstack", "start/stop a local Ray head and S3 server on loopback"),
+    "demo": ("pipelines.demo.run", "end-to-end run on photos shipped inside installed wheels"),
 }
 
 

@@ -25,7 +25,9 @@ import uuid
 
 import numpy as np
 
-from pipelines.enhance_actor import (
+from pipelines.errors import UserError
+from pipelines.inference.backends import add_backend_argument, choose_backend
+from pipelines.inference.stages import (
     FAILED,
     PENDING,
     STARTER_NAME,
@@ -36,11 +38,8 @@ from pipelines.enhance_actor import (
     decoded_images,
     load_checkpoint_files,
 )
-from pipelines.errors import UserError
-from pipelines.images import DEFAULT_MAX_PIXELS
-from pipelines.inference_backends import add_backend_argument, choose_backend
-from pipelines.ray_runtime import add_ray_arguments, init_ray
-from pipelines.storage import (
+from pipelines.io.images import DEFAULT_MAX_PIXELS
+from pipelines.io.storage import (
     IMAGE_EXTENSIONS,
     StorageOptions,
     add_storage_arguments,
@@ -49,6 +48,7 @@ from pipelines.storage import (
     resolve,
     write_bytes,
 )
+from pipelines.ops.ray_runtime import add_ray_arguments, init_ray
 
 VARIANTS = ("input", "enhanced", "gamma", "histeq")
 # With --compare, a second model's output is scored too, in this column.

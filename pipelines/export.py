@@ -40,7 +40,7 @@ from torch import nn
 from enlightengan.checkpoint import load_official_generator
 from enlightengan.generator import Generator, attention_map
 from pipelines.errors import UserError
-from pipelines.storage import StorageOptions, add_storage_arguments, display_uri
+from pipelines.io.storage import StorageOptions, add_storage_arguments, display_uri
 
 FORMATS = ("onnx", "torchscript", "official")
 EXPORTERS = ("dynamo", "legacy")
@@ -236,7 +236,7 @@ def run_import_official(args: argparse.Namespace) -> int:
 def load_source_generator(uri: str, options: StorageOptions) -> tuple[Generator, str]:
     """The generator of the checkpoint at ``uri`` and where it was found (safe to print)."""
     from enlightengan.checkpoint import load_generator
-    from pipelines.enhance_actor import load_checkpoint_files, stage_checkpoint
+    from pipelines.inference.stages import load_checkpoint_files, stage_checkpoint
 
     found = load_checkpoint_files(uri, options)
     directory = stage_checkpoint(found.files)

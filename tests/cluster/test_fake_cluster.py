@@ -27,7 +27,7 @@ import pytest
 import yaml
 from pyarrow import fs
 
-from pipelines.local_services import free_ports, session_members, start_ray_head, stop_process
+from pipelines.ops.local_services import free_ports, session_members, start_ray_head, stop_process
 from tests.fixtures.photos import build_photo_dataset, upload_folder
 
 pytestmark = pytest.mark.timeout(900)

@@ -19,8 +19,8 @@ from enlightengan.generator import Generator
 from enlightengan.inference import Enhancer, EnhancerSettings
 from enlightengan.metrics import niqe
 from pipelines.cli import main
-from pipelines.enhance_actor import InferenceSettings, build_enhancer
-from pipelines.images import decode_image
+from pipelines.inference.stages import InferenceSettings, build_enhancer
+from pipelines.io.images import decode_image
 from tests.fixtures.photos import darken, encode, fit_within, wheel_photo
 
 

@@ -16,10 +16,10 @@ import torch
 from enlightengan.checkpoint import save_checkpoint
 from enlightengan.config import tiny_config
 from enlightengan.generator import Generator
-from pipelines import storage
 from pipelines.cli import main
-from pipelines.datasink import read_manifest
-from pipelines.images import decode_image
+from pipelines.enhance.sink import read_manifest
+from pipelines.io import storage
+from pipelines.io.images import decode_image
 from tests.fixtures.bad_files import build_nasty_corpus
 from tests.fixtures.photos import upload_folder
 

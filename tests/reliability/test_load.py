@@ -26,10 +26,10 @@ from enlightengan.checkpoint import save_checkpoint
 from enlightengan.config import tiny_config
 from enlightengan.generator import Generator
 from pipelines.cli import main
-from pipelines.darkness import DEFAULT_DARK_THRESHOLD, darkness_stats
-from pipelines.datasink import read_manifest
-from pipelines.images import decode_png
-from pipelines.sample_photos import PHOTO_SOURCES, darken, encode, wheel_photo
+from pipelines.demo.sample_photos import PHOTO_SOURCES, darken, encode, wheel_photo
+from pipelines.enhance.sink import read_manifest
+from pipelines.inference.darkness import DEFAULT_DARK_THRESHOLD, darkness_stats
+from pipelines.io.images import decode_png
 
 SMALL_SIZE = (64, 48)  # width, height
 PREPARE_SIZE_OPTIONS = ["--max-long", "64", "--max-short", "48", "--min-side", "32"]
