@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from enlightengan.baselines import gamma_correction, histogram_equalization  # noqa: E402
 from enlightengan.metrics import niqe, psnr, ssim  # noqa: E402
-from pipelines.evaluate import luma_mean  # noqa: E402
+from pipelines.inference.scores import luma_mean  # noqa: E402
 
 METRICS = ("niqe", "psnr", "ssim", "luma")
 Variant = Callable[[list[np.ndarray]], list[np.ndarray]]

@@ -19,8 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipelines.demo.spec import DemoJob
+from pipelines.enhance.spec import EnhanceJob
 from pipelines.errors import UserError
-from pipelines.ops.ray_runtime import add_ray_arguments
+from pipelines.evaluate.spec import EvaluateJob
+from pipelines.options import Summary
+from pipelines.prepare.spec import PrepareJob
+from pipelines.train.spec import TrainJob
 
 DEMO_BUCKET = "enlightengan-demo"
 EXPOSURE_TARGET = 0.5
@@ -35,52 +40,11 @@ TINY_MODEL = (
 )
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--out", default="demo-output", help="folder for everything (default demo-output)"
-    )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=400,
-        help="training steps (default 400: about 2 minutes on 2 cores; 2 for a smoke run). "
-        "The learning rate is constant for the first half, then decays linearly to 0, as the "
-        "paper's 100 + 100 epochs do",
-    )
-    parser.add_argument(
-        "--lr",
-        type=float,
-        default=5e-4,
-        help="learning rate (default 5e-4, 5x the paper's 1e-4; the paper trains about 6,400 "
-        "steps, 200 epochs of 32 batches of 32, with 4x the channels)",
-    )
-    parser.add_argument(
-        "--exposure",
-        type=float,
-        default=10.0,
-        help="weight of the exposure-control term (Zero-DCE's L_exp, target mean intensity "
-        "0.5; default 10). It is not in the paper: with the paper's losses alone a few hundred "
-        "steps of a tiny model barely brighten. 0 trains with the paper's losses only",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the quick model's initialisation and random draws (default 0)",
-    )
-    parser.add_argument(
-        "--s3",
-        action="store_true",
-        help="run the same steps through a local SeaweedFS S3 server (started on 127.0.0.1 "
-        "with random credentials, stopped at the end; data kept in OUT/s3)",
-    )
-    add_ray_arguments(parser)
-
-
-def run(args) -> int:
-    out = Path(args.out).resolve()
-    if not args.s3:
-        return _run_steps(args, out, str(out))
+def run_demo(job: DemoJob) -> Summary:
+    """The five steps (see the module notes); returns the demo's brightness and NIQE summary."""
+    out = Path(job.output).resolve()
+    if not job.s3:
+        return _run_steps(job, out, str(out))
     from pipelines.ops.local_services import create_bucket, start_object_store, stop_process
 
     print(f"[demo] starting a local SeaweedFS S3 server on 127.0.0.1, data in {out / 's3'}")
@@ -91,7 +55,7 @@ def run(args) -> int:
         os.environ.pop("AWS_PROFILE", None)
         os.environ.update(store.environment())
         print(f"[demo] bucket s3://{DEMO_BUCKET} at {store.endpoint_url}")
-        return _run_steps(args, out, f"s3://{DEMO_BUCKET}")
+        return _run_steps(job, out, f"s3://{DEMO_BUCKET}")
     finally:
         for name, value in saved.items():
             if value is None:
@@ -101,16 +65,19 @@ def run(args) -> int:
         stop_process(store.pid, str(out / "s3"))
 
 
-def _run_steps(args, out: Path, base: str) -> int:
+def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
     """The five steps with every job's data under ``base`` (``out`` itself, or a bucket);
     the evaluation report and a copy of the enhanced images always land in ``out``."""
-    from pipelines.cli import main as cli_main
     from pipelines.demo.sample_photos import build_photo_dataset, upload_folder
+    from pipelines.enhance.job import run_enhance
+    from pipelines.evaluate.job import run_evaluate
     from pipelines.io import storage
+    from pipelines.prepare.job import run_prepare
+    from pipelines.train.job import run_train
 
     started = time.perf_counter()
     photos_dir = out / "photos"
-    ray_args = ["--num-cpus", str(args.num_cpus)] if args.num_cpus else []
+    ray = {"address": job.address, "num_cpus": job.num_cpus}
     if not (photos_dir / "low").is_dir():
         print(f"[demo 1/5] building an unpaired photo set from installed wheels in {photos_dir}")
         build_photo_dataset(photos_dir)
@@ -127,42 +94,62 @@ def _run_steps(args, out: Path, base: str) -> int:
     if not storage.exists(storage.resolve(shards).child("manifest.json")):
         print("[demo 2/5] prepare: photos -> Parquet shards")
         _step(
-            cli_main,
-            ["prepare", "--low", f"{photos}/low", "--normal", f"{photos}/normal"]
-            + ["--out", shards, *ray_args],
+            run_prepare,
+            # Shards without a manifest are an interrupted earlier prepare: replace them.
+            PrepareJob(
+                low=f"{photos}/low",
+                normal=f"{photos}/normal",
+                output=shards,
+                overwrite=True,
+                **ray,
+            ),
         )
     else:
         print(f"[demo 2/5] reusing shards in {shards}")
 
     overrides = (
         *TINY_MODEL,
-        *_schedule(shards, args.steps),
-        f"optim.lr={args.lr}",
-        f"seed={args.seed}",
+        *_schedule(shards, job.steps),
+        f"optim.lr={job.lr}",
+        f"seed={job.seed}",
     )
-    if args.exposure > 0:
-        overrides += (f"loss.exposure={args.exposure}", f"loss.exposure_target={EXPOSURE_TARGET}")
+    if job.exposure > 0:
+        overrides += (f"loss.exposure={job.exposure}", f"loss.exposure_target={EXPOSURE_TARGET}")
     # One run folder per setting, so a rerun with other --steps/--lr/--exposure trains anew
     # instead of being refused as a changed run, and the same settings resume.
-    tag = hashlib.sha256(repr((args.steps, overrides)).encode()).hexdigest()[:8]
-    run_dir = f"{base}/run-{args.steps}-steps-{tag}"
-    print(f"[demo 3/5] train: {args.steps} steps of a tiny model on CPU (resumes if already done)")
-    settings = [item for pair in overrides for item in ("--set", pair)]
-    every = str(max(1, args.steps // 2))
+    tag = hashlib.sha256(repr((job.steps, overrides)).encode()).hexdigest()[:8]
+    run_dir = f"{base}/run-{job.steps}-steps-{tag}"
+    print(f"[demo 3/5] train: {job.steps} steps of a tiny model on CPU (resumes if already done)")
+    every = max(1, job.steps // 2)
     _step(
-        cli_main,
-        ["train", "--data", shards, "--run", run_dir, "--steps", str(args.steps)]
-        + ["--checkpoint-every", every, "--sample-every", every]
-        # One worker on a laptop: let it use every core, not Ray's one thread per worker.
-        + ["--torch-threads", str(os.cpu_count() or 1), *settings, *ray_args],
+        run_train,
+        TrainJob(
+            data=shards,
+            output=run_dir,
+            steps=job.steps,
+            checkpoint_every=every,
+            sample_every=every,
+            overrides=overrides,
+            # fp32 everywhere: the quick model's figures in the README hold on any CPU.
+            precision="fp32",
+            # One worker on a laptop: let it use every core, not Ray's one thread per worker.
+            threads_per_worker=os.cpu_count() or 1,
+            **ray,
+        ),
     )
 
     enhanced = f"{base}/enhanced"
     print(f"[demo 4/5] enhance: {photos}/low -> {enhanced}")
     _step(
-        cli_main,
-        ["enhance", "--checkpoint", run_dir, "--input", f"{photos}/low", "--output", enhanced]
-        + ["--format", "png", *ray_args],
+        run_enhance,
+        EnhanceJob(
+            input=f"{photos}/low",
+            output=enhanced,
+            checkpoint=run_dir,
+            image_format="png",
+            precision="fp32",
+            **ray,
+        ),
     )
     enhanced_dir = out / "enhanced"
     if base != str(out):
@@ -174,9 +161,16 @@ def _run_steps(args, out: Path, base: str) -> int:
         f"baselines -> {evaluation}"
     )
     _step(
-        cli_main,
-        ["evaluate", "--checkpoint", run_dir, "--compare", "starter", "--input", f"{photos}/low"]
-        + ["--output", str(evaluation), "--samples", "5", *ray_args],
+        run_evaluate,
+        EvaluateJob(
+            input=f"{photos}/low",
+            output=str(evaluation),
+            checkpoint=run_dir,
+            compare="starter",
+            samples=5,
+            precision="fp32",
+            **ray,
+        ),
     )
 
     summary = _brightness_summary(photos_dir / "low", enhanced_dir)
@@ -201,7 +195,7 @@ def _run_steps(args, out: Path, base: str) -> int:
         f"  metrics:         {run_dir}/metrics.jsonl\n  samples:         {run_dir}/samples\n"
         f"  summary:         {out / 'summary.json'}"
     )
-    return 0
+    return Summary("demo", summary)
 
 
 def _schedule(shards: str, steps: int) -> tuple[str, str]:
@@ -232,12 +226,10 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def _step(cli_main, argv: list[str]) -> None:
-    code = cli_main(argv)
-    if code != 0:
-        raise UserError(
-            f"demo step `enlightengan {' '.join(argv[:1])}` failed with exit code {code}"
-        )
+def _step(runner, job) -> None:
+    summary = runner(job)
+    if summary.exit_code != 0:
+        raise UserError(f"demo step {summary.job} failed with exit code {summary.exit_code}")
 
 
 def _mean_luma(path: Path) -> float:

@@ -1,6 +1,6 @@
 """``enlightengan enhance``: enhance every image under a prefix with a trained generator.
 
-A streaming Ray Data job (see ``docs/enhance.md``)::
+A streaming Ray Data job::
 
     list keys, sorted, a page at a time (one task) -> skip finished ones (CPU tasks)
         -> read + decode + darkness score (CPU tasks) -> Enhancer (actor pool, GPU or CPU)
@@ -15,7 +15,7 @@ files travel to the actors through the object store.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 import time
 import uuid
@@ -36,7 +36,6 @@ from pipelines.enhance.report import (
     ReportSampler,
     RunFacts,
     SampleKeeper,
-    add_report_arguments,
     write_report,
 )
 from pipelines.enhance.sink import (
@@ -46,9 +45,14 @@ from pipelines.enhance.sink import (
     summarize_run,
     write_enhanced,
 )
+from pipelines.enhance.spec import EnhanceJob
 from pipelines.errors import UserError
-from pipelines.inference.backends import add_backend_argument, choose_backend
-from pipelines.inference.darkness import add_darkness_arguments, dark_policy
+from pipelines.inference.backends import choose_backend
+from pipelines.inference.checkpoints import (
+    checkpoint_holder,
+    load_checkpoint_files,
+    stage_checkpoint,
+)
 from pipelines.inference.stages import (
     COPIED,
     ENHANCED,
@@ -59,89 +63,32 @@ from pipelines.inference.stages import (
     TO_COPY,
     EnhanceActor,
     InferenceSettings,
-    add_checkpoint_argument,
     build_enhancer,
-    checkpoint_holder,
     cpu_stage,
     decode_stage,
-    load_checkpoint_files,
-    stage_checkpoint,
 )
-from pipelines.io.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from pipelines.io.images import ImageRejected, decode_image
 from pipelines.io.listing import PAGE_SIZE, ListingSource
 from pipelines.io.retries import retry_transient_task_errors, storage_failure
 from pipelines.io.storage import (
-    IMAGE_EXTENSIONS,
     Location,
-    StorageOptions,
-    add_storage_arguments,
     check_access,
     delete_file,
     display_uri,
     resolve,
     write_bytes,
 )
-from pipelines.ops.ray_runtime import add_ray_arguments, init_ray
+from pipelines.ops.ray_runtime import init_ray
+from pipelines.options import Summary, storage_of
 
 BLOCK_BYTES = 8 * 1024 * 1024
-REPORTED_SETTINGS = ("workers", "batch_size", "precision", "format", "limit", "overwrite")
-DEFAULT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")
+REPORTED_SETTINGS = ("workers", "batch_size", "precision", "image_format", "limit", "overwrite")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_checkpoint_argument(parser)
-    parser.add_argument("--input", required=True, help="input prefix: folder, file:// or s3://")
-    parser.add_argument("--output", required=True, help="output prefix (same relative keys)")
-    parser.add_argument("--workers", type=int, default=1, help="enhancer actors (default 1)")
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="0: CPU actors")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each reserves")
-    parser.add_argument("--threads-per-worker", type=int, default=None, help="torch threads")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward")
-    parser.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        default="auto",
-        help="auto: bf16 on GPUs and on CPUs with AMX, else fp32 (onnxruntime runs fp32 only)",
-    )
-    add_backend_argument(parser)
-    parser.add_argument(
-        "--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC"
-    )
-    parser.add_argument("--tile-size", type=int, default=1024, help="tile above this; 0: never")
-    parser.add_argument("--tile-overlap", type=int, default=64)
-    parser.add_argument("--format", choices=("same", "png", "jpeg"), default="same")
-    parser.add_argument("--jpeg-quality", type=int, default=95)
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="bomb limit")
-    parser.add_argument(
-        "--extensions",
-        default=",".join(ext.lstrip(".") for ext in DEFAULT_EXTENSIONS),
-        help="file extensions to enhance, comma-separated; '*' for every file",
-    )
-    parser.add_argument("--limit", type=int, default=None, help="enhance at most N images")
-    parser.add_argument("--overwrite", action="store_true", help="redo finished images too")
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="list the input, count what would be done, show the first keys and an estimated "
-        "time; write nothing",
-    )
-    parser.add_argument(
-        "--manifest-rows",
-        type=int,
-        default=256,
-        help="manifest rows per Parquet part (default 256); after a crash, images whose row "
-        "had not reached a part yet are redone",
-    )
-    add_darkness_arguments(parser)
-    add_report_arguments(parser)
-    add_storage_arguments(parser)
-    add_ray_arguments(parser)
-
-
-def key_rules(source: Location, output: Location, args) -> KeyRules:
+def key_rules(source: Location, output: Location, job: EnhanceJob) -> KeyRules:
     """The listing's filters: wanted extensions, and the output prefix when it lies inside the
     input (its images must not be enhanced again)."""
-    wanted = None if args.extensions.strip() == "*" else _parse_extensions(args.extensions)
+    wanted = None if job.extensions.strip() == "*" else _parse_extensions(job.extensions)
     nested = output.path.rstrip("/") + "/"
     base = source.path.rstrip("/") + "/"
     inside = None
@@ -152,7 +99,7 @@ def key_rules(source: Location, output: Location, args) -> KeyRules:
                 "--output is the --input folder: the enhanced images would replace the "
                 "originals; give another folder (one inside the input is fine)"
             )
-    return KeyRules(output.path, args.format, wanted, inside)
+    return KeyRules(output.path, job.image_format, wanted, inside)
 
 
 def _manifest_root(output: Location) -> str:
@@ -166,82 +113,78 @@ def _parse_extensions(text: str) -> tuple[str, ...]:
     return tuple(f".{part}" for part in parts)
 
 
-def inference_settings(args, total_cpus: float | None = None) -> InferenceSettings:
-    if args.tile_size and args.tile_size < 64:
+def inference_settings(job: EnhanceJob, total_cpus: float | None = None) -> InferenceSettings:
+    if job.tile_size and job.tile_size < 64:
         raise UserError("--tile-size must be 0 (never tile) or >= 64")
-    threads = args.threads_per_worker
-    if threads is None and not args.gpus_per_worker and total_cpus:
-        threads = max(1, int(total_cpus // max(1, args.workers)))
+    threads = job.threads_per_worker
+    if threads is None and not job.gpus_per_worker and total_cpus:
+        threads = max(1, int(total_cpus // max(1, job.workers)))
     return InferenceSettings(
-        device="cuda" if args.gpus_per_worker > 0 else "cpu",
-        backend=args.backend,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        batch_size=args.batch_size,
-        tile_size=args.tile_size or None,
-        tile_overlap=args.tile_overlap,
+        device="cuda" if job.gpus_per_worker > 0 else "cpu",
+        backend=job.backend,
+        precision=job.precision,
+        channels_last=job.channels_last,
+        batch_size=job.batch_size,
+        tile_size=job.tile_size or None,
+        tile_overlap=job.tile_overlap,
         torch_threads=threads,
     )
 
 
-def _check_arguments(args) -> None:
-    if args.workers < 1 or args.batch_size < 1:
-        raise UserError("--workers and --batch-size must be >= 1")
-    if args.gpus_per_worker < 0 or args.cpus_per_worker < 0:
-        raise UserError("--gpus-per-worker and --cpus-per-worker must be >= 0")
-    if not 1 <= args.jpeg_quality <= 100:
-        raise UserError("--jpeg-quality must be between 1 and 100")
-    if args.manifest_rows < 1:
-        raise UserError("--manifest-rows must be >= 1")
-    if args.limit is not None and args.limit < 0:
-        raise UserError("--limit must be >= 0")
-    if args.report_samples < 0:
-        raise UserError("--report-samples must be >= 0")
-    choose_backend(args.backend, args.precision, "cuda" if args.gpus_per_worker > 0 else "cpu")
-
-
-def run(args) -> int:
-    _check_arguments(args)
-    policy = dark_policy(args)
-    options = StorageOptions.from_args(args)
-    source = check_access(resolve(args.input, options))
-    output = check_access(resolve(args.output, options))
+def run_enhance(job: EnhanceJob) -> Summary:
+    """Run the enhance job ``job`` (see the module notes); returns its summary."""
+    choose_backend(job.backend, job.precision, job.device)
+    policy = job.dark_policy
+    options = storage_of(job)
+    source = check_access(resolve(job.input, options))
+    output = check_access(resolve(job.output, options))
     if source.filesystem.get_file_info(source.path).type != pafs.FileType.Directory:
-        raise UserError(f"input {args.input} is not a folder or prefix with images")
-    checkpoint = load_checkpoint_files(args.checkpoint, options)
+        raise UserError(f"input {job.input} is not a folder or prefix with images")
+    checkpoint = load_checkpoint_files(job.checkpoint, options)
     print(f"enhance: checkpoint {checkpoint.description}", file=sys.stderr)
-    rules = key_rules(source, output, args)
+    rules = key_rules(source, output, job)
     listing = ListingSource.of(source)
-    if not args.dry_run:
-        check_writable(output, args.output)
-    init_ray(args.address, args.num_cpus)
+    if not job.dry_run:
+        check_writable(output, job.output)
+    init_ray(job.address, job.num_cpus)
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     try:
         resume = None
-        if not args.overwrite:
+        if not job.overwrite:
             resume = build_resume_index(output.filesystem, _manifest_root(output))
         target = ManifestTarget(output.filesystem, output.path, run_id)
-        work = planned_work(listing, rules, resume, output, target, args, policy)
-        if args.dry_run:
-            _dry_run(work, source, checkpoint.files, args, policy)
-            return 0
+        work = planned_work(listing, rules, resume, output, target, job, policy)
+        if job.dry_run:
+            return _dry_run(work, source, checkpoint.files, job, policy)
         started = time.perf_counter()
-        keeper = SampleKeeper.remote(args.report_samples)
-        sampler = ReportSampler(keeper, args.report_niqe) if args.report_samples else None
-        run_pipeline(work, source, output, checkpoint.files, args, target, policy, sampler)
+        keeper = SampleKeeper.remote(job.report_samples)
+        sampler = ReportSampler(keeper, job.report_niqe) if job.report_samples else None
+        run_pipeline(work, source, output, checkpoint.files, job, target, policy, sampler)
         seconds = time.perf_counter() - started
         summary = summarize_run(target)
         facts = RunFacts(
             run_id, display_uri(source.uri), display_uri(output.uri), checkpoint.description,
-            seconds, policy, args.dark_threshold,
-            {name: getattr(args, name) for name in REPORTED_SETTINGS},
+            seconds, policy, job.dark_threshold,
+            {name: getattr(job, name) for name in REPORTED_SETTINGS},
         )  # fmt: skip
         report = write_report(output, facts, summary, ray.get(keeper.sample.remote()))
     except Exception as error:
         raise storage_failure("enhance", error) or error from None
-    _print_summary(summary, seconds, output, run_id, args.limit)
+    counts = _print_summary(summary, seconds, output, run_id, job.limit)
     print(f"  report: {report}")
-    return 0
+    return Summary(
+        "enhance",
+        {
+            "run_id": run_id,
+            "checkpoint": checkpoint.description,
+            "statuses": counts,
+            "failures_by_reason": dict(summary["reasons"]),
+            "output_bytes": summary["output_bytes"],
+            "seconds": round(seconds, 3),
+            "manifest": f"{display_uri(output.uri).rstrip('/')}/{MANIFEST_DIR}/",
+            "report": report,
+        },
+    )
 
 
 def check_writable(output: Location, uri: str) -> None:
@@ -279,11 +222,13 @@ def _configure(context) -> None:
     retry_transient_task_errors(context)
 
 
-def planned_work(listing, rules: KeyRules, resume, output: Location, target, args, policy=None):
+def planned_work(
+    listing, rules: KeyRules, resume, output: Location, target, job: EnhanceJob, policy=None
+):
     """The dataset of rows to work on: listed, checked against the manifest, unread."""
     import ray
 
-    record = None if args.dry_run else target
+    record = None if job.dry_run else target
     dataset = ray.data.from_items([{"root": listing.root}])
     dataset = cpu_stage(
         dataset,
@@ -314,7 +259,7 @@ def planned_work(listing, rules: KeyRules, resume, output: Location, target, arg
 
 
 def run_pipeline(
-    work, source: Location, output: Location, checkpoint_files, args, target, policy, sampler
+    work, source: Location, output: Location, checkpoint_files, job, target, policy, sampler
 ):
     """Decode, enhance, write and record every row of ``work`` (see :func:`planned_work`);
     ``policy``: ``--only-dark``, ``sampler``: the run report's sample."""
@@ -322,20 +267,20 @@ def run_pipeline(
     from ray.data import ActorPoolStrategy
 
     total_cpus = ray.cluster_resources().get("CPU", 1.0)
-    settings = inference_settings(args, total_cpus)
-    dataset = work.repartition(target_num_rows_per_block=_rows_per_block(args.batch_size))
-    if args.limit is not None:
-        dataset = dataset.limit(args.limit)
-    dataset = decode_stage(dataset, source, args.max_pixels, policy, sampler)
+    settings = inference_settings(job, total_cpus)
+    dataset = work.repartition(target_num_rows_per_block=_rows_per_block(job.batch_size))
+    if job.limit is not None:
+        dataset = dataset.limit(job.limit)
+    dataset = decode_stage(dataset, source, job.max_pixels, policy, sampler)
     with checkpoint_holder(checkpoint_files, target.run_id) as holder_name:
         dataset = dataset.map_batches(
             EnhanceActor,
             fn_constructor_kwargs={"checkpoint_holder": holder_name, "settings": settings},
-            compute=ActorPoolStrategy(size=args.workers),
-            batch_size=args.batch_size,
+            compute=ActorPoolStrategy(size=job.workers),
+            batch_size=job.batch_size,
             batch_format="numpy",
-            num_cpus=args.cpus_per_worker,
-            num_gpus=args.gpus_per_worker or None,
+            num_cpus=job.cpus_per_worker,
+            num_gpus=job.gpus_per_worker or None,
         )
         dataset = cpu_stage(
             dataset,
@@ -344,18 +289,18 @@ def run_pipeline(
                 "filesystem": output.filesystem,
                 "output_root": output.path,
                 "run_id": target.run_id,
-                "output_format": args.format,
-                "jpeg_quality": args.jpeg_quality,
+                "output_format": job.image_format,
+                "jpeg_quality": job.jpeg_quality,
                 "sampler": sampler,
             },
-            batch_size=args.batch_size,
+            batch_size=job.batch_size,
         )
-        sink = ManifestSink(target, args.manifest_rows)
+        sink = ManifestSink(target, job.manifest_rows)
         _configure(dataset.context)
         dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
 
 
-def _dry_run(work, source: Location, checkpoint_files, args, policy=None) -> None:
+def _dry_run(work, source: Location, checkpoint_files, job: EnhanceJob, policy=None) -> Summary:
     """Count what a run would do: listing and checks only, nothing written; with
     ``--only-dark`` the pending images are also read and decoded to score their darkness."""
     statuses: Counter = Counter()
@@ -363,7 +308,7 @@ def _dry_run(work, source: Location, checkpoint_files, args, policy=None) -> Non
     samples: list[str] = []
     _configure(work.context)
     if policy is not None:
-        work = decode_stage(work, source, args.max_pixels, policy)
+        work = decode_stage(work, source, job.max_pixels, policy)
         work = work.map_batches(_decisions, batch_format="numpy", batch_size=None)
     for batch in work.iter_batches(batch_size=None, batch_format="numpy"):
         for key, status, reason in zip(batch["key"], batch["status"], batch["reason"], strict=True):
@@ -373,9 +318,9 @@ def _dry_run(work, source: Location, checkpoint_files, args, policy=None) -> Non
             elif status == PENDING and len(samples) < 5:
                 samples.append(str(key))
     pending = statuses[PENDING]
-    would = pending if args.limit is None or policy else min(pending, args.limit)
+    would = pending if job.limit is None or policy else min(pending, job.limit)
     lines = [
-        f"dry run: {sum(statuses.values())} images listed under {args.input}",
+        f"dry run: {sum(statuses.values())} images listed under {job.input}",
         f"  would enhance: {would}"
         + (f" (--limit leaves {pending - would} for later)" if would < pending else ""),
         f"  already done (skipped): {statuses[SKIPPED]}",
@@ -385,18 +330,30 @@ def _dry_run(work, source: Location, checkpoint_files, args, policy=None) -> Non
         lines[1] += f" (dark: darkness >= {policy.threshold})"
         lines.insert(2, f"  would copy unchanged (not dark): {statuses[TO_COPY]}")
         lines.insert(3, f"  would leave out (not dark): {statuses[NOT_DARK]}")
-        if args.limit is not None:
-            lines.append(f"  --limit {args.limit}: the run reads at most that many of these")
+        if job.limit is not None:
+            lines.append(f"  --limit {job.limit}: the run reads at most that many of these")
     if samples:
         lines.append("  first to enhance: " + ", ".join(samples))
-    estimate = _estimate_seconds_per_image(samples[:2], source, checkpoint_files, args)
+    estimate = _estimate_seconds_per_image(samples[:2], source, checkpoint_files, job)
     if estimate is not None:
-        total = estimate * would / max(1, args.workers)
+        total = estimate * would / max(1, job.workers)
         lines.append(
             f"  estimated time: {total:.0f} s ({estimate:.2f} s per image per worker, measured "
             "on this machine's CPU with a sample of the inputs)"
         )
     print("\n".join(lines))
+    return Summary(
+        "enhance",
+        {
+            "dry_run": True,
+            "listed": sum(statuses.values()),
+            "would_enhance": would,
+            "statuses": dict(statuses),
+            "failures_by_reason": dict(failed),
+            "first_to_enhance": samples,
+            "seconds_per_image_estimate": estimate,
+        },
+    )
 
 
 def _decisions(batch: dict) -> dict:
@@ -404,25 +361,25 @@ def _decisions(batch: dict) -> dict:
     return {name: batch[name] for name in ("key", "status", "reason")}
 
 
-def _estimate_seconds_per_image(keys: list[str], source: Location, checkpoint_files, args):
+def _estimate_seconds_per_image(keys: list[str], source: Location, checkpoint_files, job):
     """Time the enhancer on up to two pending images on the driver (CPU)."""
     samples = []
     for key in keys:
         try:
             with source.filesystem.open_input_file(f"{source.path}/{key}") as stream:
-                samples.append(decode_image(stream.read(), max_pixels=args.max_pixels).array)
+                samples.append(decode_image(stream.read(), max_pixels=job.max_pixels).array)
         except (OSError, ImageRejected):
             continue
     if not samples:
         return None
-    args_cpu = argparse.Namespace(**{**vars(args), "gpus_per_worker": 0})
-    enhancer = build_enhancer(stage_checkpoint(checkpoint_files), inference_settings(args_cpu))
+    on_cpu = dataclasses.replace(job, gpus_per_worker=0.0)
+    enhancer = build_enhancer(stage_checkpoint(checkpoint_files), inference_settings(on_cpu))
     started = time.perf_counter()
     enhancer(samples)
     return (time.perf_counter() - started) / len(samples)
 
 
-def _print_summary(summary: dict, seconds: float, output: Location, run_id, limit) -> None:
+def _print_summary(summary: dict, seconds: float, output: Location, run_id, limit) -> dict:
     statuses = Counter(summary["status"])
     enhanced = statuses.get(ENHANCED, 0)
     unusable = sum(summary["reasons"].get(reason, 0) for reason in UNUSABLE_KEY_REASONS)
@@ -448,3 +405,4 @@ def _print_summary(summary: dict, seconds: float, output: Location, run_id, limi
             + ", ".join(f"{reason}={count}" for reason, count in summary["reasons"].items())
         )
     print("\n".join(lines))
+    return dict(statuses)

@@ -28,38 +28,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 
+from pipelines.enhance.spec import REPORT_NIQE_SIDE
 from pipelines.inference.darkness import DarkPolicy
 from pipelines.inference.stages import ENHANCED, FAILED, object_column
 from pipelines.io.images import encode_like, resize
 from pipelines.io.storage import Location, write_bytes
 
 REPORT_DIR = "_report"
-DEFAULT_SAMPLES = 24
 THUMBNAIL_SIDE = 360
 THUMBNAIL_QUALITY = 85
-# --report-niqe scores both sides of a sampled image fitted into this many pixels a side.
-NIQE_SIDE = 1024
 # A decode task asks the keeper for the current cutoff at most this often.
 CUTOFF_REFRESH_SECONDS = 1.0
 NO_CUTOFF = 2**64
-
-
-def add_report_arguments(parser) -> None:
-    """``--report-samples`` and ``--report-niqe``."""
-    group = parser.add_argument_group("run report (<output>/_report/<run id>/index.html)")
-    group.add_argument(
-        "--report-samples",
-        type=int,
-        default=DEFAULT_SAMPLES,
-        help=f"before/after pairs shown in the run report (default {DEFAULT_SAMPLES}; the same "
-        "keys in every run, chosen by a hash of the key); 0: none",
-    )
-    group.add_argument(
-        "--report-niqe",
-        action="store_true",
-        help=f"score the sample's inputs and outputs with NIQE, fitted into {NIQE_SIDE} pixels "
-        "a side (about 65 ms of CPU per 600x400 image and side, 0.6 s for 15 megapixels)",
-    )
 
 
 def sample_rank(key: str) -> int:
@@ -148,12 +128,12 @@ class ReportSampler:
 
 
 def report_niqe(rgb: np.ndarray) -> float:
-    """NIQE of ``rgb`` fitted into :data:`NIQE_SIDE` (NIQE's cost grows faster than the pixel
+    """NIQE of ``rgb`` fitted into :data:`REPORT_NIQE_SIDE` (NIQE's cost grows faster than the pixel
     count: a 15-megapixel photo takes seconds); NaN where it is undefined."""
-    from pipelines.evaluate import safe_niqe
+    from pipelines.inference.scores import safe_niqe
 
     height, width = rgb.shape[:2]
-    scale = NIQE_SIDE / max(height, width)
+    scale = REPORT_NIQE_SIDE / max(height, width)
     if scale < 1:
         rgb = resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))))
     return safe_niqe(rgb)

@@ -2,7 +2,7 @@
 
 * ``torch``: the generator itself (eager PyTorch, fp32 or bf16/fp16 autocast, NCHW or
   channels_last), on the CPU or a GPU.
-* ``onnxruntime``: the project's own ONNX export of the checkpoint (``pipelines.export``) in an
+* ``onnxruntime``: the project's own ONNX export of the checkpoint (``pipelines.inference.graphs``) in an
   onnxruntime CPU session, fp32. The Enhancer keeps doing batching, tiling, halving of very wide
   images and the padding to a multiple of 16 (see ``enlightengan.inference``), so the graph only
   ever sees padded batches and every backend returns the same images.
@@ -153,8 +153,8 @@ def cached_onnx_export(checkpoint_dir: str | os.PathLike, generator, cache: Path
     """The ONNX file of this checkpoint's generator, exported now unless the cache has it.
 
     Concurrent actors on one machine take a file lock, so one exports and the others load."""
-    from pipelines.export import export_onnx
-    from pipelines.inference.stages import CHECKPOINT_FILES_FOR_INFERENCE
+    from pipelines.inference.checkpoints import CHECKPOINT_FILES_FOR_INFERENCE
+    from pipelines.inference.graphs import export_onnx
 
     key = checkpoint_digest(checkpoint_dir, CHECKPOINT_FILES_FOR_INFERENCE)
     folder = (cache or cache_dir()) / "onnx"
@@ -236,7 +236,7 @@ def onnxruntime_forward(checkpoint_dir, generator, threads: int | None) -> OnnxR
     is exported again once."""
     import torch
 
-    from pipelines.export import check_batch
+    from pipelines.inference.graphs import check_batch
 
     probe = check_batch(CHECK_SHAPE)
     with torch.inference_mode():

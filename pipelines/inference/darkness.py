@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.errors import UserError
-
 SCORE_SIDE = 256
 NEAR_BLACK_LUMA = 16
 DEFAULT_DARK_THRESHOLD = 0.65
@@ -67,35 +65,3 @@ class DarkPolicy:
 
     def is_dark(self, darkness: float) -> bool:
         return darkness >= self.threshold
-
-
-def add_darkness_arguments(parser) -> None:
-    """``--only-dark`` and ``--dark-threshold``."""
-    parser.add_argument(
-        "--only-dark",
-        choices=ONLY_DARK_MODES,
-        default=None,
-        help="enhance only images whose darkness score reaches --dark-threshold; the others are "
-        "skipped (no output, manifest status not-dark) or copied unchanged (status copied)",
-    )
-    parser.add_argument(
-        "--dark-threshold",
-        type=float,
-        default=DEFAULT_DARK_THRESHOLD,
-        help="darkness score (1 - 95th percentile of luma / 255) from which an image counts as "
-        f"dark (default {DEFAULT_DARK_THRESHOLD}, chosen from measured photos: see the README)",
-    )
-
-
-def dark_policy(args) -> DarkPolicy | None:
-    """The policy of ``--only-dark`` (``None`` without it); a bad setting is a UserError."""
-    if not 0.0 <= args.dark_threshold <= 1.0:
-        raise UserError("--dark-threshold must be between 0 and 1 (a darkness score)")
-    if args.only_dark is None:
-        return None
-    if args.only_dark == "copy" and args.format != "same":
-        raise UserError(
-            "--only-dark copy keeps the original bytes, which --format would put under a key "
-            "with another extension: use --format same, or --only-dark skip"
-        )
-    return DarkPolicy(args.only_dark, args.dark_threshold)

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 100_000_000
+from pipelines.io.formats import DEFAULT_MAX_PIXELS
+
 REASONS = (
     "empty-file",
     "not-an-image",

@@ -25,9 +25,8 @@ from pyarrow import fs as pafs
 
 from pipelines.errors import UserError
 from pipelines.io import s3_clients
+from pipelines.io.formats import IMAGE_EXTENSIONS
 
-# GIF is listed so that animated files are seen and rejected with a reason, not skipped.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 _CREDENTIAL_ERRORS = (
     "ACCESS_DENIED",
     "INVALID_ACCESS_KEY_ID",

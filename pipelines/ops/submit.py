@@ -1,8 +1,8 @@
 """``enlightengan submit`` and ``enlightengan jobs``: run prepare, train or enhance as a Ray Job.
 
 ``enlightengan submit JOB [submit options] [the job's own options]`` builds its parser from the
-job module's own ``add_arguments`` (no duplicated flags), so a bad option fails here, before
-anything reaches the cluster. The entrypoint is ``python -m pipelines.cli JOB ARGS...`` with the
+job's own flag definitions (its spec module; no duplicated flags), so a bad option fails here,
+before anything reaches the cluster. The entrypoint is ``python -m pipelines.cli JOB ARGS...`` with the
 user's own argument strings, shell-quoted; it works both where the project is installed and
 where only the code shipped in the runtime_env is.
 
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from pipelines.errors import UserError
+from pipelines.options import deprecated_flag
 
 SUBMITTABLE_JOBS = ("prepare", "train", "enhance")
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 1}
@@ -46,32 +47,18 @@ class _RecordingParser(argparse.ArgumentParser):
         return namespace, extras
 
 
-def _job_module(name: str):
-    """The job's module, or None while it does not exist yet."""
-    from pipelines.cli import JOBS
+def _add_job_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    """The job's own flags, from its light spec module (the same ones the local command has)."""
+    from pipelines.cli import COMMANDS
 
-    module_name = JOBS[name][0]
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        return None
+    command = COMMANDS[name]
+    getattr(importlib.import_module(command.module), command.adder)(parser)
 
 
 def _add_submit_options(parser: argparse.ArgumentParser) -> dict[str, bool]:
     """Options that belong to the submission, not the job: option string -> takes a value."""
     group = parser.add_argument_group("Ray Job submission")
-    address_help = (
-        "the cluster's Ray job server, e.g. http://HEAD:8265 (also ray://HEAD:10001 or a GCS "
-        "address); default $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS"
-    )
-    existing_address = parser._option_string_actions.get("--address")
-    if existing_address is not None:
-        # The job's own --address names the cluster to run on: for submit that is this cluster.
-        existing_address.help = address_help
-    else:
-        group.add_argument("--address", default=None, help=address_help)
+    add_job_server_argument(group, dest="submit_job_server")
     group.add_argument(
         "--follow", dest="submit_follow", action="store_true", help="tail logs, exit with status"
     )
@@ -100,8 +87,24 @@ def _add_submit_options(parser: argparse.ArgumentParser) -> dict[str, bool]:
         metavar="KEY=VALUE",
         help="job metadata shown by `ray job list` (never put secrets here)",
     )
-    actions = group._group_actions + ([existing_address] if existing_address else [])
-    return {option: action.nargs != 0 for action in actions for option in action.option_strings}
+    return {
+        option: action.nargs != 0
+        for action in group._group_actions
+        for option in action.option_strings
+    }
+
+
+def add_job_server_argument(parser, dest: str = "job_server") -> None:
+    """``--job-server``: where Ray Jobs are submitted (``--address`` stays the Ray cluster a
+    job itself joins, as in every job)."""
+    parser.add_argument(
+        "--job-server",
+        dest=dest,
+        default=None,
+        metavar="URL",
+        help="the cluster's Ray job server, e.g. http://HEAD:8265 (also ray://HEAD:10001 or a "
+        "GCS address); default $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,16 +112,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="submit_job", metavar="JOB", required=True, parser_class=_RecordingParser
     )
     for name in SUBMITTABLE_JOBS:
-        module = _job_module(name)
-        if module is None:
-            continue
         job_parser = jobs.add_parser(
             name,
             help=f"run `enlightengan {name}` on a Ray cluster",
             description=f"Submit `enlightengan {name}` as a Ray Job; takes every {name} option.",
             allow_abbrev=False,
         )
-        module.add_arguments(job_parser)
+        _add_job_arguments(name, job_parser)
         job_parser.set_defaults(submit_options=_add_submit_options(job_parser))
 
 
@@ -298,10 +298,21 @@ def wait(client, job_id: str, timeout: float | None = None, poll_seconds: float 
 def run(args) -> int:
     job = args.submit_job
     job_argv = forwarded_arguments(args.submit_job_argv, args.submit_options)
+    server = args.submit_job_server
+    address = getattr(args, "address", None)
+    if server is None and address and address.startswith(("http://", "https://")):
+        print(
+            "enlightengan: warning: `submit --address URL` for the job server is deprecated and "
+            "will be removed in the next release: use --job-server URL (--address is the Ray "
+            "cluster the job joins)",
+            file=sys.stderr,
+        )
+        server = address
+        job_argv = forwarded_arguments(job_argv, {"--address": True})
     entrypoint = entrypoint_for(job, job_argv)
     refuse_secrets("the job's arguments", entrypoint)
     runtime_env = build_runtime_env(args.submit_ship_code, args.submit_runtime_env, job)
-    client = connect(getattr(args, "address", None))
+    client = connect(server)
     job_id = client.submit_job(
         entrypoint=entrypoint,
         runtime_env=runtime_env,
@@ -323,16 +334,15 @@ def run(args) -> int:
 def add_jobs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["list", "status", "logs", "stop"])
     parser.add_argument("job_id", nargs="?", help="submission id (all but list)")
-    parser.add_argument(
-        "--address", default=None, help="Ray job server, default $RAY_API_SERVER_ADDRESS"
-    )
+    add_job_server_argument(parser)
+    deprecated_flag(parser, "--address", "--job-server", "job_server")
     parser.add_argument("--follow", action="store_true", help="logs: tail until the job ends")
 
 
 def run_jobs(args) -> int:
     if args.action != "list" and not args.job_id:
         raise UserError(f"`enlightengan jobs {args.action}` needs a submission id")
-    client = connect(args.address)
+    client = connect(args.job_server)
     if args.action == "list":
         for info in sorted(client.list_jobs(), key=lambda info: info.start_time or 0):
             status = getattr(info.status, "value", info.status)

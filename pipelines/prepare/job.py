@@ -47,7 +47,9 @@ from pipelines.io.shards import (
     ShardDatasink,
     drop_rows,
 )
-from pipelines.ops.ray_runtime import add_ray_arguments, init_ray
+from pipelines.ops.ray_runtime import init_ray
+from pipelines.options import Summary, storage_of
+from pipelines.prepare.spec import PrepareJob
 
 log = logging.getLogger(__name__)
 
@@ -68,40 +70,6 @@ class PrepareSettings:
         # A 600x400 photo is ~720 kB raw; fast PNG keeps roughly 60% of that.
         estimated_row_bytes = self.policy.max_long * self.policy.max_short * 3 * 0.6
         return max(1, int(self.shard_size_mb * 1e6 // estimated_row_bytes))
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--low", required=True, help="low-light photos: folder, file:// or s3://")
-    parser.add_argument("--normal", required=True, help="normal-light photos (unpaired)")
-    parser.add_argument("--out", required=True, help="output folder or s3:// prefix for shards")
-    parser.add_argument("--max-long", type=int, default=600, help="fit: long side (default 600)")
-    parser.add_argument("--max-short", type=int, default=400, help="fit: short side (400)")
-    parser.add_argument(
-        "--min-side", type=int, default=320, help="short side floor = training crop (320)"
-    )
-    parser.add_argument(
-        "--small",
-        choices=("reject", "upscale"),
-        default="reject",
-        help="images whose short side is below --min-side: reject (default) or upscale",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help=f"reject images with more pixels (decompression bombs; {DEFAULT_MAX_PIXELS})",
-    )
-    parser.add_argument(
-        "--max-file-mb", type=float, default=512.0, help="reject larger files unread (512)"
-    )
-    parser.add_argument("--no-dedup", action="store_true", help="keep identical source files")
-    parser.add_argument("--shard-size-mb", type=float, default=256.0, help="target shard size")
-    parser.add_argument(
-        "--images-per-task", type=int, default=16, help="images per Ray task (amortises overhead)"
-    )
-    parser.add_argument("--dry-run", action="store_true", help="list inputs and settings only")
-    storage.add_storage_arguments(parser)
-    add_ray_arguments(parser)
 
 
 class _UnsafeKey(Exception):
@@ -179,21 +147,33 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def settings_from_args(args) -> PrepareSettings:
+def settings_of(job: PrepareJob) -> PrepareSettings:
     try:
-        policy = ResizePolicy(args.max_long, args.max_short, args.min_side, args.small)
+        policy = ResizePolicy(job.max_long, job.max_short, job.min_side, job.small)
     except ValueError as error:
         raise UserError(f"resize settings: {error}") from None
-    if args.images_per_task < 1 or args.shard_size_mb <= 0 or args.max_pixels < 1:
-        raise UserError("--images-per-task, --shard-size-mb and --max-pixels must be positive")
     return PrepareSettings(
         policy=policy,
-        max_pixels=args.max_pixels,
-        dedup=not args.no_dedup,
-        shard_size_mb=args.shard_size_mb,
-        images_per_task=args.images_per_task,
-        max_file_mb=args.max_file_mb,
+        max_pixels=job.max_pixels,
+        dedup=job.dedup,
+        shard_size_mb=job.shard_size_mb,
+        images_per_task=job.images_per_task,
+        max_file_mb=job.max_file_mb,
     )
+
+
+def refuse_earlier_output(output: storage.Location, uri: str) -> None:
+    """An output holding a finished or interrupted run is replaced only with ``--overwrite``."""
+    found = [name for name in (MANIFEST, REJECTED) if storage.exists(output.child(name))] + [
+        f"{domain}/"
+        for domain in DOMAINS
+        if storage.list_files(output.child(domain), extensions=(".parquet",))
+    ]
+    if found:
+        raise UserError(
+            f"{uri} already holds prepared shards ({', '.join(found)}): pass --overwrite to "
+            "replace them, or choose another --output"
+        )
 
 
 def list_inputs(sources: dict[str, storage.Location]) -> dict[str, list[str]]:
@@ -386,26 +366,30 @@ def summary(manifest: dict) -> str:
     )
 
 
-def run(args) -> int:
-    settings = settings_from_args(args)
-    options = storage.StorageOptions.from_args(args)
-    if args.dry_run:
-        sources = {d: storage.resolve(getattr(args, d), options) for d in DOMAINS}
+def run_prepare(job: PrepareJob) -> Summary:
+    """Run the prepare job ``job``; returns its summary (the manifest's figures)."""
+    settings = settings_of(job)
+    options = storage_of(job)
+    if job.dry_run:
+        sources = {d: storage.resolve(getattr(job, d), options) for d in DOMAINS}
         listed = list_inputs(sources)
         for domain in DOMAINS:
             shown = ", ".join(listed[domain][:5]) + (" ..." if len(listed[domain]) > 5 else "")
             print(f"{domain}: {len(listed[domain])} images under {sources[domain].uri}: {shown}")
         print(f"settings: {json.dumps(asdict(settings))}")
-        print(f"would write shards, {REJECTED} and {MANIFEST} under {args.out}")
-        return 0
-    init_ray(args.address, args.num_cpus)
+        print(f"would write shards, {REJECTED} and {MANIFEST} under {job.output}")
+        return Summary("prepare", {"dry_run": True, **{d: len(listed[d]) for d in DOMAINS}})
+    if not job.overwrite:
+        output = storage.resolve(job.output, options)
+        if storage.exists(output):
+            refuse_earlier_output(output, storage.display_uri(output.uri))
+    init_ray(job.address, job.num_cpus)
     try:
-        manifest = prepare(args.low, args.normal, args.out, settings, options)
+        manifest = prepare(job.low, job.normal, job.output, settings, options)
     except Exception as error:
         raise storage_failure("prepare", error) or error from None
     print(summary(manifest))
     empty = [domain for domain in DOMAINS if not manifest["domains"][domain]["written"]]
     if empty:
         print(f"prepare: no usable {' or '.join(empty)} images: see {REJECTED}", file=sys.stderr)
-        return 1
-    return 0
+    return Summary("prepare", manifest, exit_code=1 if empty else 0)

@@ -505,7 +505,7 @@ def test_checkpoint_cut_off_by_a_crash_is_never_picked_as_latest(s3_env, tmp_pat
     """A job that dies while writing a checkpoint leaves its index with a file short or missing
     (in whatever order the files landed): enhance, locally and on S3, picks the newest complete
     checkpoint instead, however high the broken one's step."""
-    from pipelines.inference.stages import load_checkpoint_files
+    from pipelines.inference.checkpoints import load_checkpoint_files
 
     config = tiny_config()
     generator = Generator(config.generator)

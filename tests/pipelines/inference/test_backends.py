@@ -17,11 +17,8 @@ from enlightengan.config import tiny_config
 from pipelines.cli import main
 from pipelines.errors import UserError
 from pipelines.inference.backends import CACHE_ENV, checkpoint_digest, choose_backend
-from pipelines.inference.stages import (
-    CHECKPOINT_FILES_FOR_INFERENCE,
-    InferenceSettings,
-    build_enhancer,
-)
+from pipelines.inference.checkpoints import CHECKPOINT_FILES_FOR_INFERENCE
+from pipelines.inference.stages import InferenceSettings, build_enhancer
 from tests.enlightengan.textured_generator import psnr, textured_generator
 from tests.fixtures.photos import darken, encode, fit_within, wheel_photo
 

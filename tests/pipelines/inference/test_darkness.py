@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import pytest
 
 from pipelines.demo.sample_photos import NORMAL_LAYOUT
-from pipelines.errors import UserError
 from pipelines.inference.darkness import (
     DARKNESS_COLUMNS,
     DEFAULT_DARK_THRESHOLD,
-    DarkPolicy,
-    add_darkness_arguments,
-    dark_policy,
     darkness_stats,
 )
 from tests.fixtures.photos import darken, fit_within, wheel_photo
@@ -64,32 +59,3 @@ def test_the_night_sky_of_the_normal_set_counts_as_dark():
     names = {photo for photo, _ in NORMAL_LAYOUT}
     assert "hubble" in names
     assert darkness_stats(wheel_photo("hubble"))["darkness"] >= DEFAULT_DARK_THRESHOLD
-
-
-def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_darkness_arguments(parser)
-    parser.add_argument("--format", default="same")
-    return parser.parse_args(argv)
-
-
-def test_policy_from_the_arguments():
-    assert dark_policy(_args()) is None
-    assert dark_policy(_args("--only-dark", "skip")) == DarkPolicy("skip", DEFAULT_DARK_THRESHOLD)
-    policy = dark_policy(_args("--only-dark", "copy", "--dark-threshold", "0.5"))
-    assert policy == DarkPolicy("copy", 0.5)
-    assert policy.is_dark(0.5) and not policy.is_dark(0.49)
-    assert dark_policy(_args("--only-dark", "skip", "--format", "png")).mode == "skip"
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (("--only-dark", "copy", "--format", "png"), "--format same"),
-        (("--only-dark", "skip", "--dark-threshold", "1.5"), "between 0 and 1"),
-        (("--dark-threshold", "-0.1"), "between 0 and 1"),
-    ],
-)
-def test_bad_settings_are_one_clear_error(argv, message):
-    with pytest.raises(UserError, match=message):
-        dark_policy(_args(*argv))

@@ -13,7 +13,6 @@ all computed in the same run on the same decoded pixels. The driver writes ``sco
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -26,29 +25,30 @@ import uuid
 import numpy as np
 
 from pipelines.errors import UserError
-from pipelines.inference.backends import add_backend_argument, choose_backend
+from pipelines.evaluate.spec import EvaluateJob
+from pipelines.inference.backends import choose_backend
+from pipelines.inference.checkpoints import (
+    STARTER_NAME,
+    checkpoint_holder,
+    load_checkpoint_files,
+)
+from pipelines.inference.scores import luma_mean, safe_niqe
 from pipelines.inference.stages import (
     FAILED,
     PENDING,
-    STARTER_NAME,
     EnhanceActor,
     InferenceSettings,
-    add_checkpoint_argument,
-    checkpoint_holder,
     decoded_images,
-    load_checkpoint_files,
 )
-from pipelines.io.images import DEFAULT_MAX_PIXELS
 from pipelines.io.storage import (
     IMAGE_EXTENSIONS,
-    StorageOptions,
-    add_storage_arguments,
     check_access,
     list_files,
     resolve,
     write_bytes,
 )
-from pipelines.ops.ray_runtime import add_ray_arguments, init_ray
+from pipelines.ops.ray_runtime import init_ray
+from pipelines.options import Summary, storage_of
 
 VARIANTS = ("input", "enhanced", "gamma", "histeq")
 # With --compare, a second model's output is scored too, in this column.
@@ -73,56 +73,6 @@ PAPER_TABLE = {
         "all": (3.385, 3.629, 3.525, 3.650, 3.920),
     },
 }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_checkpoint_argument(parser)
-    parser.add_argument(
-        "--compare",
-        default=None,
-        metavar="CHECKPOINT",
-        help="score a second model beside the first, in its own contact-sheet column "
-        "(same forms as --checkpoint; e.g. --compare starter)",
-    )
-    parser.add_argument("--input", required=True, help="images to evaluate: folder or s3:// prefix")
-    parser.add_argument(
-        "--output",
-        default="evaluation",
-        help="where the tables and pictures go (default ./evaluation)",
-    )
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
-    parser.add_argument("--samples", type=int, default=4, help="rows in the contact sheet")
-    parser.add_argument("--gamma", type=float, default=1 / 2.2, help="gamma baseline exponent")
-    parser.add_argument(
-        "--paper-set",
-        default="auto",
-        help="which row of the paper's NIQE table to print beside ours (MEF, LIME, NPE, VV, "
-        "DICM, all, none); auto: the input folder's name when it is one of them",
-    )
-    parser.add_argument("--workers", type=int, default=1, help="enhancer actors (default 1)")
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="0: CPU actors")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward")
-    parser.add_argument("--tile-size", type=int, default=1024, help="tile above this; 0: never")
-    # torch fp32 by default: the scores describe the model as PyTorch runs it.
-    add_backend_argument(parser, default="torch")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="bomb limit")
-    add_storage_arguments(parser)
-    add_ray_arguments(parser)
-
-
-def luma_mean(image: np.ndarray) -> float:
-    """Mean BT.601 luma (0-255) of a uint8 RGB image."""
-    return float((image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).mean())
-
-
-def safe_niqe(image: np.ndarray) -> float:
-    """NIQE, or NaN where it is undefined (smaller than one 96x96 block, no texture)."""
-    from enlightengan.metrics import niqe
-
-    try:
-        return niqe(image)
-    except ValueError:
-        return math.nan
 
 
 def thumbnail_png(image: np.ndarray) -> bytes:
@@ -194,31 +144,38 @@ def score_enhanced(batch, sample_keys: frozenset):
     return batch
 
 
-def run_pipeline(keys, source, checkpoint_files, args, compared_files=None) -> list[dict]:
+def run_pipeline(
+    keys, source, checkpoint_files, job: EvaluateJob, compared_files=None
+) -> list[dict]:
     """Build and run the dataset; returns one dict per image (scores and sample thumbnails).
     ``compared_files``: a second model's checkpoint files, scored as the ``compared`` variant."""
     from ray.data import ActorPoolStrategy
 
     # Twice the sheet's rows: some of the first keys may fail to decode.
-    sample_keys = frozenset(keys[: 2 * max(0, args.samples)])
+    sample_keys = frozenset(keys[: 2 * max(0, job.samples)])
     pairs = [(key, key) for key in keys]
-    dataset = decoded_images(pairs, source, args.max_pixels, min(len(keys), 16 * args.workers))
+    dataset = decoded_images(pairs, source, job.max_pixels, min(len(keys), 16 * job.workers))
     dataset = dataset.map_batches(
         score_input_and_baselines,
-        fn_kwargs={"sample_keys": sample_keys, "gamma": args.gamma},
+        fn_kwargs={"sample_keys": sample_keys, "gamma": job.gamma},
         batch_size=None,
         num_cpus=0.5,
     )
+    choice = choose_backend(job.backend, job.precision, job.device)
     settings = InferenceSettings(
-        device="cuda" if args.gpus_per_worker > 0 else "cpu",
-        backend=args.backend,
-        batch_size=args.batch_size,
-        tile_size=args.tile_size or None,
+        device=job.device,
+        backend=choice.backend,
+        precision=choice.precision,
+        batch_size=job.batch_size,
+        tile_size=job.tile_size or None,
+        torch_threads=job.threads_per_worker,
     )
 
     # Two CPU actor pools of one CPU each would hold both cores of a 2-core machine and leave
     # none for the decode and scoring tasks (the job waits forever): halve them.
-    actor_cpus = 0.5 if args.gpus_per_worker or compared_files is not None else 1.0
+    actor_cpus = job.cpus_per_worker or (
+        0.5 if job.gpus_per_worker or compared_files is not None else 1.0
+    )
 
     with contextlib.ExitStack() as holders:
 
@@ -229,10 +186,10 @@ def run_pipeline(keys, source, checkpoint_files, args, compared_files=None) -> l
             return dataset.map_batches(
                 EnhanceActor,
                 fn_constructor_kwargs={"checkpoint_holder": name, "settings": settings},
-                compute=ActorPoolStrategy(size=args.workers),
-                batch_size=args.batch_size,
+                compute=ActorPoolStrategy(size=job.workers),
+                batch_size=job.batch_size,
                 num_cpus=actor_cpus,
-                num_gpus=args.gpus_per_worker or None,
+                num_gpus=job.gpus_per_worker or None,
             )
 
         if compared_files is not None:
@@ -404,32 +361,30 @@ def write_results(
     return written
 
 
-def run(args) -> int:
-    if args.workers < 1 or args.batch_size < 1:
-        raise UserError("--workers and --batch-size must be >= 1")
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be >= 1")
-    if not args.gamma > 0:
-        raise UserError("--gamma must be > 0")
-    choose_backend(args.backend, "fp32", "cuda" if args.gpus_per_worker > 0 else "cpu")
-    paper_set = paper_set_for(args.paper_set, args.input)
-    options = StorageOptions.from_args(args)
-    source = check_access(resolve(args.input, options))
-    output = check_access(resolve(args.output, options))
-    checkpoint = load_checkpoint_files(args.checkpoint, options)
-    compared = None if args.compare is None else load_checkpoint_files(args.compare, options)
+def run_evaluate(job: EvaluateJob) -> Summary:
+    """Score the job's images (see the module notes); returns the means per variant."""
+    choose_backend(job.backend, job.precision, job.device)
+    paper_set = paper_set_for(job.paper_set, job.input)
+    options = storage_of(job)
+    source = check_access(resolve(job.input, options))
+    output = check_access(resolve(job.output, options))
+    checkpoint = load_checkpoint_files(job.checkpoint, options)
+    compared = None if job.compare is None else load_checkpoint_files(job.compare, options)
     keys = list_files(source, extensions=IMAGE_EXTENSIONS)
-    if args.limit is not None:
-        keys = keys[: args.limit]
+    if job.limit is not None:
+        keys = keys[: job.limit]
     if not keys:
-        raise UserError(f"no images under {args.input}")
+        raise UserError(f"no images under {job.input}")
     print(f"evaluate: {len(keys)} images, checkpoint {checkpoint.description}", file=sys.stderr)
     if compared is not None:
         print(f"evaluate: compared with {compared.description}", file=sys.stderr)
-    init_ray(args.address, args.num_cpus)
+    if job.dry_run:
+        print(f"dry run: would score {len(keys)} images and write into {job.output}")
+        return Summary("evaluate", {"dry_run": True, "images": len(keys)})
+    init_ray(job.address, job.num_cpus)
     started = time.perf_counter()
     rows = run_pipeline(
-        keys, source, checkpoint.files, args, None if compared is None else compared.files
+        keys, source, checkpoint.files, job, None if compared is None else compared.files
     )
     variants = VARIANTS if compared is None else (*VARIANTS, COMPARED)
     summary = summarise(rows, variants)
@@ -441,8 +396,8 @@ def run(args) -> int:
         source.uri,
         None if compared is None else compared.description,
     )
-    compared_title = "starter model" if args.compare in (None, STARTER_NAME) else "second model"
-    written = write_results(rows, summary, markdown, output, args.samples, compared_title)
+    compared_title = "starter model" if job.compare in (None, STARTER_NAME) else "second model"
+    written = write_results(rows, summary, markdown, output, job.samples, compared_title)
     print(markdown)
     print("written:\n" + "\n".join(f"  {name}: {uri}" for name, uri in written.items()))
-    return 0
+    return Summary("evaluate", {**summary, "written": written})
