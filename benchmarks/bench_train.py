@@ -78,7 +78,7 @@ def model_settings(crop: int, batch: int) -> dict:
 def train_args(data: Path, run: Path, settings: dict, steps: int, *extra: str) -> list[str]:
     sets = [item for key, value in settings.items() for item in ("--set", f"{key}={value}")]
     return [
-        "train", "--data", str(data), "--run", str(run), "--cpu", "--steps", str(steps),
+        "train", "--data", str(data), "--run", str(run), "--steps", str(steps),
         "--checkpoint-every", str(steps), "--sample-every", "0", *sets, *extra,
     ]  # fmt: skip
 
@@ -149,7 +149,7 @@ def main() -> int:
     init_ray(num_cpus=2)
     data = root / "data"
     prepare(str(photos.low_dir), str(photos.normal_dir), str(data))
-    threads = ["--torch-threads", str(args.threads), "--cpus-per-worker", "1"]
+    threads = ["--threads-per-worker", str(args.threads), "--cpus-per-worker", "1"]
     if cli(train_args(data, root / "run-1", settings, args.steps, "--workers", "1", *threads)):
         return 1
     ray_rate = ray_samples_per_s(root / "run-1", args.warmup)
@@ -164,7 +164,7 @@ def main() -> int:
     if args.skip_scaling:
         return 0
     runs = {n: root / f"cluster-{n}" for n in (1, 2)}
-    per_worker = ["--cpus-per-worker", "1", "--torch-threads", str(args.threads)]
+    per_worker = ["--cpus-per-worker", "1", "--threads-per-worker", str(args.threads)]
     jobs = []
     for workers, run in runs.items():
         scaled = {**settings, "optim.batch_size": args.batch * workers}

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             tool = COMMANDS[args.command]
             return int(getattr(importlib.import_module(tool.module), tool.tool)(args) or 0)
         as_json = getattr(args, "json", False)
-        if not args.quiet and not as_json:
+        if args.verbose and not as_json:
             print(f"{command}: {_settings_line(spec)}", file=sys.stderr)
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
             summary = run_job(args.command, spec)

@@ -161,11 +161,10 @@ def run_pipeline(
         batch_size=None,
         num_cpus=0.5,
     )
-    choice = choose_backend(job.backend, job.precision, job.device)
     settings = InferenceSettings(
         device=job.device,
-        backend=choice.backend,
-        precision=choice.precision,
+        backend=job.backend,
+        precision=job.precision,
         batch_size=job.batch_size,
         tile_size=job.tile_size or None,
         torch_threads=job.threads_per_worker,

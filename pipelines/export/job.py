@@ -37,7 +37,6 @@ from enlightengan.generator import Generator
 from pipelines.errors import UserError
 from pipelines.export.spec import ExportJob, ImportOfficialJob
 from pipelines.inference.graphs import (
-    GRAPH_NOTE,
     INPUT_NAME,
     OUTPUT_NAME,
     check_against,
@@ -46,6 +45,7 @@ from pipelines.inference.graphs import (
     first_line,
     onnx_runner,
 )
+from pipelines.io.formats import GRAPH_NOTE
 from pipelines.io.storage import StorageOptions, display_uri
 from pipelines.options import Summary, storage_of
 

@@ -75,6 +75,23 @@ def checkpoint_holder(files: dict[str, bytes], run_id: str):
         ray.kill(holder)
 
 
+def lasting_checkpoint_holder(files: dict[str, bytes]) -> str:
+    """The name of a :class:`CheckpointHolder` of ``files`` that lives as long as this driver
+    (for a lazy Dataset, whose actors start after the caller returns); one per checkpoint."""
+    import hashlib
+
+    import ray
+
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name])
+    name = f"enlightengan-checkpoint-{digest.hexdigest()[:16]}"
+    ray.remote(CheckpointHolder).options(
+        name=name, num_cpus=0, max_restarts=0, get_if_exists=True
+    ).remote(files)
+    return name
+
+
 @dataclass(frozen=True)
 class CheckpointFiles:
     """The generator's checkpoint files in memory, validated, ready for the object store."""

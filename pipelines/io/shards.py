@@ -69,7 +69,7 @@ def shard_paths(
     if not keys:
         raise UserError(
             f"no {domain} shards under {storage.display_uri(location.uri)}: run `enlightengan "
-            "prepare` with --out pointing there"
+            "prepare` with --output pointing there"
         )
     return location, [location.child(key).path for key in keys]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import platform
 import sys
@@ -50,8 +49,6 @@ from pipelines.io.shards import (
 from pipelines.ops.ray_runtime import init_ray
 from pipelines.options import Summary, storage_of
 from pipelines.prepare.spec import PrepareJob
-
-log = logging.getLogger(__name__)
 
 REJECTED = "rejected.parquet"
 
@@ -224,9 +221,9 @@ def prepare(
         zero_copy_batch=True,
     )
     # Ray Data otherwise holds half the CPUs back for the write stage, whose tasks take
-    # milliseconds: on two cores that left one core decoding and the other idle (2.1x the
-    # serial loop instead of 3.5x, benchmarks/bench_prepare.py). Set on this dataset's own
-    # context: the enhance job in the same driver (the demo) runs better with the reservation.
+    # milliseconds: on two cores that leaves one core decoding and the other idle. Set on this
+    # dataset's own context: the enhance job in the same driver (the demo) runs better with the
+    # reservation.
     dataset.context.op_resource_reservation_enabled = False
     sink = ShardDatasink(output)
     dataset.write_datasink(sink)

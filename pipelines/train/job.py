@@ -24,7 +24,6 @@ Run layout (``--output`` is a folder or an ``s3://`` prefix)::
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from dataclasses import dataclass
@@ -41,8 +40,6 @@ from pipelines.train.worker import (
     WorkerSettings,
     train_loop_per_worker,
 )
-
-log = logging.getLogger(__name__)
 
 RUN_CONFIG_FILE = "config.json"
 EXPERIMENT_NAME = "train"
@@ -263,7 +260,7 @@ def write_run_config(plan: TrainPlan) -> None:
         if changed:
             raise UserError(
                 f"{storage.display_uri(plan.run.uri)} already holds a run with other "
-                f"settings ({', '.join(changed)}): use a new --run or the same settings"
+                f"settings ({', '.join(changed)}): use a new --output or the same settings"
             )
     storage.write_bytes(target, (json.dumps(described, indent=2, sort_keys=True) + "\n").encode())
 

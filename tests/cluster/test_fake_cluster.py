@@ -165,7 +165,7 @@ def run_jobs_on_the_fake_cluster(head, s3_server, bucket: str, photos) -> None:
         prepare = ray_job_submit(
             head.dashboard_url, "prepare",
             "--low", f"{uri}/photos/low", "--normal", f"{uri}/photos/normal",
-            "--out", f"{uri}/shards",
+            "--output", f"{uri}/shards",
         )  # fmt: skip
         logs = prepare.stdout + prepare.stderr
         assert prepare.returncode == 0, logs[-4000:]

@@ -71,7 +71,7 @@ def test_prepare_from_seaweedfs_gives_every_file_one_row_with_its_reason(
     assert sorted(uploaded) == sorted(entry.key for entry in CORPUS)
     out = storage.resolve(f"s3://{bucket}/prepared")
     argv = ["prepare", "--low", f"s3://{bucket}/low", "--normal", f"{photo_bucket}/normal"]
-    assert main([*argv, "--out", out.uri, "--images-per-task", "8"]) == 0
+    assert main([*argv, "--output", out.uri, "--images-per-task", "8"]) == 0
     printed = capsys.readouterr()
     assert f"{len(CORPUS) + 4} images in" in printed.out
 

@@ -319,9 +319,10 @@ def test_s3_restart_during_enhance_retries_or_fails_clearly_and_rerun_completes(
 
 
 def _prepare_argv(low: str, normal: str, out: str) -> list[str]:
-    # Two images per shard: many write tasks, so a fault lands in the middle of the job.
-    return ["prepare", "--low", low, "--normal", normal, "--out", out,
-            "--shard-size-mb", "0.8", "--images-per-task", "2"]  # fmt: skip
+    # Two images per shard: many write tasks, so a fault lands in the middle of the job; the
+    # tests rerun over the same output, which --overwrite allows.
+    return ["prepare", "--low", low, "--normal", normal, "--output", out,
+            "--shard-size-mb", "0.8", "--images-per-task", "2", "--overwrite"]  # fmt: skip
 
 
 def assert_prepared_once(out: str, photos: dict[str, Inputs]) -> None:

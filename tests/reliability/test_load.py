@@ -158,7 +158,7 @@ def run_enhance(checkpoint: Path, source: Path, output: Path, count: int) -> Loa
 
 
 def run_prepare(low: Path, normal: Path, output: Path, count: int) -> LoadResult:
-    argv = ["prepare", "--low", str(low), "--normal", str(normal), "--out", str(output)]
+    argv = ["prepare", "--low", str(low), "--normal", str(normal), "--output", str(output)]
     with PeakRss() as meter:
         started = time.perf_counter()
         assert main([*argv, *PREPARE_SIZE_OPTIONS, "--images-per-task", "64"]) == 0

@@ -149,10 +149,10 @@ def test_full_run_never_writes_or_prints_the_secret(
     config_file.write_text(tiny_config().to_json())
     jobs = [
         ["prepare", "--low", f"{root}/in/low", "--normal", f"{root}/in/normal"]
-        + ["--out", f"{root}/prepared"],
-        ["train", "--data", f"{root}/prepared", "--run", f"{root}/run", "--cpu"]
-        + ["--config", str(config_file), "--steps", "2", "--checkpoint-every", "2"]
-        + ["--sample-every", "2", "--torch-threads", "1"],
+        + ["--output", f"{root}/prepared"],
+        ["train", "--data", f"{root}/prepared", "--run", f"{root}/run"]
+        + ["--model-config", str(config_file), "--steps", "2", "--checkpoint-every", "2"]
+        + ["--sample-every", "2", "--threads-per-worker", "1"],
         ["enhance", "--checkpoint", f"{root}/run", "--input", f"{root}/in/low"]
         + ["--output", f"{root}/enhanced"],
         ["evaluate", "--checkpoint", f"{root}/run", "--input", f"{root}/in/low"]
@@ -185,7 +185,7 @@ def test_full_run_never_writes_or_prints_the_secret(
 JOB_ARGUMENTS = {
     "prepare": lambda b, d: (
         ["--low", f"s3://{b}/in/low", "--normal", f"s3://{b}/in/normal"]
-        + ["--out", f"s3://{b}/out"]
+        + ["--output", f"s3://{b}/out"]
     ),
     "train": lambda b, d: ["--data", f"s3://{b}/prepared", "--run", str(d / "run")],
     "enhance": lambda b, d: (

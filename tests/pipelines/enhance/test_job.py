@@ -202,7 +202,7 @@ def test_resume_after_limit_and_partial_output_redoes_only_missing(
     assert (
         "enhanced: 0  skipped: 5  failed: 0" in all_skipped and ", 0 bytes written" in all_skipped
     )
-    assert enhance(*common, "--overwrite", "--format", "png", "--limit", "1") == 0
+    assert enhance(*common, "--overwrite", "--image-format", "png", "--limit", "1") == 0
     assert "enhanced: 1" in capsys.readouterr().out
     assert len([p for p in output.rglob("*.png") if "_manifest" not in p.parts]) >= 3
 
@@ -221,7 +221,7 @@ def test_s3_to_local_and_local_to_s3(ray_local, s3_env, checkpoint_run, inputs, 
             f"s3://{bucket}/in",
             "--output",
             str(local_out),
-            "--format",
+            "--image-format",
             "png",
         )  # fmt: skip
         == 0
@@ -396,6 +396,6 @@ def test_only_dark_skip_then_copy_then_every_image_with_resume_and_dry_run(
 def test_only_dark_copy_with_another_format_is_refused(checkpoint_run, inputs, tmp_path, capsys):
     code = enhance(
         "--checkpoint", str(checkpoint_run), "--input", str(inputs), "--output", str(tmp_path),
-        "--only-dark", "copy", "--format", "png",
+        "--only-dark", "copy", "--image-format", "png",
     )  # fmt: skip
-    assert code == 2 and "--format same" in capsys.readouterr().err
+    assert code == 2 and "--image-format same" in capsys.readouterr().err

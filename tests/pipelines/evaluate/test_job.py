@@ -56,6 +56,8 @@ def test_evaluate_writes_scores_equal_to_direct_niqe(
     code = main(
         [
             "evaluate",
+            "--precision",
+            "fp32",
             "--checkpoint",
             str(checkpoint),
             "--input",
@@ -157,7 +159,15 @@ def test_compare_scores_the_shipped_starter_model_in_its_own_column(
     from enlightengan.starter import load_starter_generator
 
     output = tmp_path / "evaluation"
-    argv = ["evaluate", "--checkpoint", str(checkpoint), "--compare", "starter"]
+    argv = [
+        "evaluate",
+        "--precision",
+        "fp32",
+        "--checkpoint",
+        str(checkpoint),
+        "--compare",
+        "starter",
+    ]
     argv += ["--input", str(lime_folder), "--output", str(output), "--samples", "2"]
     assert main(argv) == 0
     assert "compared with the shipped starter model" in capsys.readouterr().err

@@ -64,8 +64,8 @@ def only_error_line(capsys) -> str:
 @pytest.mark.slow  # the dynamo exporter takes 35-70 s on 2 cores; CI covers --exporter legacy
 def test_onnx_export_matches_torch_on_sizes_not_multiples_of_16(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "generator.onnx"
-    assert main(["export", "--checkpoint", str(tiny_checkpoint.parent), "--format", "onnx",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert main(["export", "--checkpoint", str(tiny_checkpoint.parent), "--export-format", "onnx",
+                 "--output", str(out)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "max |onnxruntime - torch|" in printed
 
@@ -103,8 +103,8 @@ def test_onnx_export_matches_torch_on_sizes_not_multiples_of_16(tiny_checkpoint,
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_round_trip_on_two_sizes(tiny_checkpoint, tmp_path):
     out = tmp_path / "generator.pt"
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "torchscript",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--export-format", "torchscript",
+                 "--output", str(out)]) == 0  # fmt: skip
     loaded = torch.jit.load(str(out))
     generator = load_generator(tiny_checkpoint)
     for batch, height, width in ((2, 48, 80), (1, 45, 70)):
@@ -122,8 +122,8 @@ def test_official_export_then_import_reproduces_the_generator(tmp_path, capsys):
     original = reference_generator()
     source = save_checkpoint(tmp_path / "source", config=config, networks={"generator": original})
     weights = tmp_path / "official" / "200_net_G_A.pth"
-    assert main(["export", "--checkpoint", str(source), "--format", "official",
-                 "--out", str(weights)]) == 0  # fmt: skip
+    assert main(["export", "--checkpoint", str(source), "--export-format", "official",
+                 "--output", str(weights)]) == 0  # fmt: skip
 
     state = torch.load(weights, weights_only=True)
     # The authors' layout: DataParallel's "module." prefix and no BatchNorm step counters.
@@ -131,7 +131,7 @@ def test_official_export_then_import_reproduces_the_generator(tmp_path, capsys):
     assert set(state) == {f"module.{name}" for name in native if "num_batches" not in name}
 
     imported = tmp_path / "imported"
-    assert main(["import-official", "--weights", str(weights), "--out", str(imported),
+    assert main(["import-official", "--weights", str(weights), "--output", str(imported),
                  "--no-check"]) == 0  # fmt: skip
     assert "enhance --checkpoint" in capsys.readouterr().out
     images = dark_batch(1, 32, 48)
@@ -140,14 +140,14 @@ def test_official_export_then_import_reproduces_the_generator(tmp_path, capsys):
         assert torch.equal(load_generator(imported)(images), expected)
     assert (expected - images).abs().max() > 0.05
 
-    assert main(["import-official", "--weights", str(weights), "--out", str(imported)]) == 2
+    assert main(["import-official", "--weights", str(weights), "--output", str(imported)]) == 2
     assert "--overwrite" in only_error_line(capsys)
 
 
 def test_official_export_of_a_tiny_model_is_one_clear_error(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "tiny.pth"
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "official",
-                 "--out", str(out)]) == 2  # fmt: skip
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--export-format", "official",
+                 "--output", str(out)]) == 2  # fmt: skip
     error = only_error_line(capsys)
     assert "reference generator" in error and "base_channels 4" in error
     assert list(tmp_path.iterdir()) == []
@@ -159,10 +159,10 @@ def test_missing_or_wrong_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     if case == "not-weights":
         source.write_bytes(b"\x89PNG\r\n\x1a\n not a torch file")
     if case == "checkpoint":
-        argv = ["export", "--checkpoint", str(source), "--format", "onnx"]
-        argv += ["--out", str(tmp_path / "g.onnx")]
+        argv = ["export", "--checkpoint", str(source), "--export-format", "onnx"]
+        argv += ["--output", str(tmp_path / "g.onnx")]
     else:
-        argv = ["import-official", "--weights", str(source), "--out", str(tmp_path / "ckpt")]
+        argv = ["import-official", "--weights", str(source), "--output", str(tmp_path / "ckpt")]
     assert main(argv) == 2
     assert "nothing-here" in only_error_line(capsys)
     written = [path.name for path in tmp_path.iterdir()]
@@ -176,8 +176,8 @@ def test_s3_checkpoint_export_stores_no_secret(s3_env, tiny_checkpoint, tmp_path
         with filesystem.open_output_stream(f"{bucket}/runs/a/checkpoint_000001/{file.name}") as f:
             f.write(file.read_bytes())
     out = tmp_path / "exported" / "generator.onnx"
-    assert main(["export", "--checkpoint", f"s3://{bucket}/runs", "--format", "onnx",
-                 "--exporter", "legacy", "--opset", "17", "--out", str(out)]) == 0  # fmt: skip
+    assert main(["export", "--checkpoint", f"s3://{bucket}/runs", "--export-format", "onnx",
+                 "--exporter", "legacy", "--opset", "17", "--output", str(out)]) == 0  # fmt: skip
 
     printed = capsys.readouterr()
     sidecar = sidecar_of(out)

@@ -33,7 +33,7 @@ from tests.fixtures.photos import upload_folder
 from tests.fixtures.seaweed import all_keys, botocore_client
 
 pytestmark = pytest.mark.timeout(300)
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -146,12 +146,12 @@ def test_submitted_prepare_train_enhance_write_their_outputs_to_the_bucket(
     upload_folder(Path(photo_dataset.root), filesystem, f"{base}/photos")
     with filesystem.open_output_stream(f"{base}/tiny.json") as stream:
         stream.write(tiny_config().to_json().encode())
-    address = ["--address", loaded.ray.dashboard_url, "--follow"]
+    address = ["--job-server", loaded.ray.dashboard_url, "--follow"]
     uri = f"s3://{base}"
 
     code, out, err = run_cli(
         "submit", "prepare", *address,
-        "--low", f"{uri}/photos/low", "--normal", f"{uri}/photos/normal", "--out", f"{uri}/shards",
+        "--low", f"{uri}/photos/low", "--normal", f"{uri}/photos/normal", "--output", f"{uri}/shards",
     )  # fmt: skip
     assert code == 0, out + err
     assert re.match(r"raysubmit_\w+", out)
@@ -161,7 +161,7 @@ def test_submitted_prepare_train_enhance_write_their_outputs_to_the_bucket(
 
     code, out, err = run_cli(
         "submit", "train", *address, "--data", f"{uri}/shards", "--run", f"{uri}/run",
-        "--config", f"{uri}/tiny.json", "--steps", "2", "--checkpoint-every", "2",
+        "--model-config", f"{uri}/tiny.json", "--steps", "2", "--checkpoint-every", "2",
         "--cpus-per-worker", "0.5",
     )  # fmt: skip
     assert code == 0, out + err
@@ -179,7 +179,7 @@ def test_submitted_prepare_train_enhance_write_their_outputs_to_the_bucket(
 
 
 def test_bad_option_fails_before_anything_is_submitted(cluster_env):
-    address = ["--address", cluster_env.ray.dashboard_url]
+    address = ["--job-server", cluster_env.ray.dashboard_url]
     before = run_cli("jobs", "list", *address)[1]
     enhance = ["--checkpoint", "c", "--input", "i", "--output", "o"]
     code, _, err = run_cli("submit", "enhance", *address, *enhance, "--no-such-option")
@@ -221,9 +221,9 @@ def test_no_secret_reaches_entrypoint_metadata_or_runtime_env(cluster_env, photo
     upload_folder(Path(photo_dataset.root), filesystem, f"{loaded.bucket}/secret-check")
     uri = f"s3://{loaded.bucket}/secret-check"
     code, out, err = run_cli(
-        "submit", "prepare", "--address", loaded.ray.dashboard_url, "--follow",
+        "submit", "prepare", "--job-server", loaded.ray.dashboard_url, "--follow",
         "--metadata", "team=vision", "--low", f"{uri}/low", "--normal", f"{uri}/normal",
-        "--out", f"{uri}/shards", "--dry-run",
+        "--output", f"{uri}/shards", "--dry-run",
     )  # fmt: skip
     assert code == 0, out + err  # listing the bucket worked: the credentials came from the head
 
@@ -240,19 +240,19 @@ def test_no_secret_reaches_entrypoint_metadata_or_runtime_env(cluster_env, photo
     info = client.get_job_info(out.splitlines()[0])
     assert info.metadata["team"] == "vision" and info.metadata["enlightengan_job"] == "prepare"
     assert info.entrypoint.startswith("python -m pipelines.cli prepare --low ")
-    assert "--address" not in info.entrypoint and "--follow" not in info.entrypoint
+    assert "--job-server" not in info.entrypoint and "--follow" not in info.entrypoint
 
 
 def test_secrets_in_arguments_or_runtime_env_are_refused(cluster_env, tmp_path):
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]
-    address = ["--address", cluster_env.ray.dashboard_url]
+    address = ["--job-server", cluster_env.ray.dashboard_url]
     before = run_cli("jobs", "list", *address)[1]
-    prepare = ["--low", "a", "--normal", "b", "--out", "c"]
+    prepare = ["--low", "a", "--normal", "b", "--output", "c"]
     code, _, err = run_cli("submit", "prepare", *address, "--metadata", f"k={secret}", *prepare)
     assert code == 2 and "secret" in err and secret not in err
     documented = re.search(r"see ([\w/.-]+\.md), (\w+)", err)
     assert f"## {documented[2]}" in (REPO / documented[1]).read_text()  # the page and section
-    code, _, err = run_cli("submit", "prepare", *address, *prepare, "--out", f"s3://{secret}/x")
+    code, _, err = run_cli("submit", "prepare", *address, *prepare, "--output", f"s3://{secret}/x")
     assert code == 2 and secret not in err
     leaky = tmp_path / "runtime_env.yaml"
     leaky.write_text("env_vars:\n  AWS_SECRET_ACCESS_KEY: whatever\n")
@@ -262,8 +262,8 @@ def test_secrets_in_arguments_or_runtime_env_are_refused(cluster_env, tmp_path):
 
 
 def test_submit_options_are_removed_and_job_options_kept_verbatim():
-    options = {"--address": True, "--follow": False, "--metadata": True}
-    argv = ["--address", "http://h:8265", "--data=s3://b/x y", "--follow", "--metadata=k=v",
+    options = {"--job-server": True, "--follow": False, "--metadata": True}
+    argv = ["--job-server", "http://h:8265", "--data=s3://b/x y", "--follow", "--metadata=k=v",
             "--metadata", "a=b", "--steps", "3", "--", "--follow"]  # fmt: skip
     assert forwarded_arguments(argv, options) == [
         "--data=s3://b/x y",
@@ -364,7 +364,7 @@ def test_ray_cli_and_an_s3_client_as_a_new_user(stack, photo_dataset):
     logs = shell.job(
         "new-user-prepare",
         f"python -m pipelines.cli prepare --low {uri}/photos/low --normal {uri}/photos/normal "
-        f"--out {uri}/shards",
+        f"--output {uri}/shards",
     )
     manifest = json.loads(client.get_object(Bucket=bucket, Key=f"{base}/shards/manifest.json")
                           ["Body"].read())  # fmt: skip
@@ -372,7 +372,7 @@ def test_ray_cli_and_an_s3_client_as_a_new_user(stack, photo_dataset):
     train_logs = shell.job(
         "new-user-train",
         f"python -m pipelines.cli train --data {uri}/shards --run {uri}/run "
-        f"--config {uri}/tiny.json --steps 2 --checkpoint-every 2 --cpus-per-worker 0.5",
+        f"--model-config {uri}/tiny.json --steps 2 --checkpoint-every 2 --cpus-per-worker 0.5",
     )
     assert "train: finished at step 2 of 2" in train_logs
     assert "\x1b[A" not in train_logs  # progress as plain lines: no terminal is attached

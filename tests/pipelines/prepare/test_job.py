@@ -127,9 +127,12 @@ def test_prepare_from_local_folders_via_cli(ray_local, mixed_source, tmp_path, c
     (out / "low" / "stale.parquet").write_bytes(b"left over from an older run")
     (out / "manifest.json").write_text('{"status": "complete"}')
     args = ["prepare", "--low", str(mixed_source / "low"), "--normal", str(mixed_source / "normal")]
-    assert main([*args, "--out", str(out), "--dry-run"]) == 0
+    assert main([*args, "--output", str(out), "--dry-run"]) == 0
     assert "low: 20 images" in capsys.readouterr().out
-    assert main([*args, "--out", f"file://{out}", "--images-per-task", "4"]) == 0
+    assert main([*args, "--output", f"file://{out}"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (out / "low" / "stale.parquet").exists()
+    assert main([*args, "--output", f"file://{out}", "--images-per-task", "4", "--overwrite"]) == 0
     printed = capsys.readouterr().out
     assert "25 images in" in printed and "17 written" in printed and "truncated 1" in printed
     assert not (out / "low" / "stale.parquet").exists()
@@ -179,6 +182,6 @@ def test_missing_inputs_and_unprepared_data_are_user_errors(ray_local, tmp_path,
         read_domain(str(tmp_path / "o"), "low")
     only_bad = str(mixed_source / "low" / "corpus" / "broken")
     args = ["prepare", "--low", only_bad, "--normal", str(mixed_source / "normal")]
-    assert main([*args, "--out", str(tmp_path / "o")]) == 1
+    assert main([*args, "--output", str(tmp_path / "o")]) == 1
     with pytest.raises(UserError, match="no low shards"):
         check_prepared(str(tmp_path / "o"))

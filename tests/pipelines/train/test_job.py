@@ -36,7 +36,7 @@ from pipelines.ops.local_services import session_members
 from pipelines.prepare.job import prepare
 from pipelines.train.worker import augment_generator
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY = tiny_config()
 # The faulted run decays its learning rate from the first epoch (3 steps: 5 low images over
 # 2 workers of batch 1), so a restart or a rerun that lost its place in the schedule shows.
@@ -52,7 +52,8 @@ def _train_args(data: str, run: str, *extra: str) -> list[str]:
         for name, value in fields.items() if isinstance(fields, dict) else [(None, fields)]:
             key = f"{section}.{name}" if name else section
             sets += ["--set", f"{key}={json.dumps(value)}"]
-    return ["train", "--data", data, "--run", run, "--cpu", *sets, *extra]
+    # fp32: the tests compare with plain fp32 loops; `auto` would take bf16 on an AMX CPU.
+    return ["train", "--data", data, "--run", run, "--precision", "fp32", *sets, *extra]
 
 
 def _read_jsonl(location: storage.Location) -> list[dict]:
@@ -236,7 +237,16 @@ def test_one_worker_matches_a_plain_pytorch_loop(ray_local, photo_dataset, tmp_p
     data, run = tmp_path / "data", tmp_path / "run"
     prepare(str(tmp_path / "one" / "low"), str(tmp_path / "one" / "normal"), str(data))
     steps = 3
-    args = ["--workers", "1", "--steps", str(steps), "--sample-every", "0", "--torch-threads", "1"]
+    args = [
+        "--workers",
+        "1",
+        "--steps",
+        str(steps),
+        "--sample-every",
+        "0",
+        "--threads-per-worker",
+        "1",
+    ]
     assert main(_train_args(str(data), str(run), *args)) == 0
     ray_losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 

@@ -19,7 +19,7 @@ def _files(folder):
 
 def test_demo_smallest_settings_runs_every_job_and_a_rerun_reuses(ray_local, tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--steps", "2"]) == 0
+    assert main(["demo", "--output", str(out), "--steps", "2"]) == 0
     printed = capsys.readouterr().out
     for step in ("[demo 1/5]", "[demo 2/5]", "[demo 3/5]", "[demo 4/5]", "[demo 5/5]"):
         assert step in printed
@@ -39,7 +39,7 @@ def test_demo_smallest_settings_runs_every_job_and_a_rerun_reuses(ray_local, tmp
     with Image.open(out / "evaluation" / "contact_sheet.png") as sheet:
         assert sheet.width > 5 * 200  # input, quick model, gamma, histeq, starter model
 
-    assert main(["demo", "--out", str(out), "--steps", "2"]) == 0
+    assert main(["demo", "--output", str(out), "--steps", "2"]) == 0
     printed = capsys.readouterr().out
     assert "reusing photos" in printed and "reusing shards" in printed
     assert "enhanced: 0  skipped: 5" in printed
@@ -55,7 +55,7 @@ def test_demo_s3_runs_every_job_through_a_local_bucket_and_stops_the_server(
         return {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
 
     before = aws_variables()
-    assert main(["demo", "--out", str(out), "--steps", "2", "--s3"]) == 0
+    assert main(["demo", "--output", str(out), "--steps", "2", "--s3"]) == 0
     assert aws_variables() == before  # the store's credentials do not outlive the demo
     printed = capsys.readouterr().out
     assert "s3://enlightengan-demo/shards" in printed and "[demo 5/5]" in printed
@@ -83,7 +83,7 @@ def test_demo_default_settings_visibly_brighten_the_photos(ray_local, tmp_path):
     # The faithful losses alone barely move the tiny model in 400 steps (14.5 -> 20.7 measured
     # in a plain loop); the demo's exposure term is what this checks, with margin: 109.6 here.
     out = tmp_path / "demo-default"
-    assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--output", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["input_mean_luma"] < 20
     assert summary["enhanced_mean_luma"] > 3 * summary["input_mean_luma"]
