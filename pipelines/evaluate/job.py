@@ -27,11 +27,7 @@ import numpy as np
 from pipelines.errors import UserError
 from pipelines.evaluate.spec import EvaluateJob
 from pipelines.inference.backends import choose_backend
-from pipelines.inference.checkpoints import (
-    STARTER_NAME,
-    checkpoint_holder,
-    load_checkpoint_files,
-)
+from pipelines.inference.checkpoints import checkpoint_holder, load_checkpoint_files
 from pipelines.inference.scores import luma_mean, safe_niqe
 from pipelines.inference.stages import (
     FAILED,
@@ -48,7 +44,7 @@ from pipelines.io.storage import (
     write_bytes,
 )
 from pipelines.ops.ray_runtime import init_ray
-from pipelines.options import Summary, storage_of
+from pipelines.options import STARTER_NAME, Summary, storage_of
 
 VARIANTS = ("input", "enhanced", "gamma", "histeq")
 # With --compare, a second model's output is scored too, in this column.

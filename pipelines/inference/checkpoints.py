@@ -13,21 +13,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.options import STARTER_NAME
+
 # What the actors need to rebuild the generator; optimiser and discriminator state stay behind.
 CHECKPOINT_FILES_FOR_INFERENCE = ("checkpoint.json", "config.json", "generator.pt")
-# `--checkpoint starter` (or no --checkpoint) names the generator shipped in the package.
-STARTER_NAME = "starter"
-
-
-def add_checkpoint_argument(parser) -> None:
-    """``--checkpoint``, the same for every job that runs a generator."""
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        help="checkpoint dir, training run root (latest complete checkpoint) or s3:// URI; "
-        f"'{STARTER_NAME}' or nothing: the starter model shipped in the package (a local "
-        f"folder called {STARTER_NAME} is ./{STARTER_NAME})",
-    )
+# Handles that keep lasting_checkpoint_holder's actors alive for this driver.
+_LASTING_HOLDERS: dict[str, object] = {}
 
 
 def stage_checkpoint(files: dict[str, bytes]) -> Path:
@@ -86,9 +77,12 @@ def lasting_checkpoint_holder(files: dict[str, bytes]) -> str:
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + files[name])
     name = f"enlightengan-checkpoint-{digest.hexdigest()[:16]}"
-    ray.remote(CheckpointHolder).options(
-        name=name, num_cpus=0, max_restarts=0, get_if_exists=True
-    ).remote(files)
+    # Ray collects an actor, named or not, once no handle to it is left.
+    _LASTING_HOLDERS[name] = (
+        ray.remote(CheckpointHolder)
+        .options(name=name, num_cpus=0, max_restarts=0, get_if_exists=True)
+        .remote(files)
+    )
     return name
 
 
