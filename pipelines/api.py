@@ -76,6 +76,7 @@ class Enhancer:
         precision: str = "auto",
         batch_size: int = 4,
         tile_size: int | None = 1024,
+        channels_last: bool = True,
         threads: int | None = None,
         endpoint_url: str | None = None,
         profile: str | None = None,
@@ -99,6 +100,7 @@ class Enhancer:
             precision=precision,
             batch_size=batch_size,
             tile_size=tile_size or None,
+            channels_last=channels_last,
             torch_threads=threads,
         )
         directory = stage_checkpoint(found.files)

@@ -73,10 +73,9 @@ from pipelines.io.retries import retry_transient_task_errors, storage_failure
 from pipelines.io.storage import (
     Location,
     check_access,
-    delete_file,
+    check_writable,
     display_uri,
     resolve,
-    write_bytes,
 )
 from pipelines.ops.ray_runtime import init_ray
 from pipelines.options import Summary, storage_of
@@ -145,7 +144,7 @@ def run_enhance(job: EnhanceJob) -> Summary:
     rules = key_rules(source, output, job)
     listing = ListingSource.of(source)
     if not job.dry_run:
-        check_writable(output, job.output)
+        check_writable(output.child(MANIFEST_DIR), job.output)
     init_ray(job.address, job.num_cpus)
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     try:
@@ -185,19 +184,6 @@ def run_enhance(job: EnhanceJob) -> Summary:
             "report": report,
         },
     )
-
-
-def check_writable(output: Location, uri: str) -> None:
-    """Write and delete one small object under the manifest folder, so an output that cannot
-    be written at all (permission denied, a file in the way, a full disk, a read-only bucket)
-    is one clear error before any image is read."""
-    probe = f"{_manifest_root(output)}/.write-check-{uuid.uuid4().hex}"
-    try:
-        write_bytes(Location(output.filesystem, probe, probe), b"enlightengan write check\n")
-        delete_file(Location(output.filesystem, probe, probe))
-    except (OSError, UserError) as error:
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"cannot write to the output {uri}: {detail}") from None
 
 
 def _rows_per_block(batch_size: int) -> int:

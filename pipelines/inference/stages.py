@@ -33,15 +33,18 @@ TO_COPY = "to-copy"
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """How each actor runs the generator (mirrors ``enlightengan.inference.EnhancerSettings``)."""
+    """How each actor runs the generator: the backend and its threads, plus the fields of
+    ``enlightengan.inference.EnhancerSettings`` that the jobs set, with the same defaults
+    (kept free of torch so that drivers and the CLI need not import it). ``precision`` and
+    ``backend`` may be ``auto``: each actor resolves them for its own device and CPU."""
 
     device: str = "cpu"
     backend: str = "auto"
-    precision: str = "fp32"
-    channels_last: bool = True
+    precision: str = "auto"
+    channels_last: bool = False
     batch_size: int = 4
-    tile_size: int | None = None
-    tile_overlap: int | None = None
+    tile_size: int | None = 1024
+    tile_overlap: int = 64
     torch_threads: int | None = None
 
 
@@ -193,10 +196,8 @@ def build_enhancer(checkpoint_dir: str | os.PathLike, settings: InferenceSetting
         "channels_last": settings.channels_last,
         "batch_size": settings.batch_size,
     }
-    if settings.tile_size:
-        options["tile_size"] = settings.tile_size
-    if settings.tile_overlap is not None:
-        options["tile_overlap"] = settings.tile_overlap
+    options["tile_size"] = settings.tile_size or None
+    options["tile_overlap"] = settings.tile_overlap
     return build_backend_enhancer(checkpoint_dir, settings, options)
 
 

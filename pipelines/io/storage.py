@@ -307,6 +307,19 @@ def write_bytes(target, data: bytes) -> None:
         raise _explain(error, location) from None
 
 
+def check_writable(folder: Location, shown_uri: str) -> None:
+    """Write and delete one small object in ``folder``, so an output that cannot be written at
+    all (permission denied, a file in the way, a full disk, a read-only bucket) is one clear
+    error naming ``shown_uri`` before any work starts."""
+    probe = folder.child(f".write-check-{uuid.uuid4().hex}")
+    try:
+        write_bytes(probe, b"enlightengan write check\n")
+        delete_file(probe)
+    except (OSError, UserError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"cannot write to the output {shown_uri}: {detail}") from None
+
+
 def exists(target) -> bool:
     location = as_location(target)
     return location.filesystem.get_file_info(location.path).type != pafs.FileType.NotFound

@@ -20,7 +20,6 @@ import math
 import platform
 import sys
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -200,7 +199,7 @@ def prepare(
     output = storage.resolve(out, options)
     listed = list_inputs(sources)
     storage.check_access(output)
-    check_writable(output)
+    storage.check_writable(output, storage.display_uri(output.uri))
     storage.delete_file(output.child(MANIFEST))
     for stale in (*DOMAINS, REJECTED):
         storage.delete_prefix(output.child(stale))
@@ -320,21 +319,6 @@ def _drop_duplicates(
             shards[domain].append(new_name)
         dropped_bytes += dropped
     return rows, dropped_bytes
-
-
-def check_writable(output: storage.Location) -> None:
-    """Write and delete one small object, so an output that cannot be written at all
-    (permission denied, a file in the way, a full disk, a read-only bucket) is one clear error
-    before anything is read or deleted."""
-    probe = output.child(f".write-check-{uuid.uuid4().hex}")
-    try:
-        storage.write_bytes(probe, b"enlightengan write check\n")
-        storage.delete_file(probe)
-    except (OSError, UserError) as error:
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(
-            f"cannot write to the output {storage.display_uri(output.uri)}: {detail}"
-        ) from None
 
 
 def _delete_stray_shards(output: storage.Location, shards: dict[str, list[str]]) -> None:

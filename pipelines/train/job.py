@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from enlightengan.config import EnlightenGANConfig
 from pipelines.errors import UserError
 from pipelines.io import shards, storage
+from pipelines.io.shards import DOMAINS
 from pipelines.ops.ray_runtime import init_ray
 from pipelines.options import Summary, storage_of
 from pipelines.train.spec import TrainJob
 from pipelines.train.worker import (
-    DOMAINS,
     LATEST_POINTER,
     WorkerSettings,
     train_loop_per_worker,

@@ -36,6 +36,7 @@ from enlightengan.config import AugmentConfig, EnlightenGANConfig
 from enlightengan.training import (
     LOSS_TERMS,
     OPTIONAL_LOSS_TERMS,
+    autocast_context,
     build_modules,
     build_optimizers,
     learning_rate,
@@ -47,10 +48,10 @@ from enlightengan.vgg import build_vgg_features
 from pipelines import plots
 from pipelines.io import storage
 from pipelines.io.images import decode_png
+from pipelines.io.shards import DOMAINS
 
 log = logging.getLogger(__name__)
 
-DOMAINS = ("low", "normal")
 CHECKPOINT_PREFIX = "checkpoint_"
 LATEST_POINTER = "latest_checkpoint.json"
 FAULT_MARKER = ".fault_injected"
@@ -294,17 +295,11 @@ def _sample_grid(generator: torch.nn.Module, low: torch.Tensor, device, autocast
     inputs = low[:SAMPLE_COUNT]
     network.eval()
     try:
-        with torch.no_grad(), _autocast(device, autocast):
+        with torch.no_grad(), autocast_context(device, autocast):
             enhanced = network(inputs.to(device)).float().cpu()
     finally:
         network.train()
     return plots.sample_grid_png({"input": list(inputs), "enhanced": list(enhanced)}, caption)
-
-
-def _autocast(device: torch.device, dtype):
-    if dtype is None:
-        return torch.autocast(device_type=device.type, enabled=False)
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _inject_fault_once(settings: WorkerSettings, step: int, rank: int, world: int, run: RunFiles):

@@ -205,3 +205,16 @@ def test_enhance_cli_refuses_onnxruntime_in_bf16_before_any_work(checkpoint, tmp
     error = capsys.readouterr().err.strip()
     assert "fp32 only" in error and len(error.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_inference_settings_default_like_the_enhancer_settings():
+    """The Ray layer's settings carry EnhancerSettings' fields with the same defaults."""
+    import dataclasses
+
+    from enlightengan.inference import EnhancerSettings
+
+    ours = {field.name: field.default for field in dataclasses.fields(InferenceSettings)}
+    model = {field.name: field.default for field in dataclasses.fields(EnhancerSettings)}
+    shared = set(ours) & set(model) - {"precision"}
+    assert shared >= {"device", "channels_last", "batch_size", "tile_size", "tile_overlap"}
+    assert {name: ours[name] for name in shared} == {name: model[name] for name in shared}
