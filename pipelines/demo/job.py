@@ -43,6 +43,18 @@ TINY_MODEL = (
 def run_demo(job: DemoJob) -> Summary:
     """The five steps (see the module notes); returns the demo's brightness and NIQE summary."""
     out = Path(job.output).resolve()
+    if job.dry_run:
+        base = f"s3://{DEMO_BUCKET}" if job.s3 else str(out)
+        steps = {
+            "photos": f"{out}/photos (from installed wheels)",
+            "prepare": f"{base}/shards",
+            "train": f"{base}/run-{job.steps}-steps-<settings hash>",
+            "enhance": f"{base}/enhanced",
+            "evaluate": f"{out}/evaluation",
+        }
+        for number, (step, where) in enumerate(steps.items(), start=1):
+            print(f"[demo {number}/5] {step} -> {where}")
+        return Summary("demo", {"dry_run": True, "steps": steps})
     if not job.s3:
         return _run_steps(job, out, str(out))
     from pipelines.ops.local_services import create_bucket, start_object_store, stop_process

@@ -23,6 +23,7 @@ class DemoJob:
     exposure: float = 10.0
     seed: int = 0
     s3: bool = False
+    dry_run: bool = False
     address: str | None = None
     num_cpus: int | None = None
 
@@ -67,5 +68,5 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the same steps through a local SeaweedFS S3 server (started on 127.0.0.1 "
         "with random credentials, stopped at the end; data kept in OUTPUT/s3)",
     )
-    add_common_arguments(parser, dry_run=None)
+    add_common_arguments(parser, dry_run="print the five steps and where each writes; run nothing")
     add_ray_arguments(parser)

@@ -65,9 +65,7 @@ def test_jobs_that_run_models_share_one_vocabulary(name):
 @pytest.mark.parametrize("name", [name for name, c in COMMANDS.items() if c.spec])
 def test_every_job_has_config_json_and_output(name):
     options = _options(name)
-    assert {"--config", "--json", "--output"} <= set(options)
-    if name != "demo":
-        assert "--dry-run" in options
+    assert {"--config", "--json", "--output", "--dry-run"} <= set(options)
 
 
 def test_formats_are_named_apart():
