@@ -40,7 +40,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         "--steps",
         type=int,
         default=400,
-        help="training steps (about 2 minutes on 2 cores; 2 for a smoke run). The learning "
+        help="training steps (2 for a smoke run). The learning "
         "rate is constant for the first half, then decays linearly to 0, as the paper's 100 + "
         "100 epochs do",
     )
