@@ -262,43 +262,21 @@ def _to_pil(array: np.ndarray):
     return Image.fromarray(array, mode="RGB")
 
 
-def run_prepare(job: PrepareJob) -> Summary:
-    from pipelines.prepare.job import run_prepare as run
-
-    return run(job)
-
-
-def run_train(job: TrainJob) -> Summary:
-    from pipelines.train.job import run_train as run
-
-    return run(job)
-
-
-def run_enhance(job: EnhanceJob) -> Summary:
-    from pipelines.enhance.job import run_enhance as run
-
-    return run(job)
+# The jobs' functions, imported on first use (each pulls in its job's heavy modules).
+_RUNNERS = {
+    "run_prepare": "pipelines.prepare.job",
+    "run_train": "pipelines.train.job",
+    "run_enhance": "pipelines.enhance.job",
+    "run_evaluate": "pipelines.evaluate.job",
+    "run_export": "pipelines.export.job",
+    "run_import_official": "pipelines.export.job",
+    "run_demo": "pipelines.demo.job",
+}
 
 
-def run_evaluate(job: EvaluateJob) -> Summary:
-    from pipelines.evaluate.job import run_evaluate as run
+def __getattr__(name: str):
+    if name in _RUNNERS:
+        import importlib
 
-    return run(job)
-
-
-def run_export(job: ExportJob) -> Summary:
-    from pipelines.export.job import run_export as run
-
-    return run(job)
-
-
-def run_import_official(job: ImportOfficialJob) -> Summary:
-    from pipelines.export.job import run_import_official as run
-
-    return run(job)
-
-
-def run_demo(job: DemoJob) -> Summary:
-    from pipelines.demo.job import run_demo as run
-
-    return run(job)
+        return getattr(importlib.import_module(_RUNNERS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

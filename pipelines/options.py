@@ -31,9 +31,6 @@ PRECISION_HELP = (
     "auto: bf16 on GPUs and on CPUs with AMX (native bf16), fp32 elsewhere; bf16/fp16: "
     "autocast, weights stay fp32"
 )
-# Fields every spec has, filled from the shared flags.
-STORAGE_FIELDS = ("endpoint_url", "profile", "region")
-RAY_FIELDS = ("address", "num_cpus")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -272,11 +269,28 @@ def _plain(value):
     return value
 
 
-def storage_of(spec):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StorageFields:
+    """The object-storage flags of a job's spec (never credentials)."""
+
+    endpoint_url: str | None = None
+    profile: str | None = None
+    region: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RayFields:
+    """The Ray flags of a job's spec: the cluster to join, or the cores of a local Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+
+
+def storage_of(spec: StorageFields):
     """The :class:`~pipelines.io.storage.StorageOptions` of a spec's storage fields."""
     from pipelines.io.storage import StorageOptions
 
-    return StorageOptions(**{name: getattr(spec, name) for name in STORAGE_FIELDS})
+    return StorageOptions(spec.endpoint_url, spec.profile, spec.region)
 
 
 @dataclasses.dataclass

@@ -6,11 +6,16 @@ import argparse
 from dataclasses import dataclass
 
 from pipelines.errors import UserError
-from pipelines.options import add_common_arguments, add_output_argument, add_ray_arguments
+from pipelines.options import (
+    RayFields,
+    add_common_arguments,
+    add_output_argument,
+    add_ray_arguments,
+)
 
 
 @dataclass(frozen=True)
-class DemoJob:
+class DemoJob(RayFields):
     """Build a small unpaired photo set from installed wheels, then prepare, train a tiny
     model, enhance and evaluate, everything under ``output``.
 
@@ -24,8 +29,6 @@ class DemoJob:
     seed: int = 0
     s3: bool = False
     dry_run: bool = False
-    address: str | None = None
-    num_cpus: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:

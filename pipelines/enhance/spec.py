@@ -9,6 +9,8 @@ from pipelines.errors import UserError
 from pipelines.inference.darkness import DEFAULT_DARK_THRESHOLD, ONLY_DARK_MODES, DarkPolicy
 from pipelines.io.formats import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from pipelines.options import (
+    RayFields,
+    StorageFields,
     add_checkpoint_argument,
     add_common_arguments,
     add_output_argument,
@@ -27,7 +29,7 @@ DEFAULT_EXTENSIONS = ",".join(extension.lstrip(".") for extension in IMAGE_EXTEN
 
 
 @dataclass(frozen=True)
-class EnhanceJob:
+class EnhanceJob(StorageFields, RayFields):
     """Enhance every image under ``input`` into ``output`` (same relative keys), resumably.
 
     Field names are the flags' names with underscores; see ``enlightengan enhance --help``.
@@ -58,11 +60,6 @@ class EnhanceJob:
     dark_threshold: float = DEFAULT_DARK_THRESHOLD
     report_samples: int = DEFAULT_REPORT_SAMPLES
     report_niqe: bool = False
-    endpoint_url: str | None = None
-    profile: str | None = None
-    region: str | None = None
-    address: str | None = None
-    num_cpus: int | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.batch_size < 1:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pipelines.errors import UserError
 from pipelines.io.formats import DEFAULT_MAX_PIXELS
 from pipelines.options import (
+    RayFields,
+    StorageFields,
     add_checkpoint_argument,
     add_common_arguments,
     add_precision_arguments,
@@ -18,7 +20,7 @@ from pipelines.options import (
 
 
 @dataclass(frozen=True)
-class EvaluateJob:
+class EvaluateJob(StorageFields, RayFields):
     """Score the images under ``input``, the generator's outputs and two baselines with NIQE.
 
     Field names are the flags' names with underscores; see ``enlightengan evaluate --help``.
@@ -43,11 +45,6 @@ class EvaluateJob:
     precision: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
     dry_run: bool = False
-    endpoint_url: str | None = None
-    profile: str | None = None
-    region: str | None = None
-    address: str | None = None
-    num_cpus: int | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.batch_size < 1:

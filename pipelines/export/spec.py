@@ -13,6 +13,7 @@ from pipelines.io.formats import (
     ONNX_EXPORTERS,
 )
 from pipelines.options import (
+    StorageFields,
     add_common_arguments,
     add_output_argument,
     add_storage_arguments,
@@ -21,7 +22,7 @@ from pipelines.options import (
 
 
 @dataclass(frozen=True)
-class ExportJob:
+class ExportJob(StorageFields):
     """Write the generator of ``checkpoint`` to the local file ``output`` in ``export_format``.
 
     Field names are the flags' names with underscores; see ``enlightengan export --help``.
@@ -35,9 +36,6 @@ class ExportJob:
     check: bool = True
     overwrite: bool = False
     dry_run: bool = False
-    endpoint_url: str | None = None
-    profile: str | None = None
-    region: str | None = None
 
     def __post_init__(self) -> None:
         if self.export_format not in EXPORT_FORMATS:

@@ -46,37 +46,6 @@ class StorageOptions:
     profile: str | None = None
     region: str | None = None
 
-    @classmethod
-    def from_args(cls, args) -> StorageOptions:
-        return cls(
-            endpoint_url=getattr(args, "endpoint_url", None),
-            profile=getattr(args, "profile", None),
-            region=getattr(args, "region", None),
-        )
-
-
-def add_storage_arguments(parser) -> None:
-    """``--endpoint-url`` / ``--profile`` / ``--region`` (never credentials: those stay in the
-    environment or the profile file, not on a command line)."""
-    group = parser.add_argument_group("object storage")
-    group.add_argument(
-        "--endpoint-url",
-        default=None,
-        help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: $AWS_ENDPOINT_URL_S3, "
-        "$AWS_ENDPOINT_URL or the profile's endpoint_url, else AWS)",
-    )
-    group.add_argument(
-        "--profile",
-        default=None,
-        help="AWS profile from ~/.aws/config or ~/.aws/credentials: keys, SSO, role or "
-        "credential_process (default: $AWS_PROFILE, else the SDK's default chain)",
-    )
-    group.add_argument(
-        "--region",
-        default=None,
-        help="S3 region (default: $AWS_REGION, $AWS_DEFAULT_REGION or the profile's, else us-east-1)",
-    )
-
 
 @dataclass(frozen=True)
 class Location:

@@ -14,22 +14,6 @@ import tempfile
 import ray
 
 
-def add_ray_arguments(parser) -> None:
-    group = parser.add_argument_group("Ray")
-    group.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster to join (e.g. ray://HEAD:10001 or auto); default: $RAY_ADDRESS, "
-        "else an in-process local Ray",
-    )
-    group.add_argument(
-        "--num-cpus",
-        type=int,
-        default=None,
-        help="CPUs for an in-process local Ray (default: all cores); ignored with --address",
-    )
-
-
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Start or join Ray once per process; a second call is a no-op."""
     if ray.is_initialized():

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pipelines.errors import UserError
 from pipelines.io.formats import DEFAULT_MAX_PIXELS
 from pipelines.options import (
+    RayFields,
+    StorageFields,
     add_common_arguments,
     add_output_argument,
     add_ray_arguments,
@@ -18,7 +20,7 @@ SMALL_IMAGE_RULES = ("reject", "upscale")
 
 
 @dataclass(frozen=True)
-class PrepareJob:
+class PrepareJob(StorageFields, RayFields):
     """Ingest unpaired ``low`` and ``normal`` photos into Parquet shards under ``output``.
 
     Field names are the flags' names with underscores; see ``enlightengan prepare --help``.
@@ -38,11 +40,6 @@ class PrepareJob:
     images_per_task: int = 16
     overwrite: bool = False
     dry_run: bool = False
-    endpoint_url: str | None = None
-    profile: str | None = None
-    region: str | None = None
-    address: str | None = None
-    num_cpus: int | None = None
 
     def __post_init__(self) -> None:
         if self.small not in SMALL_IMAGE_RULES:

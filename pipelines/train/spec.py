@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pipelines.errors import UserError
 from pipelines.options import (
     PRECISIONS,
+    RayFields,
+    StorageFields,
     add_common_arguments,
     add_precision_arguments,
     add_ray_arguments,
@@ -30,7 +32,7 @@ def explain_unknown_settings(names: set[str]) -> str | None:
 
 
 @dataclass(frozen=True)
-class TrainJob:
+class TrainJob(StorageFields, RayFields):
     """Train EnlightenGAN on the shards in ``data``; checkpoints and logs go to ``output``.
 
     Field names are the flags' names with underscores (``overrides`` is ``--set``); see
@@ -61,11 +63,6 @@ class TrainJob:
     max_failures: int = 3
     dry_run: bool = False
     fail_at_step: int | None = None
-    endpoint_url: str | None = None
-    profile: str | None = None
-    region: str | None = None
-    address: str | None = None
-    num_cpus: int | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
