@@ -28,6 +28,18 @@ from pipelines.options import STARTER_NAME, Summary
 from pipelines.prepare.spec import PrepareJob
 from pipelines.train.spec import TrainJob
 
+# The jobs' functions, imported on first use (each pulls in its job's heavy modules).
+_RUNNERS = {
+    "run_prepare": "pipelines.prepare.job",
+    "run_train": "pipelines.train.job",
+    "run_enhance": "pipelines.enhance.job",
+    "run_evaluate": "pipelines.evaluate.job",
+    "run_export": "pipelines.export.job",
+    "run_import_official": "pipelines.export.job",
+    "run_demo": "pipelines.demo.job",
+}
+
+
 __all__ = [
     "DemoJob",
     "EnhanceJob",
@@ -39,13 +51,7 @@ __all__ = [
     "Summary",
     "TrainJob",
     "enhance_dataset",
-    "run_demo",
-    "run_enhance",
-    "run_evaluate",
-    "run_export",
-    "run_import_official",
-    "run_prepare",
-    "run_train",
+    *_RUNNERS,
 ]
 
 # Columns enhance_dataset adds beside the caller's own.
@@ -260,18 +266,6 @@ def _to_pil(array: np.ndarray):
     from PIL import Image
 
     return Image.fromarray(array, mode="RGB")
-
-
-# The jobs' functions, imported on first use (each pulls in its job's heavy modules).
-_RUNNERS = {
-    "run_prepare": "pipelines.prepare.job",
-    "run_train": "pipelines.train.job",
-    "run_enhance": "pipelines.enhance.job",
-    "run_evaluate": "pipelines.evaluate.job",
-    "run_export": "pipelines.export.job",
-    "run_import_official": "pipelines.export.job",
-    "run_demo": "pipelines.demo.job",
-}
 
 
 def __getattr__(name: str):
