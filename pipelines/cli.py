@@ -33,10 +33,12 @@ JOBS: dict[str, tuple[str, str]] = {
 }
 
 
-def available_jobs() -> dict[str, object]:
-    """Import every job module that exists; a job whose module is not there is left out."""
+def available_jobs(names=None) -> dict[str, object]:
+    """Import every job module in ``names`` (default: all) that exists; a job whose module is
+    not there is left out."""
     modules = {}
-    for name, (module_name, _) in JOBS.items():
+    for name in JOBS if names is None else names:
+        module_name = JOBS[name][0]
         try:
             modules[name] = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
@@ -45,15 +47,34 @@ def available_jobs() -> dict[str, object]:
     return modules
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_job(argv: list[str] | None) -> str | None:
+    """The job that ``argv`` (the command's words) names first after the top-level flags."""
+    for token in argv or ():
+        if token in ("-v", "--verbose"):
+            continue
+        return token if token in JOBS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every job; when ``argv`` (the command's words) names a job, only that
+    job's module is imported (the other jobs' imports, Ray Train's among them, would add
+    seconds to every command's start) and the others stay listed by name."""
     parser = argparse.ArgumentParser(
         prog="enlightengan",
         description="EnlightenGAN (unsupervised low-light enhancement) at scale on Ray.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in available_jobs().items():
-        help_text = JOBS[name][1]
+    chosen = chosen_job(argv)
+    modules = available_jobs(None if chosen is None else [chosen])
+    for name, (_, help_text) in JOBS.items():
+        if chosen is not None and name != chosen:
+            sub.add_parser(name, help=help_text, description=help_text)
+            continue
+        if name not in modules:
+            continue
+        module = modules[name]
         job_parser = sub.add_parser(name, help=help_text, description=help_text)
         adder = getattr(module, f"add_{name.replace('-', '_')}_arguments", None)
         (adder or module.add_arguments)(job_parser)
@@ -63,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -107,7 +107,10 @@ def _run_steps(args, out: Path, base: str) -> int:
     from pipelines.cli import main as cli_main
     from pipelines.demo.sample_photos import build_photo_dataset, upload_folder
     from pipelines.io import storage
+    from pipelines.ops.ray_runtime import init_ray
 
+    # One Ray for all five steps, started as training needs it (the first step would not).
+    init_ray(args.address, args.num_cpus, training=True)
     started = time.perf_counter()
     photos_dir = out / "photos"
     ray_args = ["--num-cpus", str(args.num_cpus)] if args.num_cpus else []

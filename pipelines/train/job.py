@@ -465,7 +465,7 @@ def run(args) -> int:
             f"dry run: config written to {storage.display_uri(job.run.child(RUN_CONFIG_FILE).uri)}"
         )
         return 0
-    init_ray(args.address, args.num_cpus)
+    init_ray(args.address, args.num_cpus, training=True)
     import ray.train
 
     try:
