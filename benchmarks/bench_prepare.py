@@ -12,7 +12,8 @@ that ship inside wheels and adding noise (so they compress like real photos), th
 * with ``--s3``: the same files in a real SeaweedFS bucket: MB/s of a bare serial s3fs read loop,
   of Ray Data ``read_binary_files`` through ``pipelines.io.storage``, and of prepare from S3.
 
-Prints each figure and the ratios. Run: ``python benchmarks/bench_prepare.py --count 300 --s3``.
+Prints each figure and the ratios. Run: ``python benchmarks/bench_prepare.py --count 300 --s3``;
+``--rounds N`` repeats the serial loop and prepare back to back N times (a ratio per round).
 Each prepare run pays fixed costs of a few CPU seconds (worker processes that Ray recycled
 re-importing the pipeline, listing, the manifest), so small counts understate throughput.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -135,6 +137,13 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--s3", action="store_true", help="also measure reading from SeaweedFS")
     parser.add_argument("--workdir", default=None, help="keep generated files here")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="serial loop and prepare, one after the other, this many times (on a shared "
+        "machine the ratio within a round is what holds)",
+    )
     args = parser.parse_args()
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-prepare-"))
@@ -149,9 +158,6 @@ def main() -> None:
     with Image.open(paths[0]) as first:
         print(f"{len(paths)} JPEGs of {first.size[0]}x{first.size[1]}, {total_mb:.1f} MB in all")
 
-    baseline = serial_pillow_loop(paths, ResizePolicy())
-    baseline_rate = len(paths) / baseline
-    print(f"serial Pillow loop, PNG level 1 : {baseline_rate:8.2f} images/s ({baseline:.2f} s)")
     default_png = serial_pillow_loop(paths, ResizePolicy(), png_options={})
     default_rate = len(paths) / default_png
     print(f"serial Pillow loop, default PNG : {default_rate:8.2f} images/s ({default_png:.2f} s)")
@@ -169,16 +175,28 @@ def main() -> None:
         target.write_bytes(encode_png(np.asarray(Image.open(path).reduce(8).convert("RGB"))))
     timed_prepare(str(warm_dir / "low"), str(warm_dir / "normal"), str(workdir / "warm-out"))
 
-    seconds, manifest = timed_prepare(
-        str(folder / "low"), str(folder / "normal"), str(workdir / "out")
-    )
-    assert manifest["images_written"] == len(paths), manifest["rejected"]
-    rate = len(paths) / seconds
-    print(f"prepare ({args.num_cpus} CPUs, local)         : {rate:8.2f} images/s ({seconds:.2f} s)")
-    print(
-        f"ratio prepare / serial loop (PNG level 1)  : {rate / baseline_rate:6.2f}x (target >= 4x)"
-    )
-    print(f"ratio prepare / serial loop (default PNG)  : {rate / default_rate:6.2f}x")
+    ratios = []
+    for round_index in range(args.rounds):
+        baseline = serial_pillow_loop(paths, ResizePolicy())
+        baseline_rate = len(paths) / baseline
+        seconds, manifest = timed_prepare(
+            str(folder / "low"), str(folder / "normal"), str(workdir / "out")
+        )
+        assert manifest["images_written"] == len(paths), manifest["rejected"]
+        rate = len(paths) / seconds
+        ratios.append(rate / baseline_rate)
+        print(f"round {round_index + 1}, load {os.getloadavg()[0]:.2f}:")
+        print(
+            f"  serial Pillow loop, PNG level 1 : {baseline_rate:8.2f} images/s ({baseline:.2f} s)"
+        )
+        print(
+            f"  prepare ({args.num_cpus} CPUs, local)     : {rate:8.2f} images/s ({seconds:.2f} s)"
+        )
+        print(f"  ratio prepare / serial loop (PNG level 1): {ratios[-1]:6.2f}x (target >= 4x)")
+    if args.rounds > 1:
+        print(f"ratio prepare / serial loop over {args.rounds} rounds: median "
+              f"{statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x")  # fmt: skip
+    print(f"ratio prepare / serial loop (default PNG), last round: {rate / default_rate:6.2f}x")
     if args.s3:
         s3_comparison(folder, paths, total_mb, workdir)
 

@@ -84,9 +84,12 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
     from pipelines.enhance.job import run_enhance
     from pipelines.evaluate.job import run_evaluate
     from pipelines.io import storage
+    from pipelines.ops.ray_runtime import init_ray
     from pipelines.prepare.job import run_prepare
     from pipelines.train.job import run_train
 
+    # One Ray for all five steps, started as training needs it (the first step would not).
+    init_ray(job.address, job.num_cpus, training=True)
     started = time.perf_counter()
     photos_dir = out / "photos"
     ray = {"address": job.address, "num_cpus": job.num_cpus}

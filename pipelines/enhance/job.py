@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import ray
 from pyarrow import fs as pafs
@@ -139,13 +140,24 @@ def run_enhance(job: EnhanceJob) -> Summary:
     output = check_access(resolve(job.output, options))
     if source.filesystem.get_file_info(source.path).type != pafs.FileType.Directory:
         raise UserError(f"input {job.input} is not a folder or prefix with images")
-    checkpoint = load_checkpoint_files(job.checkpoint, options)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The checkpoint check (torch's import, a model load) runs while Ray starts, which is
+        # mostly waiting for Ray's own processes: seconds off the time to the first output.
+        loading = pool.submit(_load_checkpoint, job.checkpoint, options)
+        rules = key_rules(source, output, job)
+        listing = ListingSource.of(source)
+        if loading.done():
+            loading.result()  # a checkpoint already known to be bad fails before Ray starts
+        started_ray = init_ray(job.address, job.num_cpus)
+        try:
+            checkpoint = loading.result()
+        except BaseException:
+            if started_ray:
+                ray.shutdown()  # a refused run leaves no Ray behind
+            raise
     print(f"enhance: checkpoint {checkpoint.description}", file=sys.stderr)
-    rules = key_rules(source, output, job)
-    listing = ListingSource.of(source)
     if not job.dry_run:
         check_writable(output.child(MANIFEST_DIR), job.output)
-    init_ray(job.address, job.num_cpus)
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     try:
         resume = None
@@ -184,6 +196,14 @@ def run_enhance(job: EnhanceJob) -> Summary:
             "report": report,
         },
     )
+
+
+def _load_checkpoint(uri: str | None, options):
+    """:func:`load_checkpoint_files`, then Ray Data's import, which planning needs next."""
+    checkpoint = load_checkpoint_files(uri, options)
+    import ray.data  # noqa: F401
+
+    return checkpoint
 
 
 def _rows_per_block(batch_size: int) -> int:

@@ -14,15 +14,23 @@ import tempfile
 import ray
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start or join Ray once per process; a second call is a no-op."""
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, training: bool = False
+) -> bool:
+    """Start or join Ray once per process; a second call is a no-op. True when this call
+    started or joined it.
+
+    ``training``: the local Ray will run Ray Train, whose worker processes get
+    :func:`quiet_dashboard_checks` as their setup hook. Only then: a job-level runtime
+    environment sends every worker's start through Ray's runtime-env agent, which makes each
+    new worker process (every task and actor of prepare and enhance) slower to start."""
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     plain_progress_without_terminal()
     if address:
         ray.init(address=address, log_to_driver=True)
-        return
+        return True
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Ray reads that variable once, when it is imported (before this runs). Left True, ray.init
     # turns _node_ip_address="127.0.0.1" into the machine's routable address and its GCS,
@@ -33,16 +41,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = enable_cluster
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     temp_dir = os.environ.get("ENLIGHTENGAN_RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray-")
+    setup = {"worker_process_setup_hook": "pipelines.ops.ray_runtime.quiet_dashboard_checks"}
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,
         _temp_dir=temp_dir,
         _node_ip_address="127.0.0.1",
         configure_logging=False,
-        runtime_env={
-            "worker_process_setup_hook": "pipelines.ops.ray_runtime.quiet_dashboard_checks"
-        },
+        runtime_env=setup if training else None,
     )
+    return True
 
 
 def plain_progress_without_terminal() -> None:

@@ -364,7 +364,7 @@ def run_train(job: TrainJob) -> Summary:
     if job.dry_run:
         print(f"dry run: config written to {config_uri}")
         return Summary("train", {"dry_run": True, "config": config_uri, **plan.describe()})
-    init_ray(job.address, job.num_cpus)
+    init_ray(job.address, job.num_cpus, training=True)
     import ray.train
 
     try:

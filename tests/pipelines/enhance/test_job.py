@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 from PIL import Image, ImageCms
 
@@ -295,6 +296,7 @@ def test_bad_checkpoint_is_one_clear_error_before_any_work(inputs, tmp_path, cap
     else:
         checkpoint = tmp_path / "nowhere" if kind == "missing" else inputs / "low"
     output = tmp_path / "out"
+    ray_before = ray.is_initialized()
     code = enhance("--checkpoint", str(checkpoint), "--input", str(inputs), "--output", str(output))
     assert code == 2
     error = capsys.readouterr().err
@@ -302,6 +304,8 @@ def test_bad_checkpoint_is_one_clear_error_before_any_work(inputs, tmp_path, cap
     if kind == "wrong-architecture":
         assert "do not fit the architecture" in error
     assert not output.exists()
+    # The check runs while Ray starts; a refused run leaves no Ray of its own behind.
+    assert ray.is_initialized() == ray_before
 
 
 def test_bad_s3_checkpoint_is_a_clear_error(s3_env, inputs, tmp_path, capsys):
