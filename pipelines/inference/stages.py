@@ -40,7 +40,7 @@ class InferenceSettings:
 
     device: str = "cpu"
     backend: str = "auto"
-    precision: str = "auto"
+    precision: str = "fp32"
     channels_last: bool = False
     batch_size: int = 4
     tile_size: int | None = 1024

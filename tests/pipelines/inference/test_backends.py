@@ -215,6 +215,6 @@ def test_inference_settings_default_like_the_enhancer_settings():
 
     ours = {field.name: field.default for field in dataclasses.fields(InferenceSettings)}
     model = {field.name: field.default for field in dataclasses.fields(EnhancerSettings)}
-    shared = set(ours) & set(model) - {"precision"}
-    assert shared >= {"device", "channels_last", "batch_size", "tile_size", "tile_overlap"}
+    shared = set(ours) & set(model)
+    assert shared >= {"device", "precision", "channels_last", "batch_size", "tile_size"}
     assert {name: ours[name] for name in shared} == {name: model[name] for name in shared}
