@@ -361,7 +361,7 @@ def run_prepare(job: PrepareJob) -> Summary:
         print(f"would write shards, {REJECTED} and {MANIFEST} under {job.output}")
         return Summary("prepare", {"dry_run": True, **{d: len(listed[d]) for d in DOMAINS}})
     if not job.overwrite:
-        output = storage.resolve(job.output, options)
+        output = storage.check_access(storage.resolve(job.output, options))
         if storage.exists(output):
             refuse_earlier_output(output, storage.display_uri(output.uri))
     init_ray(job.address, job.num_cpus)
