@@ -382,6 +382,7 @@ def test_ray_cli_and_an_s3_client_as_a_new_user(stack, photo_dataset):
     )
     enhance_logs = shell.job("new-user-enhance", enhance)
     assert f"enhanced: {len(AWKWARD_KEYS)}  skipped: 0  failed: 0" in enhance_logs
+    assert "constructor arguments in the object store" not in enhance_logs
     rerun_logs = shell.job("new-user-enhance-again", enhance)
     assert f"enhanced: 0  skipped: {len(AWKWARD_KEYS)}  failed: 0" in rerun_logs
     assert ", 0 bytes written" in rerun_logs
