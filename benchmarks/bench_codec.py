@@ -1,7 +1,7 @@
 """CPU cost of one photo's decode and encode, as ``enhance`` does them (Pillow, one core).
 
-Decode is :func:`pipelines.images.decode_image` on a JPEG (EXIF, mode and size checks
-included); encode is :func:`pipelines.images.encode_like` back to JPEG at enhance's settings
+Decode is :func:`pipelines.io.images.decode_image` on a JPEG (EXIF, mode and size checks
+included); encode is :func:`pipelines.io.images.encode_like` back to JPEG at enhance's settings
 (quality 95, no chroma subsampling). The photo is a real one shipped in a wheel (scikit-image's
 coffee, darkened the demo's way, resized to the size asked), saved as a camera would (quality
 92, 4:2:0). Each size is timed ``--repeats`` times; the script prints the median and the range of
@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipelines.images import decode_image, encode_like  # noqa: E402
-from pipelines.sample_photos import encode  # noqa: E402
+from pipelines.demo.sample_photos import encode  # noqa: E402
+from pipelines.io.images import decode_image, encode_like  # noqa: E402
 
 CAMERA_JPEG_QUALITY = 92
 
@@ -43,7 +43,7 @@ def sample_photo(width: int, height: int, grain: float = 0.0) -> tuple[np.ndarra
     Falls back to a smooth synthetic scene with noise when scikit-image is not installed (the
     timing of a JPEG codec depends on the content, so the JSON says which one was used)."""
     try:
-        from pipelines.sample_photos import darken, wheel_photo
+        from pipelines.demo.sample_photos import darken, wheel_photo
 
         pixels = darken(wheel_photo("coffee"))
         source = "scikit-image coffee, darkened"

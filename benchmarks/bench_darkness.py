@@ -24,10 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.darkness import DEFAULT_DARK_THRESHOLD, darkness_stats  # noqa: E402
-from pipelines.images import decode_image  # noqa: E402
-from pipelines.report import NIQE_SIDE, report_niqe  # noqa: E402
-from pipelines.sample_photos import build_photo_dataset, demo_originals  # noqa: E402
+from pipelines.demo.sample_photos import build_photo_dataset, demo_originals  # noqa: E402
+from pipelines.enhance.report import NIQE_SIDE, report_niqe  # noqa: E402
+from pipelines.inference.darkness import DEFAULT_DARK_THRESHOLD, darkness_stats  # noqa: E402
+from pipelines.io.images import decode_image  # noqa: E402
 
 DARK_SETS = ("demo-dark", "corpus-low")
 THRESHOLDS = (0.45, 0.5, 0.55, 0.6, 0.7, 0.75, 0.8)

@@ -43,8 +43,8 @@ from enlightengan.checkpoint import save_checkpoint  # noqa: E402
 from enlightengan.config import EnlightenGANConfig  # noqa: E402
 from enlightengan.generator import Generator  # noqa: E402
 from enlightengan.inference import Enhancer, EnhancerSettings  # noqa: E402
-from pipelines import inference_backends  # noqa: E402
-from pipelines.enhance_actor import InferenceSettings, build_enhancer  # noqa: E402
+from pipelines.inference import backends as inference_backends  # noqa: E402
+from pipelines.inference.stages import InferenceSettings, build_enhancer  # noqa: E402
 from tests.enlightengan.textured_generator import darken, psnr, textured_generator  # noqa: E402
 
 REFERENCE = "onnxruntime fp32 all, 2 threads"

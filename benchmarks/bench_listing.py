@@ -48,7 +48,7 @@ COLLECT = (
     MEMORY
     + """
 import sys, time
-from pipelines.storage import list_files
+from pipelines.io.storage import list_files
 before = memory()
 started = time.perf_counter()
 keys = list_files(sys.argv[1])
@@ -71,7 +71,7 @@ def make_done_manifest(output: Path, count: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.datasink import MANIFEST_DIR, MANIFEST_SCHEMA, manifest_row
+    from pipelines.enhance.sink import MANIFEST_DIR, MANIFEST_SCHEMA, manifest_row
 
     keys = [f"f{index // 1000:04d}/photo-{index:07d}.jpg" for index in range(count)]
     for key in keys:

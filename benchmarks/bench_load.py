@@ -21,7 +21,7 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.ray_runtime import init_ray  # noqa: E402
+from pipelines.ops.ray_runtime import init_ray  # noqa: E402
 from tests.reliability.test_load import describe, measure_load  # noqa: E402
 
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from enlightengan.baselines import gamma_correction, histogram_equalization  # noqa: E402
 from enlightengan.metrics import niqe, psnr, ssim  # noqa: E402
-from pipelines.evaluate import luma_mean  # noqa: E402
+from pipelines.inference.scores import luma_mean  # noqa: E402
 
 METRICS = ("niqe", "psnr", "ssim", "luma")
 Variant = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -41,7 +41,7 @@ Variant = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 def demo_set() -> list[tuple[str, np.ndarray]]:
     """The demo's five low-light photos as undarkened originals (name, uint8 RGB)."""
-    from pipelines.sample_photos import demo_originals
+    from pipelines.demo.sample_photos import demo_originals
 
     return demo_originals()
 
@@ -55,7 +55,7 @@ def holdout_set(corpus: Path) -> list[tuple[str, np.ndarray]]:
 
 
 def darken_like_demo(rgb: np.ndarray) -> np.ndarray:
-    from pipelines.sample_photos import darken
+    from pipelines.demo.sample_photos import darken
 
     return darken(rgb)
 

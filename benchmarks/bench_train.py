@@ -41,7 +41,7 @@ from enlightengan.training import (  # noqa: E402
     training_step,
 )
 from enlightengan.vgg import build_vgg_features  # noqa: E402
-from pipelines.train_worker import augment_generator  # noqa: E402
+from pipelines.train.worker import augment_generator  # noqa: E402
 
 CLUSTER_SCRIPT = """
 import json, os, sys, tempfile, time
@@ -78,7 +78,7 @@ def model_settings(crop: int, batch: int) -> dict:
 def train_args(data: Path, run: Path, settings: dict, steps: int, *extra: str) -> list[str]:
     sets = [item for key, value in settings.items() for item in ("--set", f"{key}={value}")]
     return [
-        "train", "--data", str(data), "--run", str(run), "--cpu", "--steps", str(steps),
+        "train", "--data", str(data), "--run", str(run), "--steps", str(steps),
         "--checkpoint-every", str(steps), "--sample-every", "0", *sets, *extra,
     ]  # fmt: skip
 
@@ -94,7 +94,7 @@ def ray_samples_per_s(run: Path, warmup: int) -> float:
 def plain_samples_per_s(data: Path, settings: dict, steps: int, warmup: int) -> float:
     import pyarrow.parquet as pq
 
-    from pipelines.images import decode_png
+    from pipelines.io.images import decode_png
 
     config = EnlightenGANConfig().with_overrides(settings).validate()
     images = {
@@ -141,15 +141,15 @@ def main() -> int:
     import ray
 
     from pipelines.cli import main as cli
-    from pipelines.prepare import prepare
-    from pipelines.ray_runtime import init_ray
+    from pipelines.ops.ray_runtime import init_ray
+    from pipelines.prepare.job import prepare
     from tests.fixtures.photos import build_photo_dataset
 
     photos = build_photo_dataset(root / "photos")
     init_ray(num_cpus=2)
     data = root / "data"
     prepare(str(photos.low_dir), str(photos.normal_dir), str(data))
-    threads = ["--torch-threads", str(args.threads), "--cpus-per-worker", "1"]
+    threads = ["--threads-per-worker", str(args.threads), "--cpus-per-worker", "1"]
     if cli(train_args(data, root / "run-1", settings, args.steps, "--workers", "1", *threads)):
         return 1
     ray_rate = ray_samples_per_s(root / "run-1", args.warmup)
@@ -164,7 +164,7 @@ def main() -> int:
     if args.skip_scaling:
         return 0
     runs = {n: root / f"cluster-{n}" for n in (1, 2)}
-    per_worker = ["--cpus-per-worker", "1", "--torch-threads", str(args.threads)]
+    per_worker = ["--cpus-per-worker", "1", "--threads-per-worker", str(args.threads)]
     jobs = []
     for workers, run in runs.items():
         scaled = {**settings, "optim.batch_size": args.batch * workers}

@@ -1,6 +1,6 @@
 """How fast does the demo's tiny model brighten? A plain PyTorch loop, no Ray, same step.
 
-Trains the demo's tiny configuration (``pipelines.demo.TINY_MODEL``) on the demo's photo set
+Trains the demo's tiny configuration (``pipelines.demo.job.TINY_MODEL``) on the demo's photo set
 with ``enlightengan.training.training_step`` and prints, every tenth of the run, the mean luma
 (0-255) of the generator's eval-mode output on the five full low-light photos. The learning rate
 is constant for the first half and decays linearly to 0, as the demo does. Extra arguments are
@@ -35,8 +35,8 @@ from enlightengan.training import (  # noqa: E402
     training_step,
 )
 from enlightengan.vgg import build_vgg_features  # noqa: E402
-from pipelines.demo import TINY_MODEL  # noqa: E402
-from pipelines.sample_photos import build_photo_dataset  # noqa: E402
+from pipelines.demo.job import TINY_MODEL  # noqa: E402
+from pipelines.demo.sample_photos import build_photo_dataset  # noqa: E402
 
 
 def mean_luma(generator: torch.nn.Module, images: list[torch.Tensor]) -> float:

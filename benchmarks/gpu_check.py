@@ -1,6 +1,6 @@
 """The GPU check: what one GPU does for enhance and for training, in one JSON, in under 8 minutes.
 
-Needs only torch, numpy, Pillow and this repository (``enlightengan``, and ``pipelines.images``
+Needs only torch, numpy, Pillow and this repository (``enlightengan``, and ``pipelines.io.images``
 for the codec, which imports nothing but Pillow and numpy): no Ray. Sections, each with its
 own time budget and its own try/except, so a failure costs one section, not the run:
 
@@ -54,7 +54,7 @@ from bench_codec import camera_jpeg, codec_timings, sample_photo  # noqa: E402
 import enlightengan.generator as generator_module  # noqa: E402
 from enlightengan.config import EnlightenGANConfig, tiny_config  # noqa: E402
 from enlightengan.generator import Generator  # noqa: E402
-from pipelines.images import decode_image, encode_like  # noqa: E402
+from pipelines.io.images import decode_image, encode_like  # noqa: E402
 
 GOAL_IMAGES_PER_S_PER_H100 = 1000.0
 # Reference recipe: 200 epochs of max(914, 1016) samples in about 3 hours on 3 GTX 1080 Ti.

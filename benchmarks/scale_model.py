@@ -9,10 +9,10 @@ from a GPU check's JSON (``--gpu-check gpu_check.json``). The script prints one 
 per photo size: wall time, what bounds it, S3 requests and their cost, manifest size, memory.
 
 S3 requests per image, counted from the code paths of a first run (no resume):
-- listing (``pipelines.listing``): one ``ListObjectsV2`` page per 1,000 keys;
-- read (``pipelines.enhance_actor.read_and_decode``): pyarrow's ``open_input_file`` sends a
+- listing (``pipelines.io.listing``): one ``ListObjectsV2`` page per 1,000 keys;
+- read (``pipelines.inference.stages.read_and_decode``): pyarrow's ``open_input_file`` sends a
   ``HeadObject`` for the size, then one ranged ``GetObject`` (2 GET-class requests);
-- write (``pipelines.datasink.write_enhanced`` -> ``storage.write_bytes``): one ``PutObject``
+- write (``pipelines.enhance.sink.write_enhanced`` -> ``storage.write_bytes``): one ``PutObject``
   per output (pyarrow sends objects below its 10 MB part size in one request);
 - manifest (``ManifestSink``): one ``PutObject`` per ``--manifest-rows`` rows (256).
 

@@ -25,7 +25,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ __all__ = [
     "find_latest_checkpoint",
     "import_official_state_dict",
     "is_complete_checkpoint",
+    "latest_checkpoint_in",
     "load_checkpoint",
     "load_generator",
     "load_official_generator",
@@ -255,23 +256,76 @@ def find_latest_checkpoint(root: str | os.PathLike) -> Path | None:
 
     ``root`` may be a checkpoint itself or hold checkpoints up to three levels down (Ray
     Train's ``<storage>/<run>/checkpoint_<timestamp>/``). Incomplete ones are ignored; None
-    when there is no complete checkpoint.
+    when there is no complete checkpoint. The rule is :func:`latest_checkpoint_in`'s.
     """
     root = Path(root)
     if not root.is_dir():
         return None
+    files: dict[str, tuple[int, float]] = {}
+    for directory in _checkpoint_directories(root, SEARCH_DEPTH):
+        if not (directory / INDEX_FILE).is_file():
+            continue
+        relative = directory.relative_to(root).as_posix()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_file():
+                    info = entry.stat()
+                    name = entry.name if relative == "." else f"{relative}/{entry.name}"
+                    files[name] = (info.st_size, info.st_mtime)
+    found = latest_checkpoint_in(files, lambda name: (root / name).read_bytes())
+    if found is None:
+        return None
+    return root if found == "" else root / found
+
+
+def latest_checkpoint_in(
+    files: Mapping[str, tuple[int, float]], read: Callable[[str], bytes]
+) -> str | None:
+    """The latest complete checkpoint in a listed tree, wherever the tree is stored.
+
+    ``files`` maps each file's ``/``-separated path under the root to its (size, mtime);
+    ``read(path)`` returns a listed file's bytes (only indexes and trainer states are read).
+    A checkpoint is a directory whose index is valid and lists files that are all present
+    with the sizes it records; it may be the root (``""``) or lie up to three levels below,
+    and nothing inside a checkpoint is searched. The winner has the highest trainer step, then
+    the newest index, then the greatest path. Returns its path (``""`` for the root) or None.
+    """
+    directories = sorted(
+        path[: -len(INDEX_FILE)].rstrip("/")
+        for path in files
+        if (path == INDEX_FILE or path.endswith("/" + INDEX_FILE))
+        and path.count("/") <= SEARCH_DEPTH
+    )
     best: tuple[int, float, str] | None = None
-    for candidate in _checkpoint_directories(root, SEARCH_DEPTH):
-        if not is_complete_checkpoint(candidate):
+    for directory in directories:
+        if any(_is_below(directory, other) for other in directories):
             continue
+        prefix = f"{directory}/" if directory else ""
         try:
-            step = int(_read_trainer_state(candidate, _read_index(candidate)).get("step", -1))
-        except (CheckpointError, TypeError, ValueError):
+            index = _validate_index(json.loads(read(prefix + INDEX_FILE)), prefix + INDEX_FILE)
+            listed = index["files"]
+            if any(
+                not isinstance(entry, dict)
+                or files.get(prefix + name, (None,))[0] != entry.get("bytes")
+                for name, entry in listed.items()
+            ):
+                continue
+            step = -1
+            if TRAINER_STATE_FILE in listed:
+                step = int(json.loads(read(prefix + TRAINER_STATE_FILE)).get("step", -1))
+        except (CheckpointError, OSError, ValueError, TypeError, AttributeError):
             continue
-        key = (step, (candidate / INDEX_FILE).stat().st_mtime, str(candidate))
+        key = (step, files[prefix + INDEX_FILE][1], directory)
         if best is None or key > best:
             best = key
-    return Path(best[2]) if best else None
+    return best[2] if best else None
+
+
+def _is_below(directory: str, other: str) -> bool:
+    """True when ``directory`` lies inside checkpoint ``other`` (``""`` is the root)."""
+    if directory == other:
+        return False
+    return other == "" or directory.startswith(other + "/")
 
 
 def _checkpoint_directories(root: Path, depth: int) -> Iterator[Path]:
@@ -321,12 +375,17 @@ def _read_index(directory: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{index_path} is unreadable ({error}); the checkpoint is damaged"
         ) from error
+    return _validate_index(index, index_path)
+
+
+def _validate_index(index: Any, index_path: str | os.PathLike) -> dict[str, Any]:
+    """``index`` (parsed ``checkpoint.json``) when it is one this code reads, else an error."""
     if not isinstance(index, dict) or index.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{index_path} is not an EnlightenGAN checkpoint index")
     version = index.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{directory} has checkpoint format version {version!r}; this code reads up to "
+            f"{index_path} has checkpoint format version {version!r}; this code reads up to "
             f"{FORMAT_VERSION}: upgrade enlightengan"
         )
     files = index.get("files")

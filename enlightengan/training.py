@@ -197,7 +197,7 @@ def training_step(
         config.discriminator.patch_offsets,
     )
 
-    with _autocast(low.device, autocast_dtype):
+    with autocast_context(low.device, autocast_dtype):
         enhanced = modules.generator(generator_input)
         real_scores = modules.global_d(normal)
         fake_scores = modules.global_d(enhanced)
@@ -233,7 +233,7 @@ def training_step(
     optimizers.generator.step()
 
     enhanced = enhanced.detach()
-    with _autocast(low.device, autocast_dtype):
+    with autocast_context(low.device, autocast_dtype):
         d_global = relativistic.discriminator_loss(
             modules.global_d(normal), modules.global_d(enhanced)
         )
@@ -254,7 +254,8 @@ def training_step(
     return {name: float(value.detach()) for name, value in losses.items()}
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on the device's type; ``None``: full precision."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

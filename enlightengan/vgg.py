@@ -160,14 +160,6 @@ def state_dict_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Refuses every global except what a pickle of plain numpy arrays needs."""
 

@@ -1,76 +1,206 @@
-"""The ``enlightengan`` command: one sub-command per job.
+"""The ``enlightengan`` command: one sub-command per job, plus the tools around them.
 
-Each job module exposes ``add_arguments(parser)`` and ``run(args) -> int`` so the same argument
-definitions serve the local command and ``enlightengan submit`` (no duplicated flags).
+A job's sub-command parses its flags (and an optional ``--config`` file) into the job's frozen
+spec, then calls the job's plain function, ``run_<job>(spec) -> Summary``, which Python callers
+use directly. Parsing imports only the light spec modules; torch, Ray and pyarrow load when a
+job runs, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import importlib
 import logging
 import sys
 
 from pipelines.errors import UserError
+from pipelines.options import (
+    HelpFormatter,
+    Summary,
+    add_verbosity_arguments,
+    load_config_file,
+    spec_from_args,
+)
 
-JOBS: dict[str, tuple[str, str]] = {
-    "prepare": ("pipelines.prepare", "ingest unpaired low/normal photos into Parquet shards"),
-    "train": ("pipelines.train", "train EnlightenGAN with Ray Train on prepared shards"),
-    "enhance": ("pipelines.enhance", "bulk-enhance an image prefix with a trained generator"),
-    "evaluate": ("pipelines.evaluate", "NIQE of inputs, enhanced outputs and baselines"),
-    "export": ("pipelines.export", "export a checkpoint to ONNX / TorchScript / official layout"),
-    "import-official": ("pipelines.export", "import the authors' released generator weights"),
-    "submit": ("pipelines.submit", "submit prepare/train/enhance as a Ray Job to a cluster"),
-    "jobs": ("pipelines.submit", "list, follow or stop submitted Ray Jobs"),
-    "dev": ("pipelines.devstack", "start/stop a local Ray head and S3 server on loopback"),
-    "demo": ("pipelines.demo", "end-to-end run on photos shipped inside installed wheels"),
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A sub-command: the light module that defines its flags, and what it runs.
+
+    A job names its spec type in that module and its runner, ``"module:function"``, taking the
+    spec and returning a :class:`~pipelines.options.Summary`. A tool (``submit``, ``jobs``,
+    ``dev``) names a function of the module taking the parsed arguments and returning the
+    exit code."""
+
+    module: str
+    help: str
+    adder: str = "add_arguments"
+    spec: str | None = None
+    runner: str | None = None
+    tool: str | None = None
+
+
+def _job(name: str, help_text: str, spec: str, package: str | None = None) -> Command:
+    package = package or name
+    return Command(
+        f"pipelines.{package}.spec",
+        help_text,
+        spec=spec,
+        runner=f"pipelines.{package}.job:run_{name.replace('-', '_')}",
+        adder=f"add_{name.replace('-', '_')}_arguments",
+    )
+
+
+COMMANDS: dict[str, Command] = {
+    "prepare": _job("prepare", "ingest unpaired low/normal photos into shards", "PrepareJob"),
+    "train": _job("train", "train EnlightenGAN with Ray Train on prepared shards", "TrainJob"),
+    "enhance": _job("enhance", "bulk-enhance an image prefix with a generator", "EnhanceJob"),
+    "evaluate": _job("evaluate", "NIQE of inputs, enhanced outputs and baselines", "EvaluateJob"),
+    "export": _job("export", "a checkpoint as ONNX / TorchScript / official .pth", "ExportJob"),
+    "import-official": _job(
+        "import-official",
+        "the authors' released generator weights as a checkpoint",
+        "ImportOfficialJob",
+        package="export",
+    ),
+    "demo": _job("demo", "end-to-end run on photos inside installed wheels", "DemoJob"),
+    "submit": Command(
+        "pipelines.ops.submit", "submit a job to a Ray cluster as a Ray Job", tool="run"
+    ),
+    "jobs": Command(
+        "pipelines.ops.submit",
+        "list, follow or stop submitted Ray Jobs",
+        adder="add_jobs_arguments",
+        tool="run_jobs",
+    ),
+    "dev": Command(
+        "pipelines.ops.devstack", "start/stop a local Ray head and S3 server", tool="run"
+    ),
 }
-
-
-def available_jobs() -> dict[str, object]:
-    """Import every job module that exists; a job whose module is not there is left out."""
-    modules = {}
-    for name, (module_name, _) in JOBS.items():
-        try:
-            modules[name] = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-    return modules
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="enlightengan",
         description="EnlightenGAN (unsupervised low-light enhancement) at scale on Ray.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.set_defaults(verbose=False, quiet=False)
+    add_verbosity_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in available_jobs().items():
-        help_text = JOBS[name][1]
-        job_parser = sub.add_parser(name, help=help_text, description=help_text)
-        adder = getattr(module, f"add_{name.replace('-', '_')}_arguments", None)
-        (adder or module.add_arguments)(job_parser)
-        runner = getattr(module, f"run_{name.replace('-', '_')}", None)
-        job_parser.set_defaults(handler=runner or module.run)
+    for name, command in COMMANDS.items():
+        module = importlib.import_module(command.module)
+        job_parser = sub.add_parser(
+            name,
+            help=command.help,
+            description=command.help,
+            formatter_class=HelpFormatter,
+        )
+        getattr(module, command.adder)(job_parser)
+        if command.spec is None:
+            add_verbosity_arguments(job_parser)
+        job_parser.set_defaults(command=name)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Parse ``argv``; with ``--config FILE`` the file's settings become the sub-command's
+    defaults and the command line is parsed again, so flags given there win."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    config = getattr(args, "config", None)
+    if config:
+        settings = load_config_file(config)
+        spec_type = spec_type_of(args.command)
+        known = {field.name for field in dataclasses.fields(spec_type)} if spec_type else set()
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            explain = getattr(
+                importlib.import_module(COMMANDS[args.command].module),
+                "explain_unknown_settings",
+                lambda names: None,
+            )
+            hint = explain(set(unknown))
+            raise UserError(
+                f"--config {config}: unknown settings {', '.join(unknown)}"
+                + (f"; {hint}" if hint else "")
+            )
+        subparser = _subparser(parser, args.command)
+        subparser.set_defaults(**settings)
+        args = parser.parse_args(argv)
+    return parser, args
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
+
+
+def spec_type_of(name: str) -> type | None:
+    command = COMMANDS[name]
+    if command.spec is None:
+        return None
+    return getattr(importlib.import_module(command.module), command.spec)
+
+
+def resolve(args: argparse.Namespace):
+    """The sub-command's validated spec (a job) or None (a tool)."""
+    spec_type = spec_type_of(args.command)
+    if spec_type is None:
+        return None
+    return spec_from_args(spec_type, args, args.command)
+
+
+def run_job(name: str, spec) -> Summary:
+    """Run the job ``name`` on its spec (imports the job's heavy modules now)."""
+    module_name, function = COMMANDS[name].runner.split(":")
+    return getattr(importlib.import_module(module_name), function)(spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = "enlightengan"
     try:
-        return int(args.handler(args) or 0)
+        parser, args = parse(argv)
+        command = f"enlightengan {args.command}"
+        logging.basicConfig(
+            level=logging.DEBUG
+            if args.verbose
+            else (logging.WARNING if args.quiet else logging.INFO),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        spec = resolve(args)
+        if spec is None:
+            tool = COMMANDS[args.command]
+            return int(getattr(importlib.import_module(tool.module), tool.tool)(args) or 0)
+        as_json = getattr(args, "json", False)
+        if args.verbose and not as_json:
+            print(f"{command}: {_settings_line(spec)}", file=sys.stderr)
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            summary = run_job(args.command, spec)
+        if as_json:
+            print(summary.as_json(spec))
+        return summary.exit_code
     except UserError as error:
-        print(f"enlightengan {args.command}: error: {error}", file=sys.stderr)
+        print(f"{command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"enlightengan {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _settings_line(spec) -> str:
+    """The spec's settings that differ from their defaults, as ``name=value`` pairs."""
+    parts = []
+    for field in dataclasses.fields(spec):
+        value = getattr(spec, field.name)
+        if field.default is not dataclasses.MISSING and value == field.default:
+            continue
+        parts.append(f"{field.name}={value}")
+    return "settings " + (", ".join(parts) or "all defaults")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Pictures a run writes: a sample grid (input | enhanced) and loss curves, as PNG bytes.
 
-Both return bytes so the caller can put them anywhere :mod:`pipelines.storage` reaches
+Both return bytes so the caller can put them anywhere :mod:`pipelines.io.storage` reaches
 (a local run folder or a bucket). Grids use Pillow only; curves use matplotlib's Agg backend
 (no display needed). Train, enhance and evaluate share them.
 """

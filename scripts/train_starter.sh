@@ -12,9 +12,9 @@ steps="${STEPS:-1200}"
 bin=.venv/bin
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 
-"$bin/python" -m pipelines.starter.corpus --out "$work/corpus"
+"$bin/python" -m pipelines.starter.corpus --output "$work/corpus"
 "$bin/enlightengan" prepare --low "$work/corpus/low" --normal "$work/corpus/normal" \
-    --out "$work/shards"
+    --output "$work/shards"
 # 77 normal-light images at batch 4 make 20 steps an epoch. Half the epochs at the constant
 # rate, then linear decay to zero, as the paper's 100 + 100 epochs.
 epochs=$(( (steps + 19) / 20 ))
@@ -27,11 +27,11 @@ recipe=(
 )
 settings=()
 for item in "${recipe[@]}"; do settings+=(--set "$item"); done
-"$bin/enlightengan" train --data "$work/shards" --run "$work/run" --cpu --workers 1 \
-    --torch-threads "$(nproc)" --precision "${PRECISION:-bf16}" --steps "$steps" \
+"$bin/enlightengan" train --data "$work/shards" --output "$work/run" --workers 1 \
+    --threads-per-worker "$(nproc)" --precision "${PRECISION:-bf16}" --steps "$steps" \
     --checkpoint-every 500 --sample-every 250 "${settings[@]}"
-"$bin/python" -m pipelines.starter.ship --run "$work/run"
+"$bin/python" -m pipelines.starter.ship --output "$work/run"
 # The new file's sha256 (printed above) goes into enlightengan/starter.py before the package
 # loads it as `starter`; until then the quality report scores the run's fp32 checkpoint.
-"$bin/python" benchmarks/bench_quality.py --corpus "$work/corpus" --out "$work/quality" \
+"$bin/python" benchmarks/bench_quality.py --corpus "$work/corpus" --output "$work/quality" \
     --no-starter --checkpoint "trained=$work/run"

@@ -57,7 +57,7 @@ def ray_local(tmp_path_factory):
     """One in-process local Ray (2 CPUs, loopback only) for the whole session."""
     import ray
 
-    from pipelines.ray_runtime import init_ray
+    from pipelines.ops.ray_runtime import init_ray
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["ENLIGHTENGAN_RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))

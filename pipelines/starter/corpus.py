@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.sample_photos import encode, wheel_photo
+from pipelines.demo.sample_photos import encode, wheel_photo
 
 LIST_FILE = Path(__file__).with_name("corpus_photos.tsv")
 ROLES = ("normal", "synthetic-low", "real-low", "holdout")

@@ -20,7 +20,7 @@ from enlightengan.checkpoint import find_latest_checkpoint, load_checkpoint
 from enlightengan.inference import Enhancer, EnhancerSettings
 from enlightengan.metrics import psnr
 from enlightengan.starter import starter_weights_path, weights_bytes, weights_from_bytes
-from pipelines.sample_photos import darken, demo_originals
+from pipelines.demo.sample_photos import darken, demo_originals
 
 
 def _check_images() -> list[np.ndarray]:

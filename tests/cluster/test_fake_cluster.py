@@ -27,7 +27,7 @@ import pytest
 import yaml
 from pyarrow import fs
 
-from pipelines.local_services import free_ports, session_members, start_ray_head, stop_process
+from pipelines.ops.local_services import free_ports, session_members, start_ray_head, stop_process
 from tests.fixtures.photos import build_photo_dataset, upload_folder
 
 pytestmark = pytest.mark.timeout(900)
@@ -165,7 +165,7 @@ def run_jobs_on_the_fake_cluster(head, s3_server, bucket: str, photos) -> None:
         prepare = ray_job_submit(
             head.dashboard_url, "prepare",
             "--low", f"{uri}/photos/low", "--normal", f"{uri}/photos/normal",
-            "--out", f"{uri}/shards",
+            "--output", f"{uri}/shards",
         )  # fmt: skip
         logs = prepare.stdout + prepare.stderr
         assert prepare.returncode == 0, logs[-4000:]

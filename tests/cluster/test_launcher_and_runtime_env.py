@@ -203,7 +203,7 @@ def test_runtime_env_pins_every_runtime_dependency_at_the_tested_version():
 def test_submitted_train_ships_the_vgg_weights_package_with_the_runtime_env():
     from ray.runtime_env import RuntimeEnv
 
-    from pipelines.submit import SHIPPED_EXCLUDES, build_runtime_env
+    from pipelines.ops.submit import SHIPPED_EXCLUDES, build_runtime_env
 
     train = build_runtime_env(True, CLUSTER / "runtime_env.yaml", "train")
     RuntimeEnv(**train)

@@ -123,7 +123,7 @@ def test_rayjobs_are_valid_and_run_real_cli_commands(name, job):
     )
     if job == "train":
         workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"]
-        assert args.gpus and args.workers == workers
+        assert args.gpus_per_worker == 1 and args.workers == workers
     else:
         assert args.gpus_per_worker >= 1
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.local_services import free_ports
-from pipelines.sample_photos import darken, encode, fit_within, wheel_photo
+from pipelines.demo.sample_photos import darken, encode, fit_within, wheel_photo
+from pipelines.ops.local_services import free_ports
 
 pytestmark = [pytest.mark.heavy, pytest.mark.timeout(900)]
 

@@ -16,6 +16,7 @@ from enlightengan.checkpoint import (
     find_latest_checkpoint,
     import_official_state_dict,
     is_complete_checkpoint,
+    latest_checkpoint_in,
     load_checkpoint,
     load_generator,
     load_official_generator,
@@ -274,3 +275,34 @@ def test_export_refuses_a_non_reference_architecture(tiny):
     _, generator = tiny
     with pytest.raises(CheckpointError, match="authors' generator layout"):
         official_state_dict(generator)
+
+
+def test_latest_checkpoint_in_a_listed_tree_follows_the_same_rule(tmp_path, tiny):
+    """The rule works on any listing (a bucket's, in the Ray layer): the root may itself be
+    the checkpoint, a short file disqualifies, nothing inside a checkpoint is searched."""
+    config, generator = tiny
+    save_tiny(tmp_path / "run" / "checkpoint_a", config, generator, step=5)
+    save_tiny(tmp_path / "run" / "checkpoint_b", config, generator, step=7)
+    save_tiny(tmp_path / "run" / "checkpoint_b" / "inner", config, generator, step=50)
+    files = {
+        path.relative_to(tmp_path).as_posix(): (path.stat().st_size, path.stat().st_mtime)
+        for path in tmp_path.rglob("*")
+        if path.is_file()
+    }
+
+    def read(name: str) -> bytes:
+        return (tmp_path / name).read_bytes()
+
+    assert latest_checkpoint_in(files, read) == "run/checkpoint_b"
+    size, mtime = files["run/checkpoint_b/generator.pt"]
+    assert (
+        latest_checkpoint_in({**files, "run/checkpoint_b/generator.pt": (size - 1, mtime)}, read)
+        == "run/checkpoint_a"
+    )
+    only_a = {
+        name[len("run/checkpoint_a/") :]: info
+        for name, info in files.items()
+        if name.startswith("run/checkpoint_a/")
+    }
+    assert latest_checkpoint_in(only_a, lambda name: read(f"run/checkpoint_a/{name}")) == ""
+    assert latest_checkpoint_in({}, read) is None

@@ -16,10 +16,10 @@ import torch
 from enlightengan.checkpoint import save_checkpoint
 from enlightengan.config import tiny_config
 from enlightengan.generator import Generator
-from pipelines import storage
 from pipelines.cli import main
-from pipelines.datasink import read_manifest
-from pipelines.images import decode_image
+from pipelines.enhance.sink import read_manifest
+from pipelines.io import storage
+from pipelines.io.images import decode_image
 from tests.fixtures.bad_files import build_nasty_corpus
 from tests.fixtures.photos import upload_folder
 
@@ -71,7 +71,7 @@ def test_prepare_from_seaweedfs_gives_every_file_one_row_with_its_reason(
     assert sorted(uploaded) == sorted(entry.key for entry in CORPUS)
     out = storage.resolve(f"s3://{bucket}/prepared")
     argv = ["prepare", "--low", f"s3://{bucket}/low", "--normal", f"{photo_bucket}/normal"]
-    assert main([*argv, "--out", out.uri, "--images-per-task", "8"]) == 0
+    assert main([*argv, "--output", out.uri, "--images-per-task", "8"]) == 0
     printed = capsys.readouterr()
     assert f"{len(CORPUS) + 4} images in" in printed.out
 

@@ -29,12 +29,12 @@ from enlightengan.checkpoint import save_checkpoint
 from enlightengan.config import tiny_config
 from enlightengan.generator import Generator
 from pipelines.cli import main
-from pipelines.datasink import read_manifest
-from pipelines.images import decode_image
-from pipelines.local_services import session_members
-from pipelines.sample_photos import PHOTO_SOURCES, darken, encode, fit_within, wheel_photo
-from pipelines.shards import read_manifest as read_prepare_manifest
-from pipelines.storage import resolve
+from pipelines.demo.sample_photos import PHOTO_SOURCES, darken, encode, fit_within, wheel_photo
+from pipelines.enhance.sink import read_manifest
+from pipelines.io.images import decode_image
+from pipelines.io.shards import read_manifest as read_prepare_manifest
+from pipelines.io.storage import resolve
+from pipelines.ops.local_services import session_members
 from tests.fixtures.photos import upload_folder
 from tests.fixtures.seaweed import SeaweedServer, _wait_until_ready, start_seaweed
 
@@ -322,9 +322,10 @@ def test_s3_restart_during_enhance_retries_or_fails_clearly_and_rerun_completes(
 
 
 def _prepare_argv(low: str, normal: str, out: str) -> list[str]:
-    # Two images per shard: many write tasks, so a fault lands in the middle of the job.
-    return ["prepare", "--low", low, "--normal", normal, "--out", out,
-            "--shard-size-mb", "0.8", "--images-per-task", "2"]  # fmt: skip
+    # Two images per shard: many write tasks, so a fault lands in the middle of the job; the
+    # tests rerun over the same output, which --overwrite allows.
+    return ["prepare", "--low", low, "--normal", normal, "--output", out,
+            "--shard-size-mb", "0.8", "--images-per-task", "2", "--overwrite"]  # fmt: skip
 
 
 def assert_prepared_once(out: str, photos: dict[str, Inputs]) -> None:
@@ -386,7 +387,7 @@ def test_prepare_killed_midway_leaves_no_manifest_and_rerun_is_right(
     ray_local, training_photos, tmp_path
 ):
     from pipelines.errors import UserError
-    from pipelines.shards import check_prepared
+    from pipelines.io.shards import check_prepared
 
     out = tmp_path / "prepared"
     argv = _prepare_argv(
@@ -508,7 +509,7 @@ def test_checkpoint_cut_off_by_a_crash_is_never_picked_as_latest(s3_env, tmp_pat
     """A job that dies while writing a checkpoint leaves its index with a file short or missing
     (in whatever order the files landed): enhance, locally and on S3, picks the newest complete
     checkpoint instead, however high the broken one's step."""
-    from pipelines.enhance_actor import load_checkpoint_files
+    from pipelines.inference.checkpoints import load_checkpoint_files
 
     config = tiny_config()
     generator = Generator(config.generator)

@@ -26,10 +26,10 @@ from enlightengan.checkpoint import save_checkpoint
 from enlightengan.config import tiny_config
 from enlightengan.generator import Generator
 from pipelines.cli import main
-from pipelines.darkness import DEFAULT_DARK_THRESHOLD, darkness_stats
-from pipelines.datasink import read_manifest
-from pipelines.images import decode_png
-from pipelines.sample_photos import PHOTO_SOURCES, darken, encode, wheel_photo
+from pipelines.demo.sample_photos import PHOTO_SOURCES, darken, encode, wheel_photo
+from pipelines.enhance.sink import read_manifest
+from pipelines.inference.darkness import DEFAULT_DARK_THRESHOLD, darkness_stats
+from pipelines.io.images import decode_png
 
 SMALL_SIZE = (64, 48)  # width, height
 PREPARE_SIZE_OPTIONS = ["--max-long", "64", "--max-short", "48", "--min-side", "32"]
@@ -158,7 +158,7 @@ def run_enhance(checkpoint: Path, source: Path, output: Path, count: int) -> Loa
 
 
 def run_prepare(low: Path, normal: Path, output: Path, count: int) -> LoadResult:
-    argv = ["prepare", "--low", str(low), "--normal", str(normal), "--out", str(output)]
+    argv = ["prepare", "--low", str(low), "--normal", str(normal), "--output", str(output)]
     with PeakRss() as meter:
         started = time.perf_counter()
         assert main([*argv, *PREPARE_SIZE_OPTIONS, "--images-per-task", "64"]) == 0

@@ -2,11 +2,11 @@
 credentials fail clearly, checkpoints never run pickled code, output keys never escape, and the
 in-process Ray listens on loopback only.
 
-Covered elsewhere and not repeated here: ``tests/pipelines/test_storage.py`` (credential errors
-at the storage layer, ``safe_join``), ``tests/pipelines/test_submit.py`` (the dev stack's Ray
+Covered elsewhere and not repeated here: ``tests/pipelines/io/test_storage.py`` (credential errors
+at the storage layer, ``safe_join``), ``tests/pipelines/ops/test_submit.py`` (the dev stack's Ray
 head and SeaweedFS listen on loopback only; no secret in Ray job metadata or runtime env),
 ``tests/enlightengan/test_checkpoint.py`` (``load_generator`` refuses arbitrary pickles) and
-``tests/pipelines/test_enhance.py`` (local keys like ``%2e%2e/`` are refused as output keys).
+``tests/pipelines/enhance/test_job.py`` (local keys like ``%2e%2e/`` are refused as output keys).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from enlightengan.checkpoint import CheckpointError, load_checkpoint, save_check
 from enlightengan.config import tiny_config
 from enlightengan.discriminator import build_discriminators
 from enlightengan.generator import Generator
-from pipelines import storage
 from pipelines.cli import main
-from pipelines.datasink import read_manifest
+from pipelines.enhance.sink import read_manifest
+from pipelines.io import storage
 from tests.fixtures.photos import darken, encode, fit_within, upload_folder, wheel_photo
 
 SCAN_LIMIT_BYTES = 64 << 20
@@ -149,10 +149,10 @@ def test_full_run_never_writes_or_prints_the_secret(
     config_file.write_text(tiny_config().to_json())
     jobs = [
         ["prepare", "--low", f"{root}/in/low", "--normal", f"{root}/in/normal"]
-        + ["--out", f"{root}/prepared"],
-        ["train", "--data", f"{root}/prepared", "--run", f"{root}/run", "--cpu"]
-        + ["--config", str(config_file), "--steps", "2", "--checkpoint-every", "2"]
-        + ["--sample-every", "2", "--torch-threads", "1"],
+        + ["--output", f"{root}/prepared"],
+        ["train", "--data", f"{root}/prepared", "--run", f"{root}/run"]
+        + ["--model-config", str(config_file), "--steps", "2", "--checkpoint-every", "2"]
+        + ["--sample-every", "2", "--threads-per-worker", "1"],
         ["enhance", "--checkpoint", f"{root}/run", "--input", f"{root}/in/low"]
         + ["--output", f"{root}/enhanced"],
         ["evaluate", "--checkpoint", f"{root}/run", "--input", f"{root}/in/low"]
@@ -185,7 +185,7 @@ def test_full_run_never_writes_or_prints_the_secret(
 JOB_ARGUMENTS = {
     "prepare": lambda b, d: (
         ["--low", f"s3://{b}/in/low", "--normal", f"s3://{b}/in/normal"]
-        + ["--out", f"s3://{b}/out"]
+        + ["--output", f"s3://{b}/out"]
     ),
     "train": lambda b, d: ["--data", f"s3://{b}/prepared", "--run", str(d / "run")],
     "enhance": lambda b, d: (

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.sample_photos import LOW_LAYOUT, darken, fit_within, wheel_photo
+from pipelines.demo.sample_photos import LOW_LAYOUT, darken, fit_within, wheel_photo
 from pipelines.starter.corpus import (
     ROLES,
     WHEEL_NORMAL,

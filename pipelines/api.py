@@ -1,0 +1,276 @@
+"""The Python API: a trained generator from any checkpoint URI, for arrays and PIL images in
+your own code, and the enhance job's stages for a ``ray.data.Dataset`` in your own Ray program.
+
+>>> from pipelines.api import Enhancer
+>>> enhancer = Enhancer.from_pretrained("s3://bucket/runs/exp1")   # or a folder, or "starter"
+>>> brighter = enhancer([photo])                                    # uint8 (H, W, 3) or PIL
+
+The jobs themselves are plain functions too: ``run_prepare(PrepareJob(...))``,
+``run_train(TrainJob(...))``, ``run_enhance(EnhanceJob(...))``, ``run_evaluate(EvaluateJob(
+...))``; each returns a :class:`~pipelines.options.Summary`. They are re-exported here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipelines.demo.spec import DemoJob
+from pipelines.enhance.spec import EnhanceJob
+from pipelines.errors import UserError
+from pipelines.evaluate.spec import EvaluateJob
+from pipelines.export.spec import ExportJob, ImportOfficialJob
+from pipelines.inference.stages import FAILED, PENDING, EnhanceActor, InferenceSettings
+from pipelines.options import STARTER_NAME, Summary
+from pipelines.prepare.spec import PrepareJob
+from pipelines.train.spec import TrainJob
+
+# The jobs' functions, imported on first use (each pulls in its job's heavy modules).
+_RUNNERS = {
+    "run_prepare": "pipelines.prepare.job",
+    "run_train": "pipelines.train.job",
+    "run_enhance": "pipelines.enhance.job",
+    "run_evaluate": "pipelines.evaluate.job",
+    "run_export": "pipelines.export.job",
+    "run_import_official": "pipelines.export.job",
+    "run_demo": "pipelines.demo.job",
+}
+
+
+__all__ = [
+    "DemoJob",
+    "EnhanceJob",
+    "Enhancer",
+    "EvaluateJob",
+    "ExportJob",
+    "ImportOfficialJob",
+    "PrepareJob",
+    "Summary",
+    "TrainJob",
+    "enhance_dataset",
+    *_RUNNERS,
+]
+
+# Columns enhance_dataset adds beside the caller's own.
+STATUS_COLUMN = "enhance_status"
+REASON_COLUMN = "enhance_reason"
+
+
+class Enhancer:
+    """A generator loaded once, enhancing uint8 RGB arrays or PIL images.
+
+    Build it with :meth:`from_pretrained`. Calling it with a list returns a list of the same
+    length and kinds: a numpy array (H, W, 3) for an array, an RGB PIL image for a PIL image
+    (any mode is converted to RGB first). Sizes may differ within a call.
+    """
+
+    def __init__(self, enhancer, description: str, settings: InferenceSettings) -> None:
+        self._enhancer = enhancer
+        self.description = description
+        self.settings = settings
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        uri: str | os.PathLike | None = STARTER_NAME,
+        *,
+        device: str = "cpu",
+        backend: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 4,
+        tile_size: int | None = 1024,
+        channels_last: bool = True,
+        threads: int | None = None,
+        endpoint_url: str | None = None,
+        profile: str | None = None,
+        region: str | None = None,
+    ) -> Enhancer:
+        """Load the generator at ``uri``: a checkpoint directory, a training run (its latest
+        complete checkpoint), an ``s3://`` URI of either, or ``"starter"`` (the model shipped in
+        the package). ``backend`` and ``precision`` mean what they mean for ``enhance``;
+        S3 credentials come from the environment or ``profile``, as for the jobs."""
+        from pipelines.inference.backends import choose_backend
+        from pipelines.inference.checkpoints import load_checkpoint_files, stage_checkpoint
+        from pipelines.inference.stages import build_enhancer
+        from pipelines.io.storage import StorageOptions
+
+        choose_backend(backend, precision, device)
+        options = StorageOptions(endpoint_url=endpoint_url, profile=profile, region=region)
+        found = load_checkpoint_files(None if uri is None else os.fspath(uri), options)
+        settings = InferenceSettings(
+            device=device,
+            backend=backend,
+            precision=precision,
+            batch_size=batch_size,
+            tile_size=tile_size or None,
+            channels_last=channels_last,
+            torch_threads=threads,
+        )
+        directory = stage_checkpoint(found.files)
+        try:
+            enhancer = build_enhancer(directory, settings)
+        finally:
+            # The generator (or its onnxruntime session) is built: the staged files are spent.
+            shutil.rmtree(directory, ignore_errors=True)
+        return cls(enhancer, found.description, settings)
+
+    def __call__(self, images: Sequence) -> list:
+        arrays, kinds = [], []
+        for position, image in enumerate(images):
+            if _is_pil(image):
+                arrays.append(np.asarray(image.convert("RGB")))
+                kinds.append("pil")
+            elif isinstance(image, np.ndarray):
+                arrays.append(image)
+                kinds.append("array")
+            else:
+                raise TypeError(
+                    f"image {position} is a {type(image).__name__}: pass uint8 (H, W, 3) numpy "
+                    "arrays or PIL images"
+                )
+        outputs = self._enhancer(arrays) if arrays else []
+        return [
+            _to_pil(output) if kind == "pil" else output
+            for output, kind in zip(outputs, kinds, strict=True)
+        ]
+
+
+def enhance_dataset(
+    dataset,
+    checkpoint: str | None = STARTER_NAME,
+    *,
+    column: str = "image",
+    output_column: str = "enhanced",
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
+    batch_size: int = 4,
+    backend: str = "auto",
+    precision: str = "auto",
+    tile_size: int | None = 1024,
+    endpoint_url: str | None = None,
+    profile: str | None = None,
+    region: str | None = None,
+):
+    """``dataset`` (a ``ray.data.Dataset`` whose ``column`` holds uint8 (H, W, 3) images, as
+    ``ray.data.read_images(..., mode="RGB")`` gives) with ``output_column`` added: the
+    enhanced image, or None where it failed, plus ``enhance_status`` (``enhanced`` or
+    ``failed``) and ``enhance_reason``. Lazy, like any Dataset: nothing runs until you consume
+    it. The generator runs in an actor pool of ``workers`` actors, as in ``enhance``; its files
+    reach the actors through a named holder that lives as long as this driver."""
+    from ray.data import ActorPoolStrategy
+
+    from pipelines.inference.backends import choose_backend
+    from pipelines.inference.checkpoints import lasting_checkpoint_holder, load_checkpoint_files
+    from pipelines.io.storage import StorageOptions
+
+    if workers < 1 or batch_size < 1:
+        raise UserError("workers and batch_size must be >= 1")
+    device = "cuda" if gpus_per_worker > 0 else "cpu"
+    choose_backend(backend, precision, device)
+    options = StorageOptions(endpoint_url=endpoint_url, profile=profile, region=region)
+    found = load_checkpoint_files(checkpoint, options)
+    settings = InferenceSettings(
+        device=device,
+        backend=backend,
+        precision=precision,
+        batch_size=batch_size,
+        tile_size=tile_size or None,
+    )
+    rows = dataset.map_batches(
+        _to_pixel_rows,
+        fn_kwargs={"column": column},
+        batch_format="numpy",
+        batch_size=batch_size,
+        num_cpus=0.5,
+    )
+    enhanced = rows.map_batches(
+        EnhanceActor,
+        fn_constructor_kwargs={
+            "checkpoint_holder": lasting_checkpoint_holder(found.files),
+            "settings": settings,
+        },
+        compute=ActorPoolStrategy(size=workers),
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=cpus_per_worker,
+        num_gpus=gpus_per_worker or None,
+    )
+    return enhanced.map_batches(
+        _from_pixel_rows,
+        fn_kwargs={"output_column": output_column},
+        batch_format="numpy",
+        batch_size=None,
+        num_cpus=0.5,
+    )
+
+
+def _to_pixel_rows(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:
+    """The caller's images as the enhance stages' flat columns; anything that is not a uint8
+    (H, W, 3) image becomes a failed row, its reason named."""
+    if column not in batch:
+        raise UserError(f"the dataset has no column {column!r}: pass column=...")
+    images = list(batch[column])
+    count = len(images)
+    pixels = np.empty(count, dtype=object)
+    heights, widths = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+    status = np.array([PENDING] * count, dtype=object)
+    reason = np.array([""] * count, dtype=object)
+    for index, image in enumerate(images):
+        array = np.asarray(image)
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+            pixels[index], status[index] = b"", FAILED
+            reason[index] = f"not-rgb-uint8 {array.dtype} {tuple(array.shape)}"
+            continue
+        heights[index], widths[index] = array.shape[:2]
+        pixels[index] = np.ascontiguousarray(array).tobytes()
+    others = {name: values for name, values in batch.items() if name != column}
+    return {
+        **others,
+        "pixels": pixels,
+        "height": heights,
+        "width": widths,
+        "status": status,
+        "reason": reason,
+        "seconds": np.zeros(count),
+    }
+
+
+def _from_pixel_rows(batch: dict[str, np.ndarray], output_column: str) -> dict[str, np.ndarray]:
+    count = len(batch["status"])
+    images = np.empty(count, dtype=object)
+    for index in range(count):
+        if batch["status"][index] == PENDING:
+            shape = (int(batch["height"][index]), int(batch["width"][index]), 3)
+            images[index] = np.frombuffer(batch["pixels"][index], dtype=np.uint8).reshape(shape)
+    status = np.array(
+        ["enhanced" if value == PENDING else value for value in batch["status"]], dtype=object
+    )
+    internal = {"pixels", "height", "width", "status", "reason", "seconds"}
+    return {
+        **{name: values for name, values in batch.items() if name not in internal},
+        output_column: images,
+        STATUS_COLUMN: status,
+        REASON_COLUMN: batch["reason"],
+    }
+
+
+def _is_pil(image) -> bool:
+    return type(image).__module__.startswith("PIL.")
+
+
+def _to_pil(array: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(array, mode="RGB")
+
+
+def __getattr__(name: str):
+    if name in _RUNNERS:
+        import importlib
+
+        return getattr(importlib.import_module(_RUNNERS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

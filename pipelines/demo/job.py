@@ -1,0 +1,268 @@
+"""``enlightengan demo``: the whole pipeline on photos that ship inside installed wheels.
+
+No network, no GPU, no S3 server: builds a small unpaired set from scikit-image,
+scikit-learn and matplotlib sample photos (low-light copies darkened with gamma 2.2 then
+x0.25), then runs prepare -> a short CPU train of a tiny model -> enhance -> evaluate, all through local
+folders and one in-process Ray. A second run reuses the photos, shards and training run.
+``--s3`` runs the same jobs against a bucket on a local SeaweedFS server instead of folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipelines.demo.spec import DemoJob
+from pipelines.enhance.spec import EnhanceJob
+from pipelines.errors import UserError
+from pipelines.evaluate.spec import EvaluateJob
+from pipelines.options import Summary
+from pipelines.prepare.spec import PrepareJob
+from pipelines.train.spec import TrainJob
+
+DEMO_BUCKET = "enlightengan-demo"
+EXPOSURE_TARGET = 0.5
+TINY_BATCH = 2
+TINY_MODEL = (
+    "generator.base_channels=8",
+    "discriminator.base_channels=16",
+    "discriminator.patch_size=16",
+    "discriminator.num_patches=2",
+    "augment.crop_size=64",
+    f"optim.batch_size={TINY_BATCH}",
+)
+
+
+def run_demo(job: DemoJob) -> Summary:
+    """The five steps (see the module notes); returns the demo's brightness and NIQE summary."""
+    out = Path(job.output).resolve()
+    if job.dry_run:
+        base = f"s3://{DEMO_BUCKET}" if job.s3 else str(out)
+        steps = {
+            "photos": f"{out}/photos (from installed wheels)",
+            "prepare": f"{base}/shards",
+            "train": f"{base}/run-{job.steps}-steps-<settings hash>",
+            "enhance": f"{base}/enhanced",
+            "evaluate": f"{out}/evaluation",
+        }
+        for number, (step, where) in enumerate(steps.items(), start=1):
+            print(f"[demo {number}/5] {step} -> {where}")
+        return Summary("demo", {"dry_run": True, "steps": steps})
+    if not job.s3:
+        return _run_steps(job, out, str(out))
+    from pipelines.ops.local_services import create_bucket, start_object_store, stop_process
+
+    print(f"[demo] starting a local SeaweedFS S3 server on 127.0.0.1, data in {out / 's3'}")
+    store = start_object_store(out / "s3")
+    saved = {name: os.environ.get(name) for name in (*store.environment(), "AWS_PROFILE")}
+    try:
+        create_bucket(store, DEMO_BUCKET)
+        os.environ.pop("AWS_PROFILE", None)
+        os.environ.update(store.environment())
+        print(f"[demo] bucket s3://{DEMO_BUCKET} at {store.endpoint_url}")
+        return _run_steps(job, out, f"s3://{DEMO_BUCKET}")
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        stop_process(store.pid, str(out / "s3"))
+
+
+def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
+    """The five steps with every job's data under ``base`` (``out`` itself, or a bucket);
+    the evaluation report and a copy of the enhanced images always land in ``out``."""
+    from pipelines.demo.sample_photos import build_photo_dataset, upload_folder
+    from pipelines.enhance.job import run_enhance
+    from pipelines.evaluate.job import run_evaluate
+    from pipelines.io import storage
+    from pipelines.ops.ray_runtime import init_ray
+    from pipelines.prepare.job import run_prepare
+    from pipelines.train.job import run_train
+
+    # One Ray for all five steps, started as training needs it (the first step would not).
+    init_ray(job.address, job.num_cpus, training=True)
+    started = time.perf_counter()
+    photos_dir = out / "photos"
+    ray = {"address": job.address, "num_cpus": job.num_cpus}
+    if not (photos_dir / "low").is_dir():
+        print(f"[demo 1/5] building an unpaired photo set from installed wheels in {photos_dir}")
+        build_photo_dataset(photos_dir)
+    else:
+        print(f"[demo 1/5] reusing photos in {photos_dir}")
+    photos = f"{base}/photos"
+    if base != str(out):
+        bucket = storage.resolve(photos)
+        if not storage.list_files(bucket.child("low")):
+            upload_folder(photos_dir, bucket.filesystem, bucket.path)
+            print(f"[demo 1/5] uploaded the photos to {photos}")
+
+    shards = f"{base}/shards"
+    if not storage.exists(storage.resolve(shards).child("manifest.json")):
+        print("[demo 2/5] prepare: photos -> Parquet shards")
+        _step(
+            run_prepare,
+            # Shards without a manifest are an interrupted earlier prepare: replace them.
+            PrepareJob(
+                low=f"{photos}/low",
+                normal=f"{photos}/normal",
+                output=shards,
+                overwrite=True,
+                **ray,
+            ),
+        )
+    else:
+        print(f"[demo 2/5] reusing shards in {shards}")
+
+    overrides = (
+        *TINY_MODEL,
+        *_schedule(shards, job.steps),
+        f"optim.lr={job.lr}",
+        f"seed={job.seed}",
+    )
+    if job.exposure > 0:
+        overrides += (f"loss.exposure={job.exposure}", f"loss.exposure_target={EXPOSURE_TARGET}")
+    # One run folder per setting, so a rerun with other --steps/--lr/--exposure trains anew
+    # instead of being refused as a changed run, and the same settings resume.
+    tag = hashlib.sha256(repr((job.steps, overrides)).encode()).hexdigest()[:8]
+    run_dir = f"{base}/run-{job.steps}-steps-{tag}"
+    print(f"[demo 3/5] train: {job.steps} steps of a tiny model on CPU (resumes if already done)")
+    every = max(1, job.steps // 2)
+    _step(
+        run_train,
+        TrainJob(
+            data=shards,
+            output=run_dir,
+            steps=job.steps,
+            checkpoint_every=every,
+            sample_every=every,
+            overrides=overrides,
+            # fp32 everywhere: the quick model's figures in the README hold on any CPU.
+            precision="fp32",
+            # One worker on a laptop: let it use every core, not Ray's one thread per worker.
+            threads_per_worker=os.cpu_count() or 1,
+            **ray,
+        ),
+    )
+
+    enhanced = f"{base}/enhanced"
+    print(f"[demo 4/5] enhance: {photos}/low -> {enhanced}")
+    _step(
+        run_enhance,
+        EnhanceJob(
+            input=f"{photos}/low",
+            output=enhanced,
+            checkpoint=run_dir,
+            image_format="png",
+            precision="fp32",
+            **ray,
+        ),
+    )
+    enhanced_dir = out / "enhanced"
+    if base != str(out):
+        _download(storage.resolve(enhanced), enhanced_dir)
+
+    evaluation = out / "evaluation"
+    print(
+        f"[demo 5/5] evaluate: NIQE of inputs, the quick model, the shipped starter model and "
+        f"baselines -> {evaluation}"
+    )
+    _step(
+        run_evaluate,
+        EvaluateJob(
+            input=f"{photos}/low",
+            output=str(evaluation),
+            checkpoint=run_dir,
+            compare="starter",
+            samples=5,
+            precision="fp32",
+            **ray,
+        ),
+    )
+
+    summary = _brightness_summary(photos_dir / "low", enhanced_dir)
+    scores = json.loads((evaluation / "summary.json").read_text())["means"]
+    summary["niqe"] = {variant: values["niqe"] for variant, values in scores.items()}
+    summary["starter_mean_luma"] = scores["compared"]["luma"]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    niqe = summary["niqe"]
+    print(
+        f"\nDemo finished in {time.perf_counter() - started:.0f} s. Mean luminance (0-255) of the "
+        f"low-light inputs {summary['input_mean_luma']:.1f} -> quick model "
+        f"{summary['enhanced_mean_luma']:.1f}, shipped starter model "
+        f"{summary['starter_mean_luma']:.1f}. NIQE (lower is better): input "
+        f"{_fmt(niqe['input'])}, quick model {_fmt(niqe['enhanced'])}, starter model "
+        f"{_fmt(niqe['compared'])}, gamma {_fmt(niqe['gamma'])}, histogram equalisation "
+        f"{_fmt(niqe['histeq'])}.\n"
+        f"  contact sheet:   {evaluation / 'contact_sheet.png'} (input | quick model | gamma | "
+        "histogram equalisation | starter model)\n"
+        f"  NIQE table:      {evaluation / 'summary.md'} (per image: scores.csv)\n"
+        f"  loss curve:      {run_dir}/loss_curve.png\n"
+        f"  enhanced images: {enhanced}\n"
+        f"  metrics:         {run_dir}/metrics.jsonl\n  samples:         {run_dir}/samples\n"
+        f"  summary:         {out / 'summary.json'}"
+    )
+    return Summary("demo", summary)
+
+
+def _schedule(shards: str, steps: int) -> tuple[str, str]:
+    """Epoch settings that fit the paper's schedule (constant, then linear decay to 0) into
+    ``steps``: the epoch length comes from the prepared image counts, as train computes it."""
+    from pipelines.io.shards import check_prepared
+    from pipelines.train.job import epoch_length
+
+    domains = check_prepared(shards)["domains"]
+    per_epoch = epoch_length({name: d["written"] for name, d in domains.items()}, TINY_BATCH)
+    epochs = max(1, math.ceil(steps / per_epoch))
+    constant = math.ceil(epochs / 2)
+    return f"optim.epochs_constant={constant}", f"optim.epochs_decay={epochs - constant}"
+
+
+def _download(location, folder: Path) -> None:
+    """Copy the enhanced images (not the manifest) from the bucket into ``folder``."""
+    from pipelines.io import storage
+
+    for key in storage.list_files(location, extensions=None):
+        if key.split("/", 1)[0] != "_manifest":
+            target = folder / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(storage.read_bytes(location.child(key)))
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _step(runner, job) -> None:
+    summary = runner(job)
+    if summary.exit_code != 0:
+        raise UserError(f"demo step {summary.job} failed with exit code {summary.exit_code}")
+
+
+def _mean_luma(path: Path) -> float:
+    with Image.open(path) as image:
+        return float(np.asarray(image.convert("L"), dtype=np.float64).mean())
+
+
+def _brightness_summary(input_dir: Path, enhanced_dir: Path) -> dict[str, float]:
+    inputs, outputs = [], []
+    for source in sorted(p for p in input_dir.rglob("*") if p.is_file()):
+        target = (enhanced_dir / source.relative_to(input_dir)).with_suffix(".png")
+        if target.exists():
+            inputs.append(_mean_luma(source))
+            outputs.append(_mean_luma(target))
+    if not outputs:
+        raise UserError(f"demo: no enhanced images found under {enhanced_dir}")
+    return {
+        "images": len(outputs),
+        "input_mean_luma": float(np.mean(inputs)),
+        "enhanced_mean_luma": float(np.mean(outputs)),
+    }

@@ -1,0 +1,414 @@
+"""``enlightengan enhance``: enhance every image under a prefix with a trained generator.
+
+A streaming Ray Data job::
+
+    list keys, sorted, a page at a time (one task) -> skip finished ones (CPU tasks)
+        -> read + decode + darkness score (CPU tasks) -> Enhancer (actor pool, GPU or CPU)
+        -> encode + atomic write under the same relative key (CPU tasks) -> manifest parts
+    then the run report (``pipelines.enhance.report``) from this run's manifest parts and sample.
+
+The driver validates the checkpoint and the output before any image is touched, and holds no
+per-image state: keys, the resume index and the manifest rows all stay in Ray's object store
+as they stream past. Nothing assumes a disk shared between nodes: the generator's checkpoint
+files travel to the actors through the object store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import ray
+from pyarrow import fs as pafs
+
+from pipelines.enhance.plan import (
+    CHECK_ROWS,
+    UNUSABLE_KEY_REASONS,
+    KeyRules,
+    build_resume_index,
+    check_finished,
+    list_work,
+)
+from pipelines.enhance.report import (
+    ReportSampler,
+    RunFacts,
+    SampleKeeper,
+    write_report,
+)
+from pipelines.enhance.sink import (
+    MANIFEST_DIR,
+    ManifestSink,
+    ManifestTarget,
+    summarize_run,
+    write_enhanced,
+)
+from pipelines.enhance.spec import EnhanceJob
+from pipelines.errors import UserError
+from pipelines.inference.backends import choose_backend
+from pipelines.inference.checkpoints import (
+    checkpoint_holder,
+    load_checkpoint_files,
+    stage_checkpoint,
+)
+from pipelines.inference.stages import (
+    COPIED,
+    ENHANCED,
+    FAILED,
+    NOT_DARK,
+    PENDING,
+    SKIPPED,
+    TO_COPY,
+    EnhanceActor,
+    InferenceSettings,
+    build_enhancer,
+    cpu_stage,
+    decode_stage,
+)
+from pipelines.io.images import ImageRejected, decode_image
+from pipelines.io.listing import PAGE_SIZE, ListingSource
+from pipelines.io.retries import retry_transient_task_errors, storage_failure
+from pipelines.io.storage import (
+    Location,
+    check_access,
+    check_writable,
+    display_uri,
+    resolve,
+)
+from pipelines.ops.ray_runtime import init_ray
+from pipelines.options import Summary, storage_of
+
+BLOCK_BYTES = 8 * 1024 * 1024
+REPORTED_SETTINGS = ("workers", "batch_size", "precision", "image_format", "limit", "overwrite")
+
+
+def key_rules(source: Location, output: Location, job: EnhanceJob) -> KeyRules:
+    """The listing's filters: wanted extensions, and the output prefix when it lies inside the
+    input (its images must not be enhanced again)."""
+    wanted = None if job.extensions.strip() == "*" else _parse_extensions(job.extensions)
+    nested = output.path.rstrip("/") + "/"
+    base = source.path.rstrip("/") + "/"
+    inside = None
+    if type(source.filesystem) is type(output.filesystem) and nested.startswith(base):
+        inside = nested[len(base) :]
+        if not inside:
+            raise UserError(
+                "--output is the --input folder: the enhanced images would replace the "
+                "originals; give another folder (one inside the input is fine)"
+            )
+    return KeyRules(output.path, job.image_format, wanted, inside)
+
+
+def _manifest_root(output: Location) -> str:
+    return f"{output.path.rstrip('/')}/{MANIFEST_DIR}"
+
+
+def _parse_extensions(text: str) -> tuple[str, ...]:
+    parts = [part.strip().lower().lstrip(".") for part in text.split(",") if part.strip()]
+    if not parts:
+        raise UserError("--extensions is empty: give e.g. jpg,png or '*'")
+    return tuple(f".{part}" for part in parts)
+
+
+def inference_settings(job: EnhanceJob, total_cpus: float | None = None) -> InferenceSettings:
+    if job.tile_size and job.tile_size < 64:
+        raise UserError("--tile-size must be 0 (never tile) or >= 64")
+    threads = job.threads_per_worker
+    if threads is None and not job.gpus_per_worker and total_cpus:
+        threads = max(1, int(total_cpus // max(1, job.workers)))
+    return InferenceSettings(
+        device="cuda" if job.gpus_per_worker > 0 else "cpu",
+        backend=job.backend,
+        precision=job.precision,
+        channels_last=job.channels_last,
+        batch_size=job.batch_size,
+        tile_size=job.tile_size or None,
+        tile_overlap=job.tile_overlap,
+        torch_threads=threads,
+    )
+
+
+def run_enhance(job: EnhanceJob) -> Summary:
+    """Run the enhance job ``job`` (see the module notes); returns its summary."""
+    choose_backend(job.backend, job.precision, job.device)
+    policy = job.dark_policy
+    options = storage_of(job)
+    source = check_access(resolve(job.input, options))
+    output = check_access(resolve(job.output, options))
+    if source.filesystem.get_file_info(source.path).type != pafs.FileType.Directory:
+        raise UserError(f"input {job.input} is not a folder or prefix with images")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The checkpoint check (torch's import, a model load) runs while Ray starts, which is
+        # mostly waiting for Ray's own processes: seconds off the time to the first output.
+        loading = pool.submit(_load_checkpoint, job.checkpoint, options)
+        rules = key_rules(source, output, job)
+        listing = ListingSource.of(source)
+        if loading.done():
+            loading.result()  # a checkpoint already known to be bad fails before Ray starts
+        started_ray = init_ray(job.address, job.num_cpus)
+        try:
+            checkpoint = loading.result()
+        except BaseException:
+            if started_ray:
+                ray.shutdown()  # a refused run leaves no Ray behind
+            raise
+    print(f"enhance: checkpoint {checkpoint.description}", file=sys.stderr)
+    if not job.dry_run:
+        check_writable(output.child(MANIFEST_DIR), job.output)
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    try:
+        resume = None
+        if not job.overwrite:
+            resume = build_resume_index(output.filesystem, _manifest_root(output))
+        target = ManifestTarget(output.filesystem, output.path, run_id)
+        work = planned_work(listing, rules, resume, output, target, job, policy)
+        if job.dry_run:
+            return _dry_run(work, source, checkpoint.files, job, policy)
+        started = time.perf_counter()
+        keeper = SampleKeeper.remote(job.report_samples)
+        sampler = ReportSampler(keeper, job.report_niqe) if job.report_samples else None
+        run_pipeline(work, source, output, checkpoint.files, job, target, policy, sampler)
+        seconds = time.perf_counter() - started
+        summary = summarize_run(target)
+        facts = RunFacts(
+            run_id, display_uri(source.uri), display_uri(output.uri), checkpoint.description,
+            seconds, policy, job.dark_threshold,
+            {name: getattr(job, name) for name in REPORTED_SETTINGS},
+        )  # fmt: skip
+        report = write_report(output, facts, summary, ray.get(keeper.sample.remote()))
+    except Exception as error:
+        raise storage_failure("enhance", error) or error from None
+    counts = _print_summary(summary, seconds, output, run_id, job.limit)
+    print(f"  report: {report}")
+    return Summary(
+        "enhance",
+        {
+            "run_id": run_id,
+            "checkpoint": checkpoint.description,
+            "statuses": counts,
+            "failures_by_reason": dict(summary["reasons"]),
+            "output_bytes": summary["output_bytes"],
+            "seconds": round(seconds, 3),
+            "manifest": f"{display_uri(output.uri).rstrip('/')}/{MANIFEST_DIR}/",
+            "report": report,
+        },
+    )
+
+
+def _load_checkpoint(uri: str | None, options):
+    """:func:`load_checkpoint_files`, then Ray Data's import, which planning needs next."""
+    checkpoint = load_checkpoint_files(uri, options)
+    import ray.data  # noqa: F401
+
+    return checkpoint
+
+
+def _rows_per_block(batch_size: int) -> int:
+    """Rows per decode task: two whole batches, so that every forward is a full batch (a block
+    of 6 rows at batch 4 would end in a batch of 2, which costs more per image) and the decode
+    of one block overlaps the enhancement of another."""
+    return 2 * batch_size
+
+
+def _configure(context) -> None:
+    """Settings of the enhance dataset's own ``DataContext`` (other jobs of the same driver,
+    such as the demo's evaluate, keep Ray Data's defaults).
+
+    Ray Data merges a task's small outputs into one block until it reaches
+    ``target_max_block_size``; at the default 128 MiB, a listing task's keys (about 130 bytes
+    each) would wait for the end of a listing of up to a million keys. At 8 MiB a block of
+    about 60,000 keys leaves as soon as it is listed, while a decode task's two batches of
+    photos stay one block (a smaller limit makes each image a block of its own, which costs
+    more per image than it overlaps)."""
+    context.execution_options.preserve_order = False
+    context.target_max_block_size = BLOCK_BYTES
+    retry_transient_task_errors(context)
+
+
+def planned_work(
+    listing, rules: KeyRules, resume, output: Location, target, job: EnhanceJob, policy=None
+):
+    """The dataset of rows to work on: listed, checked against the manifest, unread."""
+    import ray
+
+    record = None if job.dry_run else target
+    dataset = ray.data.from_items([{"root": listing.root}])
+    dataset = cpu_stage(
+        dataset,
+        list_work,
+        {
+            "source": listing,
+            "rules": rules,
+            "resume": resume,
+            "page_size": PAGE_SIZE,
+            "record": record,
+        },
+        batch_size=1,
+    )
+    if resume is not None:
+        # A check costs a stat per finished key: blocks of 1,000 amortise the task.
+        dataset = dataset.repartition(target_num_rows_per_block=CHECK_ROWS)
+        dataset = cpu_stage(
+            dataset,
+            check_finished,
+            {
+                "output_filesystem": output.filesystem,
+                "output_root": output.path,
+                "record": record,
+                "policy": policy,
+            },
+        )
+    return dataset
+
+
+def run_pipeline(
+    work, source: Location, output: Location, checkpoint_files, job, target, policy, sampler
+):
+    """Decode, enhance, write and record every row of ``work`` (see :func:`planned_work`);
+    ``policy``: ``--only-dark``, ``sampler``: the run report's sample."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    total_cpus = ray.cluster_resources().get("CPU", 1.0)
+    settings = inference_settings(job, total_cpus)
+    dataset = work.repartition(target_num_rows_per_block=_rows_per_block(job.batch_size))
+    if job.limit is not None:
+        dataset = dataset.limit(job.limit)
+    dataset = decode_stage(dataset, source, job.max_pixels, policy, sampler)
+    with checkpoint_holder(checkpoint_files, target.run_id) as holder_name:
+        dataset = dataset.map_batches(
+            EnhanceActor,
+            fn_constructor_kwargs={"checkpoint_holder": holder_name, "settings": settings},
+            compute=ActorPoolStrategy(size=job.workers),
+            batch_size=job.batch_size,
+            batch_format="numpy",
+            num_cpus=job.cpus_per_worker,
+            num_gpus=job.gpus_per_worker or None,
+        )
+        dataset = cpu_stage(
+            dataset,
+            write_enhanced,
+            {
+                "filesystem": output.filesystem,
+                "output_root": output.path,
+                "run_id": target.run_id,
+                "output_format": job.image_format,
+                "jpeg_quality": job.jpeg_quality,
+                "sampler": sampler,
+            },
+            batch_size=job.batch_size,
+        )
+        sink = ManifestSink(target, job.manifest_rows)
+        _configure(dataset.context)
+        dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
+
+
+def _dry_run(work, source: Location, checkpoint_files, job: EnhanceJob, policy=None) -> Summary:
+    """Count what a run would do: listing and checks only, nothing written; with
+    ``--only-dark`` the pending images are also read and decoded to score their darkness."""
+    statuses: Counter = Counter()
+    failed: Counter = Counter()
+    samples: list[str] = []
+    _configure(work.context)
+    if policy is not None:
+        work = decode_stage(work, source, job.max_pixels, policy)
+        work = work.map_batches(_decisions, batch_format="numpy", batch_size=None)
+    for batch in work.iter_batches(batch_size=None, batch_format="numpy"):
+        for key, status, reason in zip(batch["key"], batch["status"], batch["reason"], strict=True):
+            statuses[status] += 1
+            if status == FAILED:
+                failed[reason] += 1
+            elif status == PENDING and len(samples) < 5:
+                samples.append(str(key))
+    pending = statuses[PENDING]
+    would = pending if job.limit is None or policy else min(pending, job.limit)
+    lines = [
+        f"dry run: {sum(statuses.values())} images listed under {job.input}",
+        f"  would enhance: {would}"
+        + (f" (--limit leaves {pending - would} for later)" if would < pending else ""),
+        f"  already done (skipped): {statuses[SKIPPED]}",
+        f"  unusable (failed): {statuses[FAILED]} {dict(failed) if failed else ''}",
+    ]
+    if policy is not None:
+        lines[1] += f" (dark: darkness >= {policy.threshold})"
+        lines.insert(2, f"  would copy unchanged (not dark): {statuses[TO_COPY]}")
+        lines.insert(3, f"  would leave out (not dark): {statuses[NOT_DARK]}")
+        if job.limit is not None:
+            lines.append(f"  --limit {job.limit}: the run reads at most that many of these")
+    if samples:
+        lines.append("  first to enhance: " + ", ".join(samples))
+    estimate = _estimate_seconds_per_image(samples[:2], source, checkpoint_files, job)
+    if estimate is not None:
+        total = estimate * would / max(1, job.workers)
+        lines.append(
+            f"  estimated time: {total:.0f} s ({estimate:.2f} s per image per worker, measured "
+            "on this machine's CPU with a sample of the inputs)"
+        )
+    print("\n".join(lines))
+    return Summary(
+        "enhance",
+        {
+            "dry_run": True,
+            "listed": sum(statuses.values()),
+            "would_enhance": would,
+            "statuses": dict(statuses),
+            "failures_by_reason": dict(failed),
+            "first_to_enhance": samples,
+            "seconds_per_image_estimate": estimate,
+        },
+    )
+
+
+def _decisions(batch: dict) -> dict:
+    """A dry run's decoded rows without their pixels."""
+    return {name: batch[name] for name in ("key", "status", "reason")}
+
+
+def _estimate_seconds_per_image(keys: list[str], source: Location, checkpoint_files, job):
+    """Time the enhancer on up to two pending images on the driver (CPU)."""
+    samples = []
+    for key in keys:
+        try:
+            with source.filesystem.open_input_file(f"{source.path}/{key}") as stream:
+                samples.append(decode_image(stream.read(), max_pixels=job.max_pixels).array)
+        except (OSError, ImageRejected):
+            continue
+    if not samples:
+        return None
+    on_cpu = dataclasses.replace(job, gpus_per_worker=0.0)
+    enhancer = build_enhancer(stage_checkpoint(checkpoint_files), inference_settings(on_cpu))
+    started = time.perf_counter()
+    enhancer(samples)
+    return (time.perf_counter() - started) / len(samples)
+
+
+def _print_summary(summary: dict, seconds: float, output: Location, run_id, limit) -> dict:
+    statuses = Counter(summary["status"])
+    enhanced = statuses.get(ENHANCED, 0)
+    unusable = sum(summary["reasons"].get(reason, 0) for reason in UNUSABLE_KEY_REASONS)
+    decided = statuses.get(COPIED, 0) + statuses.get(NOT_DARK, 0)
+    worked = enhanced + decided + statuses.get(FAILED, 0) - unusable
+    rate = enhanced / seconds if seconds > 0 else 0.0
+    lines = [
+        f"enhance summary (run {run_id}): {sum(statuses.values())} images",
+        f"  enhanced: {enhanced}  skipped: {statuses.get(SKIPPED, 0)}  "
+        f"failed: {statuses.get(FAILED, 0)}"
+        + "".join(f"  {name}: {statuses[name]}" for name in (COPIED, NOT_DARK) if statuses[name])
+        + (
+            f"  (--limit {limit} reached: rerun to go on)"
+            if limit is not None and worked >= limit
+            else ""
+        ),
+        f"  {rate:.2f} images/s over {seconds:.1f} s, {summary['output_bytes']} bytes written",
+        f"  manifest: {output.uri.rstrip('/')}/{MANIFEST_DIR}/",
+    ]
+    if summary["reasons"]:
+        lines.append(
+            "  failures by reason: "
+            + ", ".join(f"{reason}={count}" for reason, count in summary["reasons"].items())
+        )
+    print("\n".join(lines))
+    return dict(statuses)

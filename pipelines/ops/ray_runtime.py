@@ -1,0 +1,129 @@
+"""Starting or joining Ray: the one place that calls ``ray.init``.
+
+On a laptop (no address) Ray starts in-process with every listener on loopback, no dashboard,
+and token auth off unless the caller set ``RAY_AUTH_MODE``. With ``--address`` / ``RAY_ADDRESS``
+it joins the cluster; a submitted Ray Job finds ``RAY_ADDRESS`` set and must call bare init.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import ray
+
+
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, training: bool = False
+) -> bool:
+    """Start or join Ray once per process; a second call is a no-op. True when this call
+    started or joined it.
+
+    ``training``: the local Ray will run Ray Train, whose worker processes get
+    :func:`quiet_dashboard_checks` as their setup hook. Only then: a job-level runtime
+    environment sends every worker's start through Ray's runtime-env agent, which makes each
+    new worker process (every task and actor of prepare and enhance) slower to start."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    plain_progress_without_terminal()
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        spend_actor_arguments_notice()
+        return True
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray reads that variable once, when it is imported (before this runs). Left True, ray.init
+    # turns _node_ip_address="127.0.0.1" into the machine's routable address and its GCS,
+    # raylet, workers and agents listen on every interface (tests/reliability/test_security.py).
+    from ray._private import ray_constants
+
+    enable_cluster = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("1", "true")
+    ray_constants.ENABLE_RAY_CLUSTER = enable_cluster
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    temp_dir = os.environ.get("ENLIGHTENGAN_RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray-")
+    setup = {"worker_process_setup_hook": "pipelines.ops.ray_runtime.quiet_dashboard_checks"}
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        _node_ip_address="127.0.0.1",
+        configure_logging=False,
+        runtime_env=setup if training else None,
+    )
+    spend_actor_arguments_notice()
+    return True
+
+
+# Ray core logs this at error level, once per process, when an actor with max_restarts != 0 gets
+# a constructor argument through the object store (CoreWorker::CreateActor in core_worker.cc,
+# RAY_LOG_ONCE_PER_PROCESS; ray-project/ray#53727: such an argument may be gone when the actor
+# restarts). Ray Data starts every actor-pool worker that way: its DataContext and the map
+# function arrive as ObjectRefs from ray.put (ActorPoolMapOperator._start_actor, Ray 2.60), with
+# max_restarts=-1 by default (ray-project/ray#57733). Those objects are owned by this driver and
+# referenced by the running operator, so a worker restarted during the run finds them; our own
+# constructor arguments are small inline values (the checkpoint comes from a named holder actor,
+# inference.checkpoints.checkpoint_holder). So the line only alarms users of every enhance and evaluate
+# job. Ray has no switch for it (RAY_BACKEND_LOG_LEVEL would hide every error), so the driver
+# spends the once on an actor of its own while fd 2 goes to a temporary file, and passes on
+# anything else written there meanwhile. Ray's driver log file (python-core-driver-*.log) keeps
+# the line, naming this class.
+ACTOR_ARGUMENTS_NOTICE = b"has constructor arguments in the object store and max_restarts > 0"
+
+
+class RayDataActorArgumentsNotice:
+    """The actor whose creation spends Ray's once-per-process notice (see above)."""
+
+    def __init__(self, argument):
+        del argument
+
+
+def spend_actor_arguments_notice() -> None:
+    """Create and kill a :class:`RayDataActorArgumentsNotice` with an object-store argument and
+    restarts allowed, keeping Ray's line about it off this process's standard error."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            notice = (
+                ray.remote(RayDataActorArgumentsNotice)
+                .options(num_cpus=0, max_restarts=1)
+                .remote(ray.put(None))
+            )
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        ray.kill(notice, no_restart=True)
+        caught.seek(0)
+        for line in caught.read().splitlines(keepends=True):
+            if ACTOR_ARGUMENTS_NOTICE not in line:
+                os.write(2, line)
+
+
+def plain_progress_without_terminal() -> None:
+    """Progress as plain log lines when stdout is not a terminal (a Ray Job's log, a file, a
+    pipe), also for datasets that run inside Ray workers (Ray Train's data shards), whose bars
+    Ray would otherwise draw in this process with cursor-movement escapes."""
+    if not sys.stdout.isatty():
+        from ray.data import DataContext
+
+        DataContext.get_current().use_ray_tqdm = False
+
+
+# Without a dashboard there is no State API, and Ray Train's placement-group cleaner warns
+# about that once a second for the whole run (129 of the demo's 782 output lines).
+DASHBOARD_CHECK_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_dashboard_checks() -> None:
+    """Worker-process setup hook of the in-process local Ray (which runs without a dashboard):
+    silences the warnings of checks that need the dashboard's State API."""
+    import logging
+
+    for name in DASHBOARD_CHECK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

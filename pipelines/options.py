@@ -1,0 +1,309 @@
+"""The command line's shared vocabulary and the typed job specs behind it.
+
+Every flag that several jobs take is defined here once, with one spelling, meaning and default:
+``--output``, ``--workers``, ``--gpus-per-worker``, ``--cpus-per-worker``,
+``--threads-per-worker``, ``--precision``, ``--backend``, ``--checkpoint``, ``--address``,
+the object-storage flags, ``--config``, ``--json``, ``--dry-run``, ``-v`` and ``-q``.
+
+A job's arguments resolve once into a frozen dataclass (its spec, e.g. ``EnhanceJob``) through
+:func:`spec_from_args`; functions below the CLI receive that spec, never an argparse namespace.
+A spec written as JSON (``--json`` prints it, ``--dry-run`` too) can be fed back in with
+``--config``. This module imports nothing heavy (no torch, Ray, pyarrow or numpy), so
+``enlightengan --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("auto", "torch", "onnxruntime")
+STARTER_NAME = "starter"
+PRECISION_HELP = (
+    "auto: bf16 on GPUs and on CPUs with AMX (native bf16), fp32 elsewhere; bf16/fp16: "
+    "autocast, weights stay fp32"
+)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default, except where it is None, False or already in the text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, argparse.SUPPRESS)
+            or action.option_strings == []
+            or isinstance(action, argparse._HelpAction)
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling kept for one release: stores into the new flag's destination and warns
+    once on stderr with the spelling to use."""
+
+    def __init__(self, option_strings, dest, replacement: str, **kwargs):
+        self.replacement = replacement
+        kwargs.setdefault("help", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(
+            f"enlightengan: warning: {option_string} is deprecated and will be removed in the "
+            f"next release: use {self.replacement}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def deprecated_flag(parser, old: str, new: str, dest: str, **kwargs) -> None:
+    """Accept ``old`` as a hidden, warning alias of ``new`` (same destination)."""
+    parser.add_argument(old, dest=dest, action=DeprecatedAlias, replacement=new, **kwargs)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, dry_run: str | None) -> None:
+    """``--config``, ``--json``, ``-v``/``-q`` and (for jobs that write) ``--dry-run``."""
+    group = parser.add_argument_group("run")
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="job settings from a JSON or YAML file (keys are the flags' names with "
+        "underscores, e.g. batch_size; the spec that --json or --dry-run prints is such a file); "
+        "flags on the command line override it",
+    )
+    group.add_argument(
+        "--json", action="store_true", help="print the resolved spec and the summary as JSON"
+    )
+    if dry_run:
+        group.add_argument("--dry-run", action="store_true", help=dry_run)
+    add_verbosity_arguments(group)
+
+
+def add_verbosity_arguments(parser) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="warnings and errors only",
+    )
+
+
+def add_output_argument(
+    parser, help_text: str, *, old: tuple[str, ...] = (), default: str | None = None
+) -> None:
+    """``--output``; without a default it is required, which the spec checks (so that a
+    ``--config`` file can supply it)."""
+    parser.add_argument(
+        "--output", default=default, help=help_text if default else f"{help_text} (required)"
+    )
+    for spelling in old:
+        deprecated_flag(parser, spelling, "--output", "output")
+
+
+def add_worker_arguments(
+    parser,
+    what: str,
+    *,
+    workers: int = 1,
+    cpus_per_worker: float | None = 1.0,
+    cpus_help: str = "CPUs each worker reserves",
+) -> None:
+    """``--workers`` and the per-worker resources, the same for train, enhance and evaluate."""
+    group = parser.add_argument_group("workers")
+    group.add_argument("--workers", type=int, default=workers, help=what)
+    group.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="GPUs each worker reserves; 0: CPU workers",
+    )
+    group.add_argument("--cpus-per-worker", type=float, default=cpus_per_worker, help=cpus_help)
+    group.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=None,
+        help="torch threads in each worker (default: its share of the cores)",
+    )
+
+
+def add_precision_arguments(parser, *, backend: str | None = "auto") -> None:
+    """``--precision`` (the same meaning and default on train, enhance and evaluate) and, for
+    jobs that run the generator for inference, ``--backend``."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    if backend is not None:
+        parser.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            default=backend,
+            help="runtime of the generator's forward: torch; onnxruntime (CPU, fp32; the "
+            "checkpoint's ONNX export, made at start and cached under ~/.cache/enlightengan); "
+            "auto: torch on GPUs and on CPUs with AMX (bf16), onnxruntime on other CPUs",
+        )
+
+
+def add_checkpoint_argument(parser, *, required: bool = False) -> None:
+    """``--checkpoint``, the same for every job that runs a generator."""
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint dir, training run root (latest complete checkpoint) or s3:// URI; "
+        + (
+            "(required)"
+            if required
+            else f"'{STARTER_NAME}' or nothing: the starter model shipped in the package (a "
+            f"local folder called {STARTER_NAME} is ./{STARTER_NAME})"
+        ),
+    )
+
+
+def add_storage_arguments(parser) -> None:
+    """``--endpoint-url`` / ``--profile`` / ``--region`` (never credentials: those stay in the
+    environment or the profile file, not on a command line)."""
+    group = parser.add_argument_group("object storage")
+    group.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: $AWS_ENDPOINT_URL_S3, "
+        "$AWS_ENDPOINT_URL or the profile's endpoint_url, else AWS)",
+    )
+    group.add_argument(
+        "--profile",
+        default=None,
+        help="AWS profile from ~/.aws/config or ~/.aws/credentials: keys, SSO, role or "
+        "credential_process (default: $AWS_PROFILE, else the SDK's default chain)",
+    )
+    group.add_argument(
+        "--region",
+        default=None,
+        help="S3 region (default: $AWS_REGION, $AWS_DEFAULT_REGION or the profile's, else us-east-1)",
+    )
+
+
+def add_ray_arguments(parser) -> None:
+    """``--address`` (the Ray cluster, in every job) and ``--num-cpus`` (local Ray only)."""
+    group = parser.add_argument_group("Ray")
+    group.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (e.g. ray://HEAD:10001 or auto); default: $RAY_ADDRESS, "
+        "else an in-process local Ray",
+    )
+    group.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        help="CPUs for an in-process local Ray (default: all cores); ignored with --address",
+    )
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """The settings in a ``--config`` file: a JSON or YAML mapping, or the ``spec`` of one."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise UserError(f"--config {path}: {error.strerror or error}") from None
+    try:
+        if file.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ValueError as error:
+        raise UserError(f"--config {path} is not valid JSON or YAML: {error}") from None
+    if isinstance(data, Mapping) and isinstance(data.get("spec"), Mapping):
+        data = data["spec"]
+    if not isinstance(data, Mapping):
+        raise UserError(f"--config {path} must hold a mapping of settings")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def spec_from_args(spec_type: type, args: argparse.Namespace, job: str):
+    """The frozen spec ``spec_type`` from parsed arguments (fields by name); a field without
+    a default that is still unset is a one-line error naming the flag."""
+    values = {}
+    for field in dataclasses.fields(spec_type):
+        value = getattr(args, field.name, None)
+        required = field.default is dataclasses.MISSING and (
+            field.default_factory is dataclasses.MISSING
+        )
+        if value is None and required:
+            flag = "--" + field.name.replace("_", "-")
+            raise UserError(f"{job} needs {flag} (or `{field.name}:` in a --config file)")
+        if value is None and not required:
+            continue
+        if isinstance(value, list):
+            value = tuple(value)
+        values[field.name] = value
+    try:
+        return spec_type(**values)
+    except TypeError as error:
+        raise UserError(f"{job}: {error}") from None
+
+
+def spec_as_dict(spec) -> dict[str, Any]:
+    """The spec as plain JSON values, in field order (what ``--config`` reads back)."""
+    return {field.name: _plain(getattr(spec, field.name)) for field in dataclasses.fields(spec)}
+
+
+def _plain(value):
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    return value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StorageFields:
+    """The object-storage flags of a job's spec (never credentials)."""
+
+    endpoint_url: str | None = None
+    profile: str | None = None
+    region: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RayFields:
+    """The Ray flags of a job's spec: the cluster to join, or the cores of a local Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+
+
+def storage_of(spec: StorageFields):
+    """The :class:`~pipelines.io.storage.StorageOptions` of a spec's storage fields."""
+    from pipelines.io.storage import StorageOptions
+
+    return StorageOptions(spec.endpoint_url, spec.profile, spec.region)
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a job returns to Python callers and the CLI: its exit code (0: done; 1: done, with
+    failures reported in ``data``) and the figures it printed, as plain JSON values."""
+
+    job: str
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    exit_code: int = 0
+
+    def as_json(self, spec=None) -> str:
+        document = {"job": self.job, "exit_code": self.exit_code, "summary": self.data}
+        if spec is not None:
+            document["spec"] = spec_as_dict(spec)
+        return json.dumps(document, indent=2, sort_keys=False, default=str)

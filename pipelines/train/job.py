@@ -1,0 +1,391 @@
+"""``enlightengan train``: EnlightenGAN on prepared shards with Ray Train (TorchTrainer, DDP).
+
+Everything is resolved and checked before any compute: the model config (defaults, then
+``--model-config FILE.json``, then ``--set section.field=value``), the data (a complete prepare run
+with both domains), the batch rule, the device and the run storage. The result is printed and
+written to ``<run>/config.json`` (resolved config plus job settings, never a secret);
+``--dry-run`` stops there.
+
+Batch rule: ``optim.batch_size`` is the global batch; each of N workers takes
+``batch_size // N`` (at least 1), so the effective global batch is ``N * (batch_size // N)``.
+An epoch is ``ceil(larger domain / effective global batch)`` steps, as in the reference.
+
+Run layout (``--output`` is a folder or an ``s3://`` prefix)::
+
+    config.json                 resolved config and job settings
+    metrics.jsonl, epochs.jsonl per-step and per-epoch metrics (rank 0)
+    samples/step_XXXXXXXX.png   input | enhanced grids every --sample-every steps
+    loss_curve.png              at the end
+    latest_checkpoint.json      {"step": S, "path": "train/checkpoint_XXXXXXXX"}
+    train/checkpoint_XXXXXXXX/  checkpoints (enlightengan.checkpoint format), last K kept
+    train/...                   Ray Train's own state (resume = rerun the same command)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+from enlightengan.config import EnlightenGANConfig
+from pipelines.errors import UserError
+from pipelines.io import shards, storage
+from pipelines.io.shards import DOMAINS
+from pipelines.ops.ray_runtime import init_ray
+from pipelines.options import Summary, storage_of
+from pipelines.train.spec import TrainJob
+from pipelines.train.worker import (
+    LATEST_POINTER,
+    WorkerSettings,
+    train_loop_per_worker,
+)
+
+RUN_CONFIG_FILE = "config.json"
+EXPERIMENT_NAME = "train"
+# Settings that may change between a run and its resumption; anything else must match.
+RESUMABLE_JOB_SETTINGS = ("total_steps", "checkpoint_every", "sample_every", "report_every")
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """A :class:`TrainJob` resolved and checked: model config, worker settings, where things
+    live and what the data holds."""
+
+    config: EnlightenGANConfig
+    worker: WorkerSettings
+    data: storage.Location
+    run: storage.Location
+    workers: int
+    use_gpu: bool
+    cpus_per_worker: float
+    keep_checkpoints: int
+    max_failures: int
+    domain_counts: dict
+    options: storage.StorageOptions = storage.StorageOptions()
+    placement_strategy: str = "PACK"
+    min_workers: int | None = None
+    wait_for_workers_s: float = 600.0
+
+    @property
+    def elastic(self) -> bool:
+        """Fewer workers allowed than asked for: Ray Train's elastic scaling."""
+        return self.min_workers is not None and self.min_workers < self.workers
+
+    def describe(self) -> dict:
+        """What config.json holds: URIs as displayed, no credentials."""
+        job = {k: v for k, v in self.worker.to_dict().items() if k != "config"}
+        job.update(
+            data=storage.display_uri(self.data.uri),
+            run=storage.display_uri(self.run.uri),
+            workers=self.workers,
+            device="gpu" if self.use_gpu else "cpu",
+            cpus_per_worker=self.cpus_per_worker,
+            keep_checkpoints=self.keep_checkpoints,
+            max_failures=self.max_failures,
+            placement=self.placement_strategy,
+            domain_counts=self.domain_counts,
+            min_workers=self.min_workers or self.workers,
+            wait_for_workers_s=self.wait_for_workers_s,
+        )
+        return {"config": self.config.to_dict(), "job": job}
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``section.field=value``; the value is JSON when it parses (numbers, lists, null, true)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: write SECTION.FIELD=VALUE, e.g. optim.lr=2e-4")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def resolve_config(config_file: str | None, overrides: list[str]) -> EnlightenGANConfig:
+    try:
+        config = EnlightenGANConfig()
+        if config_file:
+            text = storage.read_bytes(storage.resolve(config_file)).decode()
+            config = EnlightenGANConfig.from_json(text)
+        config = config.with_overrides(dict(parse_override(item) for item in overrides))
+        return config.validate()
+    except FileNotFoundError:
+        raise UserError(f"--config {config_file}: no such file") from None
+    except (ValueError, TypeError) as error:
+        raise UserError(f"bad config: {error}") from None
+
+
+def plan_training(job: TrainJob) -> TrainPlan:
+    """Check every setting and input; raises UserError with one line saying what to fix."""
+    config = resolve_config(job.model_config, list(job.overrides))
+    use_gpu = job.use_gpu
+    if config.generator.norm == "sync_batch" and not use_gpu:
+        raise UserError(
+            "generator.norm=sync_batch needs --gpus-per-worker 1 (SyncBatchNorm is GPU-only); "
+            "use generator.norm=batch or instance on CPU"
+        )
+    min_workers = job.workers if job.min_workers is None else job.min_workers
+    global_batch = global_batch_size(config.optim.batch_size, min_workers, job.workers)
+    options = storage_of(job)
+    data = storage.check_access(storage.resolve(job.data, options))
+    manifest = shards.check_prepared(job.data, options)
+    counts = {domain: int(manifest["domains"][domain]["written"]) for domain in DOMAINS}
+    for domain, count in counts.items():
+        if count < job.workers:
+            raise UserError(
+                f"the {domain} domain has {count} images, fewer than --workers "
+                f"{job.workers}: every worker needs at least one"
+            )
+    steps_per_epoch = epoch_length(counts, global_batch)
+    epochs = job.epochs if job.epochs is not None else config.optim.total_epochs
+    total_steps = job.steps if job.steps is not None else epochs * steps_per_epoch
+    run = storage.check_access(storage.resolve(job.output, options))
+    cpus = job.cpus_per_worker if job.cpus_per_worker is not None else (1.0 if use_gpu else 0.5)
+    worker = WorkerSettings(
+        config=config.to_dict(),
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        global_batch=global_batch,
+        experiment_name=EXPERIMENT_NAME,
+        checkpoint_every=job.checkpoint_every,
+        sample_every=max(0, job.sample_every),
+        report_every=job.report_every,
+        precision=training_precision(job.precision, use_gpu),
+        shuffle_buffer=max(0, job.shuffle_buffer),
+        fail_at_step=job.fail_at_step,
+        in_memory_domains=in_memory_domains(job.data, options, min_workers, job.memory_mb),
+        torch_threads=job.threads_per_worker,
+    )
+    return TrainPlan(
+        config,
+        worker,
+        data,
+        run,
+        job.workers,
+        use_gpu,
+        cpus,
+        job.keep_checkpoints,
+        job.max_failures,
+        counts,
+        options,
+        job.placement,
+        min_workers,
+        job.wait_for_workers,
+    )
+
+
+def training_precision(precision: str, use_gpu: bool) -> str:
+    """``auto``: bf16 autocast on GPUs and on CPUs with AMX (native bf16), else fp32."""
+    if precision != "auto":
+        return precision
+    from pipelines.inference.backends import cpu_flags
+
+    return "bf16" if use_gpu or "amx_bf16" in cpu_flags() else "fp32"
+
+
+def global_batch_size(batch_size: int, min_workers: int, max_workers: int) -> int:
+    """The global batch every step takes, whatever the number of workers.
+
+    A fixed worker count takes ``workers * (batch_size // workers)``. An elastic one (fewer
+    workers allowed) keeps ``batch_size`` itself, so each count in the range must divide it:
+    the learning-rate schedule counts epochs in steps of that global batch, and a resumed run
+    must see the same epoch length on any number of workers.
+    """
+    if batch_size < max_workers and min_workers == max_workers:
+        raise UserError(
+            f"optim.batch_size {batch_size} is smaller than --workers "
+            f"{max_workers}: each worker needs >= 1 image per step"
+        )
+    if min_workers == max_workers:
+        return max_workers * (batch_size // max_workers)
+    counts = range(min_workers, max_workers + 1)
+    if any(batch_size % count for count in counts):
+        multiple = math.lcm(*counts)
+        raise UserError(
+            f"optim.batch_size {batch_size} must be a multiple of each worker count from "
+            f"--min-workers {min_workers} to --workers {max_workers}, i.e. of {multiple}, so "
+            f"the global batch stays the same when nodes are lost; e.g. "
+            f"--set optim.batch_size={multiple * max(1, round(batch_size / multiple))}"
+        )
+    return batch_size
+
+
+def decoded_megabytes(data_uri: str, domain: str, options) -> float:
+    """Decoded size of a domain (height x width x 3 bytes per row), read from two int columns."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    location, paths = shards.shard_paths(data_uri, domain, options)
+    table = pq.read_table(paths, columns=["height", "width"], filesystem=location.filesystem)
+    pixels = pc.multiply(table["height"].cast("int64"), table["width"].cast("int64"))
+    return 3 * int(pc.sum(pixels).as_py() or 0) / 1e6
+
+
+def in_memory_domains(data_uri: str, options, workers: int, budget_mb: float) -> tuple[str, ...]:
+    """Domains whose per-worker share of decoded images fits the budget, smallest first."""
+    if budget_mb <= 0:
+        return ()
+    per_worker = {d: decoded_megabytes(data_uri, d, options) / workers for d in DOMAINS}
+    kept, used = [], 0.0
+    for domain in sorted(per_worker, key=per_worker.get):
+        if used + per_worker[domain] <= budget_mb:
+            kept.append(domain)
+            used += per_worker[domain]
+    return tuple(kept)
+
+
+def check_vgg_weights(config: EnlightenGANConfig) -> None:
+    from enlightengan.vgg import resolve_vgg16_weights
+
+    try:
+        resolve_vgg16_weights(config.loss.vgg_weights)
+    except FileNotFoundError as error:
+        raise UserError(str(error).replace("\n", " ")) from None
+
+
+def epoch_length(counts: dict[str, int], global_batch: int) -> int:
+    """Steps per epoch: the larger domain seen once (the reference's epoch is the larger set)."""
+    return math.ceil(max(counts.values()) / global_batch)
+
+
+def write_run_config(plan: TrainPlan) -> None:
+    """Write ``<run>/config.json``; a resumed run must keep the model and data settings."""
+    target = plan.run.child(RUN_CONFIG_FILE)
+    described = plan.describe()
+    if storage.exists(target):
+        previous = json.loads(storage.read_bytes(target))
+        changed = _changed_settings(previous, described)
+        if changed:
+            raise UserError(
+                f"{storage.display_uri(plan.run.uri)} already holds a run with other "
+                f"settings ({', '.join(changed)}): use a new --output or the same settings"
+            )
+    storage.write_bytes(target, (json.dumps(described, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _changed_settings(previous: dict, current: dict) -> list[str]:
+    current = json.loads(json.dumps(current))  # tuples become lists, as in the stored file
+    changed = [
+        f"config.{section}"
+        for section in current["config"]
+        if previous.get("config", {}).get(section) != current["config"][section]
+    ]
+    old_job, new_job = previous.get("job", {}), current["job"]
+    changed += [
+        f"job.{key}"
+        for key in ("data", "global_batch", "steps_per_epoch")
+        if old_job.get(key) != new_job.get(key)
+    ]
+    return changed
+
+
+def run_training(plan: TrainPlan):
+    """Build the two datasets and the TorchTrainer, fit, and return Ray's Result."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    datasets = {
+        domain: shards.read_domain(plan.data.uri, domain, options=plan.options, shuffle_files=True)
+        for domain in DOMAINS
+    }
+    resources = {"CPU": plan.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=plan.worker.to_dict(),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=(plan.min_workers, plan.workers) if plan.elastic else plan.workers,
+            use_gpu=plan.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=plan.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=plan.worker.experiment_name,
+            storage_path=plan.run.path,
+            storage_filesystem=plan.run.filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=plan.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(
+                max_failures=plan.max_failures,
+                controller_failure_limit=startup_retries(plan.wait_for_workers_s),
+            ),
+        ),
+        datasets=datasets,
+    )
+    return trainer.fit()
+
+
+def worker_group_start_timeout() -> float:
+    """Seconds Ray Train waits for one worker group's resources (its own setting)."""
+    from ray.train.v2._internal.constants import (
+        DEFAULT_WORKER_GROUP_START_TIMEOUT_S,
+        WORKER_GROUP_START_TIMEOUT_S_ENV_VAR,
+    )
+
+    return float(
+        os.environ.get(WORKER_GROUP_START_TIMEOUT_S_ENV_VAR, DEFAULT_WORKER_GROUP_START_TIMEOUT_S)
+    )
+
+
+def startup_retries(wait_for_workers_s: float) -> int:
+    """Ray Train retries a worker group that could not get its resources within its start
+    timeout as a controller failure, without limit by default: the first try and this many
+    retries make the ``--wait-for-workers`` deadline."""
+    return max(0, math.ceil(wait_for_workers_s / worker_group_start_timeout()) - 1)
+
+
+def failure_message(plan: TrainPlan, error: Exception) -> str:
+    """One line on why training stopped, with what to do."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    run = storage.display_uri(plan.run.uri)
+    if isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):
+        wanted = plan.workers if not plan.elastic else f"{plan.min_workers}-{plan.workers}"
+        return (
+            f"train: the cluster could not place {wanted} workers "
+            f"({plan.cpus_per_worker} CPUs{' and 1 GPU' if plan.use_gpu else ''} each) within "
+            f"--wait-for-workers {plan.wait_for_workers_s:g} s (a node lost, or never there); "
+            f"the checkpoints in {run} are kept: run the same command again when the capacity "
+            f"is back, or add --min-workers to go on with fewer"
+        )
+    return (
+        f"train: failed after {plan.max_failures} retries: {error}; the checkpoints in {run} "
+        f"are kept, run the same command again to resume"
+    )
+
+
+def run_train(job: TrainJob) -> Summary:
+    """Resolve, check and write the run's config, then train (unless ``dry_run``)."""
+    plan = plan_training(job)
+    check_vgg_weights(plan.config)
+    print(json.dumps(plan.describe(), indent=2, sort_keys=True))
+    write_run_config(plan)
+    config_uri = storage.display_uri(plan.run.child(RUN_CONFIG_FILE).uri)
+    if job.dry_run:
+        print(f"dry run: config written to {config_uri}")
+        return Summary("train", {"dry_run": True, "config": config_uri, **plan.describe()})
+    init_ray(job.address, job.num_cpus, training=True)
+    import ray.train
+
+    try:
+        result = run_training(plan)
+    except ray.train.TrainingFailedError as error:
+        print(failure_message(plan, error))
+        return Summary("train", {"error": failure_message(plan, error)}, exit_code=1)
+    pointer = json.loads(storage.read_bytes(plan.run.child(LATEST_POINTER)))
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, float)}
+    latest = f"{storage.display_uri(plan.run.uri).rstrip('/')}/{pointer['path']}"
+    print(
+        f"train: finished at step {pointer['step']} of {plan.worker.total_steps}; latest "
+        f"checkpoint {latest}; last metrics: "
+        + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+    )
+    return Summary(
+        "train",
+        {
+            "step": pointer["step"],
+            "total_steps": plan.worker.total_steps,
+            "latest_checkpoint": latest,
+            "metrics": metrics,
+        },
+    )

@@ -1,0 +1,445 @@
+"""``enlightengan train`` on real Ray (local and a two-node ``ray.cluster_utils.Cluster``), real
+SeaweedFS and real photos prepared by ``enlightengan prepare``; tiny model settings on CPU."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from enlightengan.augment import make_training_batch
+from enlightengan.checkpoint import load_checkpoint
+from enlightengan.config import tiny_config
+from enlightengan.training import (
+    LOSS_TERMS,
+    build_modules,
+    build_optimizers,
+    learning_rate,
+    set_learning_rate,
+    step_generator,
+    training_step,
+)
+from enlightengan.vgg import build_vgg_features
+from pipelines.cli import main
+from pipelines.io import storage
+from pipelines.io.images import decode_png
+from pipelines.ops.local_services import session_members
+from pipelines.prepare.job import prepare
+from pipelines.train.worker import augment_generator
+from tests.fixtures.seaweed import all_keys, botocore_client
+
+REPO = Path(__file__).resolve().parents[3]
+TINY = tiny_config()
+# The faulted run decays its learning rate from the first epoch (3 steps: 5 low images over
+# 2 workers of batch 1), so a restart or a rerun that lost its place in the schedule shows.
+DECAY = {"optim.epochs_constant": 0, "optim.epochs_decay": 3}
+DECAYING = tiny_config(**DECAY)
+STEPS_PER_EPOCH = 3
+
+
+def _train_args(data: str, run: str, *extra: str) -> list[str]:
+    """A tiny run: the whole of ``tiny_config()`` given as --set overrides."""
+    sets = []
+    for section, fields in TINY.to_dict().items():
+        for name, value in fields.items() if isinstance(fields, dict) else [(None, fields)]:
+            key = f"{section}.{name}" if name else section
+            sets += ["--set", f"{key}={json.dumps(value)}"]
+    # fp32: the tests compare with plain fp32 loops; `auto` would take bf16 on an AMX CPU.
+    return ["train", "--data", data, "--run", run, "--precision", "fp32", *sets, *extra]
+
+
+def _read_jsonl(location: storage.Location) -> list[dict]:
+    return [json.loads(line) for line in storage.read_bytes(location).decode().splitlines()]
+
+
+def _checkpoint_names(location: storage.Location) -> list[str]:
+    keys = storage.list_files(location, extensions=None)
+    return sorted({key.split("/")[0] for key in keys if key.startswith("checkpoint_0")})
+
+
+@pytest.fixture(scope="module")
+def aws_environment(s3_server):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("AWS_PROFILE", raising=False)
+        for name, value in s3_server.env().items():
+            patch.setenv(name, value)
+        yield s3_server
+
+
+@pytest.fixture(scope="module")
+def prepared_bucket(ray_local, aws_environment, photo_bucket) -> str:
+    """The real-photo set (5 low, 4 normal) prepared into shards in the bucket."""
+    out = photo_bucket.rsplit("/", 1)[0] + "/prepared"
+    prepare(f"{photo_bucket}/low", f"{photo_bucket}/normal", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def faulted_run(prepared_bucket, aws_environment):
+    """Two CPU workers, 4 steps, a checkpoint every 2; rank 1 raises once at step 3; the
+    learning rate decays by a third each epoch of 3 steps."""
+    run = prepared_bucket.rsplit("/", 1)[0] + "/runs/faulted"
+    args = ["--workers", "2", "--steps", "4", "--checkpoint-every", "2", "--sample-every", "2"]
+    args += [item for name, value in DECAY.items() for item in ("--set", f"{name}={value}")]
+    args += ["--keep-checkpoints", "2", "--max-failures", "2", "--fail-at-step", "3"]
+    started = time.time()
+    assert main(_train_args(prepared_bucket, run, *args)) == 0
+    return storage.resolve(run), started
+
+
+def _folder_objects(aws_environment, uri: str) -> list[str]:
+    """Keys ending in "/" in the bucket of ``uri``, as a plain S3 listing shows them: S3 has no
+    folders, so none of the jobs, nor Ray Train's storage code, may write such markers."""
+    bucket = uri.removeprefix("s3://").split("/")[0]
+    client = botocore_client(aws_environment.env())
+    keys = all_keys(client, bucket)
+    assert any("/train/checkpoint_" in key for key in keys)
+    return [key for key in keys if key.endswith("/")]
+
+
+def test_checkpoints_metrics_and_pictures_land_in_the_bucket(faulted_run, aws_environment):
+    run, _ = faulted_run
+    assert _folder_objects(aws_environment, run.uri) == []
+    assert _checkpoint_names(run.child("train")) == ["checkpoint_00000002", "checkpoint_00000004"]
+    pointer = json.loads(storage.read_bytes(run.child("latest_checkpoint.json")))
+    assert pointer == {"step": 4, "path": "train/checkpoint_00000004"}
+    records = _read_jsonl(run.child("metrics.jsonl"))
+    assert [record["step"] for record in records] == [1, 2, 3, 4]
+    for record in records:
+        assert all(math.isfinite(record[term]) for term in LOSS_TERMS)
+        assert record["epoch"] == (record["step"] - 1) // STEPS_PER_EPOCH
+        assert record["lr"] == pytest.approx(learning_rate(record["epoch"], DECAYING.optim))
+        assert record["images_per_s"] > 0 and 0.0 <= record["data_wait_share"] <= 1.0
+    # Step 3 ran after the restart from the step-2 checkpoint, step 4 in the next epoch.
+    assert records[2]["lr"] == pytest.approx(TINY.optim.lr)
+    assert records[3]["lr"] == pytest.approx(TINY.optim.lr * 2 / 3)
+    epochs = _read_jsonl(run.child("epochs.jsonl"))
+    assert sum(epoch["steps"] for epoch in epochs) == 4
+    for key in ("loss_curve.png", "samples/step_00000002.png", "samples/step_00000004.png"):
+        assert storage.read_bytes(run.child(key))[:8] == b"\x89PNG\r\n\x1a\n"
+    described = json.loads(storage.read_bytes(run.child("config.json")))
+    assert described["config"]["generator"]["base_channels"] == 4
+    assert described["job"]["global_batch"] == 2 and described["job"]["workers"] == 2
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(described)
+
+
+def test_injected_fault_is_retried_from_the_last_checkpoint(faulted_run, tmp_path):
+    run, started = faulted_run
+    marker = storage.read_bytes(run.child(".fault_injected")).decode()
+    assert "step 3" in marker
+    records = {record["step"]: record for record in _read_jsonl(run.child("metrics.jsonl"))}
+    # Steps 1-2 come from the first attempt; 3-4 were redone after the restart.
+    assert records[3]["time"] > records[2]["time"] > started
+    local = tmp_path / "checkpoint"
+    source = run.child("train/checkpoint_00000004")
+    for key in storage.list_files(source, extensions=None):
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        (local / key).write_bytes(storage.read_bytes(source.child(key)))
+    checkpoint = load_checkpoint(local)
+    assert checkpoint.step == 4 and checkpoint.trainer_state["world_size"] == 2
+    adam_steps = checkpoint.optimizer_states["generator"]["state"][0]["step"]
+    assert int(adam_steps) == 4  # the optimiser state continued, it did not restart at step 2
+    assert checkpoint.trainer_state["epoch"] == 1
+    for name in ("generator", "global_d", "patch_d"):
+        group = checkpoint.optimizer_states[name]["param_groups"][0]
+        assert group["lr"] == pytest.approx(TINY.optim.lr * 2 / 3)
+    # Darkening and patch corners come from step_generator(seed, step): no state to keep.
+    assert {"augment_rank0", "augment_rank1"} <= set(checkpoint.rng_state)
+    assert not any(key.startswith("step_rank") for key in checkpoint.rng_state)
+
+
+def test_rerun_resumes_from_the_last_step(faulted_run, prepared_bucket, aws_environment, tmp_path):
+    """The rerun continues from step 4 on the same schedule, and a newer checkpoint folder
+    that a crash cut off mid-upload (step 5, weights half written) is never resumed from."""
+    run, _ = faulted_run
+    before = {r["step"]: r for r in _read_jsonl(run.child("metrics.jsonl"))}
+    complete = run.child("train/checkpoint_00000004")
+    broken = run.child("train/checkpoint_00000005")
+    for key in storage.list_files(complete, extensions=None):
+        data = storage.read_bytes(complete.child(key))
+        storage.write_bytes(
+            broken.child(key), data[: len(data) // 2] if key.endswith(".pt") else data
+        )
+    resumed_at = time.time()
+    args = ["--workers", "2", "--steps", "6", "--checkpoint-every", "2", "--sample-every", "0"]
+    args += [item for name, value in DECAY.items() for item in ("--set", f"{name}={value}")]
+    assert main(_train_args(prepared_bucket, run.uri, *args, "--keep-checkpoints", "2")) == 0
+    after = {r["step"]: r for r in _read_jsonl(run.child("metrics.jsonl"))}
+    assert sorted(after) == [1, 2, 3, 4, 5, 6]
+    assert all(after[step] == before[step] for step in (1, 2, 3, 4))
+    assert min(after[5]["time"], after[6]["time"]) > resumed_at
+    assert [after[step]["lr"] for step in (5, 6)] == pytest.approx([TINY.optim.lr * 2 / 3] * 2)
+    pointer = json.loads(storage.read_bytes(run.child("latest_checkpoint.json")))
+    assert pointer == {"step": 6, "path": "train/checkpoint_00000006"}
+    local = tmp_path / "final"
+    source = run.child(pointer["path"])
+    for key in storage.list_files(source, extensions=None):
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        (local / key).write_bytes(storage.read_bytes(source.child(key)))
+    final = load_checkpoint(local)
+    assert final.step == 6
+    assert int(final.optimizer_states["generator"]["state"][0]["step"]) == 6
+    # Ray Train removed its oldest checkpoint (--keep-checkpoints 2; the cut-off step 5 is not
+    # one of its own) and left no marker in its place.
+    kept = ["checkpoint_00000004", "checkpoint_00000005", "checkpoint_00000006"]
+    assert _checkpoint_names(run.child("train")) == kept
+    assert _folder_objects(aws_environment, run.uri) == []
+
+
+def test_changed_model_settings_on_an_existing_run_are_refused(faulted_run, prepared_bucket):
+    run, _ = faulted_run
+    args = _train_args(prepared_bucket, run.uri, "--workers", "2", "--dry-run")
+    assert main([*args, "--set", "optim.lr=0.5"]) == 2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--set", "optim.no_such_field=1"),
+        ("--set", "augment.crop_size=50"),
+        ("--set", "generator.norm=sync_batch"),
+        ("--workers", "3"),  # batch 2 < 3 workers
+        ("--workers", "3", "--min-workers", "2", "--set", "optim.batch_size=4"),  # 3 of 4
+        ("--workers", "2", "--min-workers", "3"),
+        ("--wait-for-workers", "0"),
+    ],
+)
+def test_bad_settings_exit_2_before_any_compute(prepared_bucket, tmp_path, extra, capsys):
+    assert main(_train_args(prepared_bucket, str(tmp_path / "run"), *extra)) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_workers_that_cannot_be_placed_end_the_job_at_the_deadline(
+    prepared_bucket, tmp_path, monkeypatch, capsys
+):
+    """Two workers of 1.5 CPUs never fit the 2-CPU local Ray: with Ray Train's start timeout
+    at 5 s, ``--wait-for-workers 10`` gives up after two tries, with one line saying what."""
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "5")
+    args = ["--workers", "2", "--cpus-per-worker", "1.5", "--steps", "2"]
+    started = time.monotonic()
+    code = main(
+        _train_args(prepared_bucket, str(tmp_path / "run"), *args, "--wait-for-workers", "10")
+    )
+    waited = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "could not place 2 workers (1.5 CPUs each) within --wait-for-workers 10 s" in out
+    assert "run the same command again when the capacity is back" in out
+    assert 10 <= waited < 120
+
+
+def test_missing_data_and_missing_credentials_exit_2(prepared_bucket, tmp_path, monkeypatch):
+    assert main(_train_args(str(tmp_path / "nothing"), str(tmp_path / "run"))) == 2
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert main(_train_args(prepared_bucket, str(tmp_path / "run"))) == 2
+
+
+def test_one_worker_matches_a_plain_pytorch_loop(ray_local, photo_dataset, tmp_path):
+    """Same seeds, same step function, same batches: Ray adds no change to the maths."""
+    for domain, photo in (("low", photo_dataset.low[0]), ("normal", photo_dataset.normal[0])):
+        (tmp_path / "one" / domain).mkdir(parents=True)
+        source = getattr(photo_dataset, f"{domain}_dir") / photo.key
+        (tmp_path / "one" / domain / Path(photo.key).name).write_bytes(source.read_bytes())
+    data, run = tmp_path / "data", tmp_path / "run"
+    prepare(str(tmp_path / "one" / "low"), str(tmp_path / "one" / "normal"), str(data))
+    steps = 3
+    args = [
+        "--workers",
+        "1",
+        "--steps",
+        str(steps),
+        "--sample-every",
+        "0",
+        "--threads-per-worker",
+        "1",
+    ]
+    assert main(_train_args(str(data), str(run), *args)) == 0
+    ray_losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    config = TINY
+    images = {}
+    for domain in ("low", "normal"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(next((data / domain).glob("*.parquet")))
+        images[domain] = decode_png(table.column("image")[0].as_py())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    plain_losses = []
+    vgg = build_vgg_features(config.loss.vgg_weights, flavour=config.loss.vgg_flavour)
+    torch.manual_seed(config.seed)
+    modules = build_modules(config, vgg)
+    optimizers = build_optimizers(modules, config.optim)
+    augment_rng = augment_generator(config.seed, rank=0)
+    batch = config.optim.batch_size
+    for step in range(steps):
+        # One image per domain and a batch of 2: an epoch is one step.
+        set_learning_rate(optimizers, learning_rate(step, config.optim))
+        low, normal = make_training_batch(
+            [images["low"]] * batch, [images["normal"]] * batch, config.augment, augment_rng
+        )
+        step_rng = step_generator(config.seed, step)
+        plain_losses.append(training_step(modules, optimizers, low, normal, config, step_rng))
+    torch.set_num_threads(threads)
+    for ray_step, plain in zip(ray_losses, plain_losses, strict=True):
+        assert {t: ray_step[t] for t in LOSS_TERMS} == pytest.approx(plain, abs=1e-5, rel=1e-5)
+
+
+MULTI_NODE_SCRIPT = """
+import json, os, sys, tempfile, threading, time
+# Cluster writes its address file under the default temp dir (/tmp/ray), which a fresh machine
+# lacks: point that default at a folder of our own.
+os.environ["RAY_TMPDIR"] = tempfile.mkdtemp()
+os.makedirs(os.path.join(os.environ["RAY_TMPDIR"], "ray"))
+import ray
+from ray.cluster_utils import Cluster
+node = {"num_cpus": int(os.environ.get("NODE_CPUS", "2")), "node_ip_address": "127.0.0.1"}
+cluster = Cluster(
+    initialize_head=True,
+    head_node_args={**node, "include_dashboard": False, "temp_dir": tempfile.mkdtemp()},
+)
+second = cluster.add_node(**node)
+cluster.wait_for_nodes()
+from pipelines.io import storage
+from pipelines.cli import main
+
+def remove_second_node_after(step, pointer):
+    # Node loss: the second node is killed (no graceful shutdown) once the run has a
+    # checkpoint at or after `step`.
+    while True:
+        if storage.exists(pointer) and json.loads(storage.read_bytes(pointer))["step"] >= step:
+            cluster.remove_node(second, allow_graceful=False)
+            print(f"removed the second node after the step-{step} checkpoint", flush=True)
+            return
+        time.sleep(0.1)
+
+if os.environ.get("REMOVE_NODE_AFTER_STEP"):
+    run = sys.argv[sys.argv.index("--run") + 1]
+    pointer = storage.resolve(run).child("latest_checkpoint.json")
+    step = int(os.environ["REMOVE_NODE_AFTER_STEP"])
+    threading.Thread(target=remove_second_node_after, args=(step, pointer), daemon=True).start()
+code = main(sys.argv[1:] + ["--address", cluster.address])
+ray.shutdown()
+cluster.shutdown()
+sys.exit(code)
+"""
+
+
+def _run_on_two_nodes(args: list[str], log: Path, **env_vars: str) -> tuple[int, str]:
+    """``enlightengan train`` in a separate process that owns a two-node ``Cluster`` (the
+    session's local Ray stays as is), in a session of its own: whatever of it outlives the
+    run (a killed node's agents) is killed by PID. Returns the exit code and the output."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-c", MULTI_NODE_SCRIPT, *args],
+            cwd=REPO,
+            env={**env, **env_vars},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        code = process.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        for _ in range(100):
+            left = session_members(process.pid)
+            if not left:
+                break
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        process.wait(timeout=30)
+    text = log.read_text(errors="replace")
+    if code is None:
+        pytest.fail(f"the two-node run did not end within 600 s:\n{text[-4000:]}")
+    return code, text
+
+
+@pytest.mark.heavy
+def test_two_nodes_one_worker_each(prepared_bucket, aws_environment, tmp_path):
+    run = storage.resolve(prepared_bucket.rsplit("/", 1)[0] + "/runs/two-nodes")
+    args = ["--workers", "2", "--steps", "2", "--checkpoint-every", "2", "--sample-every", "0"]
+    args += ["--placement", "STRICT_SPREAD"]
+    code, output = _run_on_two_nodes(_train_args(prepared_bucket, run.uri, *args), tmp_path / "log")
+    assert code == 0, output[-3000:]
+    pointer = json.loads(storage.read_bytes(run.child("latest_checkpoint.json")))
+    assert pointer["step"] == 2
+    state = json.loads(storage.read_bytes(run.child(f"{pointer['path']}/trainer_state.json")))
+    assert state["world_size"] == 2 and len(set(state["worker_nodes"])) == 2  # one per node
+
+
+def _download(location: storage.Location, local: Path) -> Path:
+    for key in storage.list_files(location, extensions=None):
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        (local / key).write_bytes(storage.read_bytes(location.child(key)))
+    return local
+
+
+@pytest.mark.heavy
+def test_node_lost_after_a_checkpoint_the_run_goes_on_with_the_same_global_batch(
+    prepared_bucket, aws_environment, tmp_path
+):
+    """Two nodes with one worker each (2 of their 3 CPUs, one left for Ray Data's read tasks:
+    a third worker fits nowhere); the second node is killed once
+    the step-2 checkpoint is written. With ``--min-workers 1`` Ray Train restarts the worker
+    group from that checkpoint on the one node left, each worker taking the whole global batch
+    of 2: every step runs once, on the learning-rate schedule of the unchanged epoch length."""
+    run = storage.resolve(prepared_bucket.rsplit("/", 1)[0] + "/runs/node-lost")
+    steps = 6
+    args = ["--workers", "2", "--min-workers", "1", "--cpus-per-worker", "2"]
+    args += ["--steps", str(steps), "--checkpoint-every", "2", "--sample-every", "0"]
+    args += ["--keep-checkpoints", "10"]
+    args += [item for name, value in DECAY.items() for item in ("--set", f"{name}={value}")]
+    code, output = _run_on_two_nodes(
+        _train_args(prepared_bucket, run.uri, *args),
+        tmp_path / "log",
+        REMOVE_NODE_AFTER_STEP="2",
+        NODE_CPUS="3",
+        # Ray Train notices the smaller cluster when a start of the two-worker group times out
+        # (60 s by default).
+        RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="15",
+    )
+    assert code == 0, output[-3000:]
+    assert "removed the second node after the step-2 checkpoint" in output
+    assert f"train: finished at step {steps} of {steps}" in output
+
+    records = _read_jsonl(run.child("metrics.jsonl"))
+    assert [record["step"] for record in records] == list(range(1, steps + 1))
+    for record in records:
+        assert record["epoch"] == (record["step"] - 1) // STEPS_PER_EPOCH
+        assert record["lr"] == pytest.approx(learning_rate(record["epoch"], DECAYING.optim))
+        assert all(math.isfinite(record[term]) for term in LOSS_TERMS)
+    workers = [record["workers"] for record in records]
+    assert workers[:2] == [2, 2] and workers[-1] == 1  # two workers until the loss, then one
+    restarted_at = workers.index(1)
+    assert workers[restarted_at:] == [1] * (steps - restarted_at)
+    assert restarted_at % 2 == 0  # the single worker took over from a checkpoint
+
+    first = load_checkpoint(_download(run.child("train/checkpoint_00000002"), tmp_path / "a"))
+    final = load_checkpoint(_download(run.child(f"train/checkpoint_{steps:08d}"), tmp_path / "b"))
+    assert first.trainer_state["world_size"] == 2
+    assert len(set(first.trainer_state["worker_nodes"])) == 2
+    assert final.trainer_state["world_size"] == 1 and final.trainer_state["per_worker_batch"] == 2
+    assert final.trainer_state["worker_nodes"][0] in first.trainer_state["worker_nodes"]
+    assert final.step == steps and final.trainer_state["steps_per_epoch"] == STEPS_PER_EPOCH
+    # The optimiser state went on from the checkpoint: Adam counted every step exactly once.
+    assert int(final.optimizer_states["generator"]["state"][0]["step"]) == steps
+    last_lr = learning_rate((steps - 1) // STEPS_PER_EPOCH, DECAYING.optim)
+    assert final.optimizer_states["generator"]["param_groups"][0]["lr"] == pytest.approx(last_lr)
