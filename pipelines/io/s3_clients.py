@@ -291,19 +291,29 @@ class RefreshingS3Handler(pafs.FileSystemHandler):
         return self.native().get_file_info(selector)
 
     def create_dir(self, path, recursive):
+        # S3 has no folders: a prefix exists once an object is written under it. The native
+        # filesystem would write a zero-byte "prefix/" object for each level, which S3 clients
+        # (the AWS CLI, boto3, a console) list as extra objects; Ray Train calls this for its
+        # run and each checkpoint before writing their files. Only a bare bucket is created.
+        if "/" in path.strip("/"):
+            return
         self.native().create_dir(path, recursive=recursive)
 
+    # Deletes go through delete_objects: the native ones write a "parent/" marker object after
+    # each delete (Ray Train deletes old checkpoints this way).
     def delete_dir(self, path):
-        self.native().delete_dir(path)
+        delete_objects(self.access, path, prefix=True)
 
     def delete_dir_contents(self, path, missing_dir_ok=False):
-        self.native().delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+        delete_objects(self.access, path, prefix=True)
 
     def delete_root_dir_contents(self):
         raise OSError("refusing to delete every bucket of an S3 account")
 
     def delete_file(self, path):
-        self.native().delete_file(path)
+        if self.native().get_file_info(path).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"no such object: {path}")
+        delete_objects(self.access, path, prefix=False)
 
     def move(self, src, dest):
         self.native().move(src, dest)
@@ -322,6 +332,30 @@ class RefreshingS3Handler(pafs.FileSystemHandler):
 
     def open_append_stream(self, path, metadata):
         return self.native().open_append_stream(path, metadata=metadata)
+
+
+def delete_objects(access: S3Access, path: str, prefix: bool) -> None:
+    """Delete the object at ``path`` (``bucket/key``) and, with ``prefix``, every object under
+    ``key/``, with plain S3 calls. S3 has no folders; pyarrow's deletes write a zero-byte
+    ``parent/`` marker object after each one so that an emptied "directory" still exists, and
+    those markers would litter every listing."""
+    bucket, _, key = path.strip("/").partition("/")
+    client = botocore_client(access)
+    try:
+        keys = [key] if key else []
+        if prefix:
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=f"{key}/" if key else ""
+            )
+            keys += [item["Key"] for page in pages for item in page.get("Contents", ())]
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": name} for name in keys[start : start + 1000]]
+            answer = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            refused = answer.get("Errors") or []
+            if refused:
+                raise OSError(f"S3 refused to delete {len(refused)} objects: {refused[0]['Code']}")
+    except Exception as error:
+        raise as_storage_error(error, "deleting") from None
 
 
 def pyarrow_filesystem(access: S3Access) -> pafs.PyFileSystem:

@@ -319,27 +319,9 @@ def delete_file(target) -> None:
 
 
 def _delete_s3_objects(location: Location, prefix: bool) -> None:
-    """Delete the object at ``location`` (and, with ``prefix``, every object under it) with
-    plain S3 calls. S3 has no folders; pyarrow's deletes write a zero-byte ``parent/`` marker
-    object after each one so that an emptied "directory" still exists, and those markers
-    would litter every listing."""
-    bucket, _, key = location.path.strip("/").partition("/")
-    client = s3_clients.botocore_client(s3_clients.access_of(location.filesystem))
-    try:
-        keys = [key] if key else []
-        if prefix:
-            pages = client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=f"{key}/" if key else ""
-            )
-            keys += [item["Key"] for page in pages for item in page.get("Contents", ())]
-        for start in range(0, len(keys), 1000):
-            batch = [{"Key": name} for name in keys[start : start + 1000]]
-            answer = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-            refused = answer.get("Errors") or []
-            if refused:
-                raise OSError(f"S3 refused to delete {len(refused)} objects: {refused[0]['Code']}")
-    except Exception as error:
-        raise s3_clients.as_storage_error(error, "deleting") from None
+    """Delete the object at ``location`` (and, with ``prefix``, every object under it) without
+    leaving folder markers (:func:`s3_clients.delete_objects`)."""
+    s3_clients.delete_objects(s3_clients.access_of(location.filesystem), location.path, prefix)
 
 
 def fsspec_filesystem(uri: str, options: StorageOptions | None = None):

@@ -30,6 +30,7 @@ def init_ray(
     plain_progress_without_terminal()
     if address:
         ray.init(address=address, log_to_driver=True)
+        spend_actor_arguments_notice()
         return True
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Ray reads that variable once, when it is imported (before this runs). Left True, ray.init
@@ -50,7 +51,58 @@ def init_ray(
         configure_logging=False,
         runtime_env=setup if training else None,
     )
+    spend_actor_arguments_notice()
     return True
+
+
+# Ray core logs this at error level, once per process, when an actor with max_restarts != 0 gets
+# a constructor argument through the object store (CoreWorker::CreateActor in core_worker.cc,
+# RAY_LOG_ONCE_PER_PROCESS; ray-project/ray#53727: such an argument may be gone when the actor
+# restarts). Ray Data starts every actor-pool worker that way: its DataContext and the map
+# function arrive as ObjectRefs from ray.put (ActorPoolMapOperator._start_actor, Ray 2.60), with
+# max_restarts=-1 by default (ray-project/ray#57733). Those objects are owned by this driver and
+# referenced by the running operator, so a worker restarted during the run finds them; our own
+# constructor arguments are small inline values (the checkpoint comes from a named holder actor,
+# inference.checkpoints.checkpoint_holder). So the line only alarms users of every enhance and evaluate
+# job. Ray has no switch for it (RAY_BACKEND_LOG_LEVEL would hide every error), so the driver
+# spends the once on an actor of its own while fd 2 goes to a temporary file, and passes on
+# anything else written there meanwhile. Ray's driver log file (python-core-driver-*.log) keeps
+# the line, naming this class.
+ACTOR_ARGUMENTS_NOTICE = b"has constructor arguments in the object store and max_restarts > 0"
+
+
+class RayDataActorArgumentsNotice:
+    """The actor whose creation spends Ray's once-per-process notice (see above)."""
+
+    def __init__(self, argument):
+        del argument
+
+
+def spend_actor_arguments_notice() -> None:
+    """Create and kill a :class:`RayDataActorArgumentsNotice` with an object-store argument and
+    restarts allowed, keeping Ray's line about it off this process's standard error."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            notice = (
+                ray.remote(RayDataActorArgumentsNotice)
+                .options(num_cpus=0, max_restarts=1)
+                .remote(ray.put(None))
+            )
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        ray.kill(notice, no_restart=True)
+        caught.seek(0)
+        for line in caught.read().splitlines(keepends=True):
+            if ACTOR_ARGUMENTS_NOTICE not in line:
+                os.write(2, line)
 
 
 def plain_progress_without_terminal() -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +407,37 @@ def test_only_dark_copy_with_another_format_is_refused(checkpoint_run, inputs, t
         "--only-dark", "copy", "--image-format", "png",
     )  # fmt: skip
     assert code == 2 and "--image-format same" in capsys.readouterr().err
+
+
+def test_enhance_job_output_has_no_actor_arguments_line_from_ray(checkpoint_run, tmp_path):
+    """A fresh ``enlightengan enhance`` process (a job's driver) says nothing of Ray's
+    "constructor arguments in the object store" line, which Ray Data's actor pool would make it
+    print at error level; Ray did log it once, for the driver's own notice actor."""
+    source = tmp_path / "photos"
+    source.mkdir()
+    for name in ("coffee", "rocket"):
+        pixels = darken(fit_within(wheel_photo(name), 160, 120))
+        (source / f"{name}.png").write_bytes(encode(pixels, "PNG"))
+    ray_dir = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))  # Ray's socket paths are short
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    environment.update(ENLIGHTENGAN_RAY_TMPDIR=str(ray_dir), RAY_AUTH_MODE="disabled")
+    completed = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "enhance", "--checkpoint", str(checkpoint_run),
+         "--input", str(source), "--output", str(tmp_path / "out"), "--num-cpus", "2"],
+        cwd=Path(__file__).resolve().parents[3], env=environment, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    assert "enhanced: 2  skipped: 0  failed: 0" in output
+    assert {p.name for p in (tmp_path / "out").glob("*.png")} == {"coffee.png", "rocket.png"}
+    assert "MapBatches(EnhanceActor)" in output  # the job did run an actor pool
+    assert "constructor arguments in the object store" not in output
+    logged = [
+        line
+        for log in ray_dir.glob("session_2*/logs/python-core-driver-*.log")  # not session_latest
+        for line in log.read_text().splitlines()
+        if "constructor arguments in the object store" in line
+    ]
+    shutil.rmtree(ray_dir, ignore_errors=True)
+    assert len(logged) == 1 and "'RayDataActorArgumentsNotice'" in logged[0], "\n".join(logged)

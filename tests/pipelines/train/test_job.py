@@ -35,6 +35,7 @@ from pipelines.io.images import decode_png
 from pipelines.ops.local_services import session_members
 from pipelines.prepare.job import prepare
 from pipelines.train.worker import augment_generator
+from tests.fixtures.seaweed import all_keys, botocore_client
 
 REPO = Path(__file__).resolve().parents[3]
 TINY = tiny_config()
@@ -95,8 +96,19 @@ def faulted_run(prepared_bucket, aws_environment):
     return storage.resolve(run), started
 
 
-def test_checkpoints_metrics_and_pictures_land_in_the_bucket(faulted_run):
+def _folder_objects(aws_environment, uri: str) -> list[str]:
+    """Keys ending in "/" in the bucket of ``uri``, as a plain S3 listing shows them: S3 has no
+    folders, so none of the jobs, nor Ray Train's storage code, may write such markers."""
+    bucket = uri.removeprefix("s3://").split("/")[0]
+    client = botocore_client(aws_environment.env())
+    keys = all_keys(client, bucket)
+    assert any("/train/checkpoint_" in key for key in keys)
+    return [key for key in keys if key.endswith("/")]
+
+
+def test_checkpoints_metrics_and_pictures_land_in_the_bucket(faulted_run, aws_environment):
     run, _ = faulted_run
+    assert _folder_objects(aws_environment, run.uri) == []
     assert _checkpoint_names(run.child("train")) == ["checkpoint_00000002", "checkpoint_00000004"]
     pointer = json.loads(storage.read_bytes(run.child("latest_checkpoint.json")))
     assert pointer == {"step": 4, "path": "train/checkpoint_00000004"}
@@ -145,7 +157,7 @@ def test_injected_fault_is_retried_from_the_last_checkpoint(faulted_run, tmp_pat
     assert not any(key.startswith("step_rank") for key in checkpoint.rng_state)
 
 
-def test_rerun_resumes_from_the_last_step(faulted_run, prepared_bucket, tmp_path):
+def test_rerun_resumes_from_the_last_step(faulted_run, prepared_bucket, aws_environment, tmp_path):
     """The rerun continues from step 4 on the same schedule, and a newer checkpoint folder
     that a crash cut off mid-upload (step 5, weights half written) is never resumed from."""
     run, _ = faulted_run
@@ -176,6 +188,11 @@ def test_rerun_resumes_from_the_last_step(faulted_run, prepared_bucket, tmp_path
     final = load_checkpoint(local)
     assert final.step == 6
     assert int(final.optimizer_states["generator"]["state"][0]["step"]) == 6
+    # Ray Train removed its oldest checkpoint (--keep-checkpoints 2; the cut-off step 5 is not
+    # one of its own) and left no marker in its place.
+    kept = ["checkpoint_00000004", "checkpoint_00000005", "checkpoint_00000006"]
+    assert _checkpoint_names(run.child("train")) == kept
+    assert _folder_objects(aws_environment, run.uri) == []
 
 
 def test_changed_model_settings_on_an_existing_run_are_refused(faulted_run, prepared_bucket):
