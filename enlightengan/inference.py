@@ -80,7 +80,7 @@ class EnhancerSettings:
 
     device: str = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
+    channels_last: bool = True
     batch_size: int = 4
     tile_size: int | None = 1024
     tile_overlap: int = 64

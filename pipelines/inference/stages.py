@@ -41,7 +41,7 @@ class InferenceSettings:
     device: str = "cpu"
     backend: str = "auto"
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool = True
     batch_size: int = 4
     tile_size: int | None = 1024
     tile_overlap: int = 64
