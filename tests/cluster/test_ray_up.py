@@ -31,6 +31,7 @@ import yaml
 
 from pipelines.demo.sample_photos import darken, encode, fit_within, wheel_photo
 from pipelines.ops.local_services import free_ports
+from tests.fixtures.system_packages import apt_install, require
 
 pytestmark = [pytest.mark.heavy, pytest.mark.timeout(900)]
 
@@ -55,15 +56,8 @@ def ssh_tools() -> str:
     missing = missing_tools()
     if not missing:
         return ""
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        return f"{', '.join(missing)} not installed (needs apt-get as root)"
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
-    done = subprocess.run(install, capture_output=True, text=True, env=environment, timeout=600)
-    if done.returncode != 0:  # a fresh machine may have no package lists yet
-        subprocess.run(["apt-get", "update"], capture_output=True, env=environment, timeout=600)
-        done = subprocess.run(install, capture_output=True, text=True, env=environment, timeout=600)
-    return "" if not missing_tools() else f"apt-get install {' '.join(missing)} failed"
+    why_not = apt_install(missing)
+    return why_not or ("" if not missing_tools() else f"apt-get left {missing_tools()} missing")
 
 
 REAPER = """import os, time
@@ -216,11 +210,7 @@ def ray_cli(*argv: str, home: Path, timeout: float = 600) -> subprocess.Complete
 
 
 def test_ray_up_starts_the_aws_yaml_head_over_ssh_and_ray_down_stops_it(tmp_path):
-    why_not = ssh_tools()
-    if why_not:
-        if os.environ.get("CI"):
-            pytest.fail(why_not)
-        pytest.skip(why_not)
+    require(ssh_tools(), "sshd, ssh and rsync")
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("coffee", "rocket"):
