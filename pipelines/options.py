@@ -64,7 +64,9 @@ class DeprecatedAlias(argparse.Action):
             f"next release: use {self.replacement}",
             file=sys.stderr,
         )
-        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+        if self.nargs == 0:
+            values = True if self.const is None else self.const
+        setattr(namespace, self.dest, values)
 
 
 def deprecated_flag(parser, old: str, new: str, dest: str, **kwargs) -> None:

@@ -9,6 +9,7 @@ then travel to Ray actors by a named :class:`CheckpointHolder`, never as constru
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,19 +173,22 @@ def _find_remote_checkpoint(location) -> tuple[str | None, str]:
         for info in filesystem.get_file_info(selector)
         if info.type == pafs.FileType.File
     }
-    found = latest_checkpoint_in(files, lambda name: _read_remote(filesystem, f"{root}/{name}"))
+    fetched: dict[str, bytes] = {}
+
+    def read(name: str) -> bytes:
+        # The rule reads each candidate's index and trainer state; the winner's step is then
+        # described from the same bytes.
+        if name not in fetched:
+            fetched[name] = _read_remote(filesystem, f"{root}/{name}")
+        return fetched[name]
+
+    found = latest_checkpoint_in(files, read)
     if found is None:
         return None, location.uri
-    directory = f"{root}/{found}" if found else root
-    step = _step_of(filesystem, directory)
-    where = f"{location.uri.rstrip('/')}/{found}" if found else location.uri.rstrip("/")
-    return directory, f"{where} (step {step})"
-
-
-def _step_of(filesystem, directory: str) -> int:
-    import json
-
+    prefix = f"{found}/" if found else ""
     try:
-        return int(json.loads(_read_remote(filesystem, f"{directory}/trainer_state.json"))["step"])
+        step = int(json.loads(read(f"{prefix}trainer_state.json"))["step"])
     except (OSError, ValueError, KeyError, TypeError):
-        return -1
+        step = -1
+    where = f"{location.uri.rstrip('/')}/{found}" if found else location.uri.rstrip("/")
+    return f"{root}/{found}" if found else root, f"{where} (step {step})"

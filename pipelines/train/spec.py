@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 
 from pipelines.errors import UserError
@@ -97,18 +96,6 @@ class TrainJob(StorageFields, RayFields):
         return self.gpus_per_worker > 0
 
 
-class _GpuFlag(argparse.Action):
-    """The old ``--gpus`` switch: one GPU per worker, with a deprecation warning."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(
-            "enlightengan: warning: --gpus is deprecated and will be removed in the next "
-            "release: use --gpus-per-worker 1",
-            file=sys.stderr,
-        )
-        namespace.gpus_per_worker = 1.0
-
-
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", default=None, help="prepared shards: folder or s3:// prefix (required)"
@@ -127,7 +114,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         cpus_help="CPUs each worker reserves (default 0.5 on CPU, 1 with a GPU); leave some "
         "free for Ray Data's decode tasks",
     )
-    parser.add_argument("--gpus", nargs=0, action=_GpuFlag, help=argparse.SUPPRESS)
+    deprecated_flag(parser, "--gpus", "--gpus-per-worker 1", "gpus_per_worker", nargs=0, const=1.0)
     deprecated_flag(parser, "--cpu", "no flag (CPU workers are the default)", "cpu", nargs=0)
     deprecated_flag(
         parser, "--torch-threads", "--threads-per-worker", "threads_per_worker", type=int
