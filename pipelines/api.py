@@ -160,11 +160,11 @@ def enhance_dataset(
     enhanced image, or None where it failed, plus ``enhance_status`` (``enhanced`` or
     ``failed``) and ``enhance_reason``. Lazy, like any Dataset: nothing runs until you consume
     it. The generator runs in an actor pool of ``workers`` actors, as in ``enhance``; its files
-    reach the actors through a named holder that lives as long as this driver."""
+    reach the actors through the object store and stay there as long as this driver runs."""
     from ray.data import ActorPoolStrategy
 
     from pipelines.inference.backends import choose_backend
-    from pipelines.inference.checkpoints import lasting_checkpoint_holder, load_checkpoint_files
+    from pipelines.inference.checkpoints import lasting_shared_checkpoint, load_checkpoint_files
     from pipelines.io.storage import StorageOptions
 
     if workers < 1 or batch_size < 1:
@@ -190,7 +190,7 @@ def enhance_dataset(
     enhanced = rows.map_batches(
         EnhanceActor,
         fn_constructor_kwargs={
-            "checkpoint_holder": lasting_checkpoint_holder(found.files),
+            "checkpoint": lasting_shared_checkpoint(found.files),
             "settings": settings,
         },
         compute=ActorPoolStrategy(size=workers),

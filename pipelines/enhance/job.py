@@ -50,7 +50,7 @@ from pipelines.enhance.spec import EnhanceJob
 from pipelines.errors import UserError
 from pipelines.inference.backends import choose_backend
 from pipelines.inference.checkpoints import (
-    checkpoint_holder,
+    SharedCheckpoint,
     load_checkpoint_files,
     stage_checkpoint,
 )
@@ -278,32 +278,33 @@ def run_pipeline(
     if job.limit is not None:
         dataset = dataset.limit(job.limit)
     dataset = decode_stage(dataset, source, job.max_pixels, policy, sampler)
-    with checkpoint_holder(checkpoint_files, target.run_id) as holder_name:
-        dataset = dataset.map_batches(
-            EnhanceActor,
-            fn_constructor_kwargs={"checkpoint_holder": holder_name, "settings": settings},
-            compute=ActorPoolStrategy(size=job.workers),
-            batch_size=job.batch_size,
-            batch_format="numpy",
-            num_cpus=job.cpus_per_worker,
-            num_gpus=job.gpus_per_worker or None,
-        )
-        dataset = cpu_stage(
-            dataset,
-            write_enhanced,
-            {
-                "filesystem": output.filesystem,
-                "output_root": output.path,
-                "run_id": target.run_id,
-                "output_format": job.image_format,
-                "jpeg_quality": job.jpeg_quality,
-                "sampler": sampler,
-            },
-            batch_size=job.batch_size,
-        )
-        sink = ManifestSink(target, job.manifest_rows)
-        _configure(dataset.context)
-        dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
+    # The driver keeps `checkpoint` (and so its object) until the run has finished.
+    checkpoint = SharedCheckpoint.put(checkpoint_files)
+    dataset = dataset.map_batches(
+        EnhanceActor,
+        fn_constructor_kwargs={"checkpoint": checkpoint, "settings": settings},
+        compute=ActorPoolStrategy(size=job.workers),
+        batch_size=job.batch_size,
+        batch_format="numpy",
+        num_cpus=job.cpus_per_worker,
+        num_gpus=job.gpus_per_worker or None,
+    )
+    dataset = cpu_stage(
+        dataset,
+        write_enhanced,
+        {
+            "filesystem": output.filesystem,
+            "output_root": output.path,
+            "run_id": target.run_id,
+            "output_format": job.image_format,
+            "jpeg_quality": job.jpeg_quality,
+            "sampler": sampler,
+        },
+        batch_size=job.batch_size,
+    )
+    sink = ManifestSink(target, job.manifest_rows)
+    _configure(dataset.context)
+    dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
 
 
 def _dry_run(work, source: Location, checkpoint_files, job: EnhanceJob, policy=None) -> Summary:

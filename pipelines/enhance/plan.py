@@ -193,8 +193,9 @@ def build_resume_index(
 
     That task reads the finished rows' keys (about 100 bytes per image); the driver only keeps
     the chunks' first keys."""
-    if filesystem.get_file_info(manifest_root).type != pafs.FileType.Directory:
-        return None  # a first run: no task to start
+    selector = pafs.FileSelector(manifest_root, allow_not_found=True)
+    if not filesystem.get_file_info(selector):
+        return None  # a first run (the write check leaves the folder empty): no task to start
     refs = list(_index_chunks.remote(filesystem, manifest_root, chunk_rows))
     first_keys = ray.get(refs[0])
     return ResumeIndex(first_keys, refs[1:]) if first_keys else None

@@ -13,21 +13,19 @@ all computed in the same run on the same decoded pixels. The driver writes ``sco
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
 import posixpath
 import sys
 import time
-import uuid
 
 import numpy as np
 
 from pipelines.errors import UserError
 from pipelines.evaluate.spec import EvaluateJob
 from pipelines.inference.backends import choose_backend
-from pipelines.inference.checkpoints import checkpoint_holder, load_checkpoint_files
+from pipelines.inference.checkpoints import SharedCheckpoint, load_checkpoint_files
 from pipelines.inference.scores import luma_mean, safe_niqe
 from pipelines.inference.stages import (
     FAILED,
@@ -172,35 +170,34 @@ def run_pipeline(
         0.5 if job.gpus_per_worker or compared_files is not None else 1.0
     )
 
-    with contextlib.ExitStack() as holders:
+    shared = []  # the driver keeps the checkpoints' objects until the rows are collected
 
-        def enhance(dataset, files):
-            name = holders.enter_context(
-                checkpoint_holder(files, f"evaluate-{uuid.uuid4().hex[:12]}")
-            )
-            return dataset.map_batches(
-                EnhanceActor,
-                fn_constructor_kwargs={"checkpoint_holder": name, "settings": settings},
-                compute=ActorPoolStrategy(size=job.workers),
-                batch_size=job.batch_size,
-                num_cpus=actor_cpus,
-                num_gpus=job.gpus_per_worker or None,
-            )
-
-        if compared_files is not None:
-            dataset = dataset.map_batches(keep_input_pixels, batch_size=None, num_cpus=0.5)
-            dataset = enhance(dataset, compared_files)
-            dataset = dataset.map_batches(
-                score_compared,
-                fn_kwargs={"sample_keys": sample_keys},
-                batch_size=None,
-                num_cpus=0.5,
-            )
-        dataset = enhance(dataset, checkpoint_files)
-        dataset = dataset.map_batches(
-            score_enhanced, fn_kwargs={"sample_keys": sample_keys}, batch_size=None, num_cpus=0.5
+    def enhance(dataset, files):
+        checkpoint = SharedCheckpoint.put(files)
+        shared.append(checkpoint)
+        return dataset.map_batches(
+            EnhanceActor,
+            fn_constructor_kwargs={"checkpoint": checkpoint, "settings": settings},
+            compute=ActorPoolStrategy(size=job.workers),
+            batch_size=job.batch_size,
+            num_cpus=actor_cpus,
+            num_gpus=job.gpus_per_worker or None,
         )
-        return _collect_rows(dataset)
+
+    if compared_files is not None:
+        dataset = dataset.map_batches(keep_input_pixels, batch_size=None, num_cpus=0.5)
+        dataset = enhance(dataset, compared_files)
+        dataset = dataset.map_batches(
+            score_compared,
+            fn_kwargs={"sample_keys": sample_keys},
+            batch_size=None,
+            num_cpus=0.5,
+        )
+    dataset = enhance(dataset, checkpoint_files)
+    dataset = dataset.map_batches(
+        score_enhanced, fn_kwargs={"sample_keys": sample_keys}, batch_size=None, num_cpus=0.5
+    )
+    return _collect_rows(dataset)
 
 
 def _collect_rows(dataset) -> list[dict]:

@@ -3,23 +3,23 @@ run root (its latest complete checkpoint) or the starter model, local or ``s3://
 
 The choice of checkpoint is :func:`enlightengan.checkpoint.latest_checkpoint_in`, the same rule
 for a local folder and a bucket; this module only lists and reads remote trees for it. The files
-then travel to Ray actors by a named :class:`CheckpointHolder`, never as constructor arguments.
+then travel to Ray actors through the object store as a :class:`SharedCheckpoint`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipelines.options import STARTER_NAME
 
 # What the actors need to rebuild the generator; optimiser and discriminator state stay behind.
 CHECKPOINT_FILES_FOR_INFERENCE = ("checkpoint.json", "config.json", "generator.pt")
-# Handles that keep lasting_checkpoint_holder's actors alive for this driver.
-_LASTING_HOLDERS: dict[str, object] = {}
+# lasting_shared_checkpoint's values, by digest: their objects stay in the store for this driver.
+_LASTING: dict[str, SharedCheckpoint] = {}
 
 
 def stage_checkpoint(files: dict[str, bytes]) -> Path:
@@ -31,60 +31,43 @@ def stage_checkpoint(files: dict[str, bytes]) -> Path:
     return directory
 
 
-class CheckpointHolder:
-    """Keeps the generator's files (``{name: bytes}``) for the enhancer actors of one run.
+@dataclass(frozen=True)
+class SharedCheckpoint:
+    """The generator's files (``{name: bytes}``) put once into Ray's object store, for the
+    actors that run it (:class:`~pipelines.inference.stages.EnhanceActor`).
 
-    The driver starts it as a named actor on its own node; an enhancer actor gets only its
-    name. Ray restarts a lost enhancer actor with the same constructor arguments, and a
-    reference into the object store among them (or anything over 100 KB, which Ray puts there)
-    may be gone by then, which Ray warns about at error level for every actor. A name stays
-    valid while the driver runs, and the holder hands out the files again."""
+    The reference travels inside this small value, so the actors' constructor arguments stay
+    inline and nothing is copied per actor. The driver owns the object and keeps this value for
+    the whole run, so an actor that Ray restarts mid-run reads the files again. (A named holder
+    actor did this before, at the cost of one more worker process starting beside the actor
+    pool, which made every run's first output later on a small machine.)"""
 
-    def __init__(self, files: dict[str, bytes]):
-        self._files = files
+    ref: Any
+
+    @classmethod
+    def put(cls, files: dict[str, bytes]) -> SharedCheckpoint:
+        import ray
+
+        return cls(ray.put(files))
 
     def files(self) -> dict[str, bytes]:
-        return self._files
+        import ray
+
+        return ray.get(self.ref)
 
 
-@contextlib.contextmanager
-def checkpoint_holder(files: dict[str, bytes], run_id: str):
-    """A :class:`CheckpointHolder` named after the run, pinned to the driver's node (it shares
-    the driver's fate anyway), for as long as the ``with`` block runs; yields its name."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    name = f"enlightengan-checkpoint-{run_id}"
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    holder = (
-        ray.remote(CheckpointHolder)
-        .options(name=name, num_cpus=0, max_restarts=0, scheduling_strategy=here)
-        .remote(files)
-    )
-    try:
-        yield name
-    finally:
-        ray.kill(holder)
-
-
-def lasting_checkpoint_holder(files: dict[str, bytes]) -> str:
-    """The name of a :class:`CheckpointHolder` of ``files`` that lives as long as this driver
-    (for a lazy Dataset, whose actors start after the caller returns); one per checkpoint."""
+def lasting_shared_checkpoint(files: dict[str, bytes]) -> SharedCheckpoint:
+    """A :class:`SharedCheckpoint` of ``files`` kept for as long as this driver runs (for a
+    lazy Dataset, whose actors start after the caller returns); one per checkpoint."""
     import hashlib
-
-    import ray
 
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + files[name])
-    name = f"enlightengan-checkpoint-{digest.hexdigest()[:16]}"
-    # Ray collects an actor, named or not, once no handle to it is left.
-    _LASTING_HOLDERS[name] = (
-        ray.remote(CheckpointHolder)
-        .options(name=name, num_cpus=0, max_restarts=0, get_if_exists=True)
-        .remote(files)
-    )
-    return name
+    key = digest.hexdigest()
+    if key not in _LASTING:
+        _LASTING[key] = SharedCheckpoint.put(files)
+    return _LASTING[key]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.inference.checkpoints import stage_checkpoint
+from pipelines.inference.checkpoints import SharedCheckpoint, stage_checkpoint
 from pipelines.inference.darkness import DARKNESS_COLUMNS, DarkPolicy, darkness_stats, unknown_stats
 from pipelines.io.images import ImageRejected, decode_image
 from pipelines.io.retries import is_transient
@@ -204,14 +204,10 @@ def build_enhancer(checkpoint_dir: str | os.PathLike, settings: InferenceSetting
 class EnhanceActor:
     """Actor-pool stage: loads the generator once, then enhances each batch's decoded images.
 
-    ``checkpoint_holder`` is the name of the run's :class:`CheckpointHolder` (a string, so a
-    restarted actor gets the files again)."""
+    ``checkpoint``: the generator's files in the object store (a :class:`SharedCheckpoint`)."""
 
-    def __init__(self, checkpoint_holder: str, settings: InferenceSettings):
-        import ray
-
-        files = ray.get(ray.get_actor(checkpoint_holder).files.remote())
-        directory = stage_checkpoint(files)
+    def __init__(self, checkpoint: SharedCheckpoint, settings: InferenceSettings):
+        directory = stage_checkpoint(checkpoint.files())
         self.enhancer = build_enhancer(directory, settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

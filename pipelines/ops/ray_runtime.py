@@ -7,9 +7,12 @@ it joins the cluster; a submitted Ray Job finds ``RAY_ADDRESS`` set and must cal
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import ray
 
@@ -27,11 +30,21 @@ def init_ray(
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Every job builds Ray Data datasets next, and importing Ray Data takes most of a second
+        # of mostly Python work, while ray.init mostly waits for Ray's processes to start.
+        importing = pool.submit(importlib.import_module, "ray.data")
+        _start_or_join(address, num_cpus, training)
+        importing.result()
     plain_progress_without_terminal()
+    spend_actor_arguments_notice()
+    return True
+
+
+def _start_or_join(address: str | None, num_cpus: int | None, training: bool) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
-        spend_actor_arguments_notice()
-        return True
+        return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Ray reads that variable once, when it is imported (before this runs). Left True, ray.init
     # turns _node_ip_address="127.0.0.1" into the machine's routable address and its GCS,
@@ -43,16 +56,42 @@ def init_ray(
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     temp_dir = os.environ.get("ENLIGHTENGAN_RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray-")
     setup = {"worker_process_setup_hook": "pipelines.ops.ray_runtime.quiet_dashboard_checks"}
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        _temp_dir=temp_dir,
-        _node_ip_address="127.0.0.1",
-        configure_logging=False,
-        runtime_env=setup if training else None,
-    )
-    spend_actor_arguments_notice()
-    return True
+    with _without_api_server():
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            _node_ip_address="127.0.0.1",
+            configure_logging=False,
+            runtime_env=setup if training else None,
+        )
+
+
+@contextlib.contextmanager
+def _without_api_server():
+    """Keep ``ray.init`` from starting Ray's API server, for the in-process local Ray only.
+
+    Ray starts that Python process on every head node, even with the dashboard off, when all it
+    then serves is usage statistics. Its start is on ray.init's critical path (the raylet
+    starts after it) and costs most of a CPU-second, which on 2 cores delays a run's first
+    output. Nothing of ours needs it: no dashboard, and no job is submitted to a process-local
+    Ray. ENLIGHTENGAN_RAY_API_SERVER=1 keeps it; on a Ray without this internal method the
+    process starts as before."""
+    from ray._private import node
+
+    original = getattr(node.Node, "start_api_server", None)
+    if original is None or os.environ.get("ENLIGHTENGAN_RAY_API_SERVER") == "1":
+        yield
+        return
+    node.Node.start_api_server = _no_api_server
+    try:
+        yield
+    finally:
+        node.Node.start_api_server = original
+
+
+def _no_api_server(self, **_) -> None:
+    return None
 
 
 # Ray core logs this at error level, once per process, when an actor with max_restarts != 0 gets
@@ -61,10 +100,9 @@ def init_ray(
 # restarts). Ray Data starts every actor-pool worker that way: its DataContext and the map
 # function arrive as ObjectRefs from ray.put (ActorPoolMapOperator._start_actor, Ray 2.60), with
 # max_restarts=-1 by default (ray-project/ray#57733). Those objects are owned by this driver and
-# referenced by the running operator, so a worker restarted during the run finds them; our own
-# constructor arguments are small inline values (the checkpoint comes from a named holder actor,
-# inference.checkpoints.checkpoint_holder). So the line only alarms users of every enhance and evaluate
-# job. Ray has no switch for it (RAY_BACKEND_LOG_LEVEL would hide every error), so the driver
+# referenced by the running operator, so a worker restarted during the run finds them; so is the
+# checkpoint inside our own arguments (inference.checkpoints.SharedCheckpoint, held by the driver
+# until the run ends). So the line only alarms users of every enhance and evaluate job. Ray has no switch for it (RAY_BACKEND_LOG_LEVEL would hide every error), so the driver
 # spends the once on an actor of its own while fd 2 goes to a temporary file, and passes on
 # anything else written there meanwhile. Ray's driver log file (python-core-driver-*.log) keeps
 # the line, naming this class.
