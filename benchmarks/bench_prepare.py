@@ -77,6 +77,23 @@ def serial_pillow_loop(
     return time.perf_counter() - started
 
 
+def warm_workers(cpus: int) -> int:
+    """Have one worker process per CPU import the prepare pipeline, all at once (a worker runs
+    one task at a time, so ``cpus`` overlapping tasks take ``cpus`` workers). The small warm-up
+    run ends on the first worker before a second takes a task, and that second one would
+    otherwise pay its imports inside the first timed run. Returns how many workers it reached."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def load_pipeline() -> int:
+        import pipelines.prepare.job  # noqa: F401
+
+        time.sleep(1.0)  # hold this worker while the others load
+        return os.getpid()
+
+    return len(set(ray.get([load_pipeline.remote() for _ in range(cpus)])))
+
+
 def timed_prepare(low: str, normal: str, out: str) -> tuple[float, dict]:
     from pipelines.prepare.job import prepare
 
@@ -174,6 +191,7 @@ def main() -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(encode_png(np.asarray(Image.open(path).reduce(8).convert("RGB"))))
     timed_prepare(str(warm_dir / "low"), str(warm_dir / "normal"), str(workdir / "warm-out"))
+    print(f"warm worker processes: {warm_workers(args.num_cpus)}")
 
     ratios = []
     for round_index in range(args.rounds):

@@ -107,6 +107,9 @@ def _no_api_server(self, **_) -> None:
 # anything else written there meanwhile. Ray's driver log file (python-core-driver-*.log) keeps
 # the line, naming this class.
 ACTOR_ARGUMENTS_NOTICE = b"has constructor arguments in the object store and max_restarts > 0"
+# A resource no node has: the notice is logged when the actor is created, so it never needs a
+# worker process (placed, it took one of the workers Ray starts with, which then exited).
+NEVER_SCHEDULED = "enlightengan-never-scheduled"
 
 
 class RayDataActorArgumentsNotice:
@@ -129,7 +132,7 @@ def spend_actor_arguments_notice() -> None:
         try:
             notice = (
                 ray.remote(RayDataActorArgumentsNotice)
-                .options(num_cpus=0, max_restarts=1)
+                .options(num_cpus=0, max_restarts=1, resources={NEVER_SCHEDULED: 1})
                 .remote(ray.put(None))
             )
         finally:
