@@ -73,6 +73,9 @@ def torch_candidates(generator: Generator, native_bf16: bool, args) -> dict[str,
     }
     if native_bf16 or args.emulated_bf16:
         candidates["torch bf16 channels_last"] = eager(precision="bf16", channels_last=True)
+        candidates["torch bf16 channels_last, bf16 input layer"] = eager(
+            precision="bf16", channels_last=True, float32_input_layer=False
+        )
         candidates["torch bf16 NCHW"] = eager(precision="bf16")
     if not args.skip_compile:
         for freezing in (False, True):

@@ -113,10 +113,17 @@ def test_wide_images_are_halved_once_as_the_reference_does():
     assert psnr(tiled, untiled) > 35.0
 
 
-def test_bf16_autocast_on_cpu_stays_close_to_fp32(generator, dark_coffee, untiled_coffee):
-    settings = EnhancerSettings(tile_size=None, precision="bf16", channels_last=True)
-    low_precision = Enhancer(generator, settings)([dark_coffee])[0]
-    assert psnr(low_precision, untiled_coffee) > 35.0  # 44 dB measured
+def test_bf16_autocast_on_cpu_stays_within_45_db_of_fp32(dark_coffee):
+    """With the input layer in float32 (the default), bf16 autocast keeps 45 dB; rounding the
+    image itself to bf16 in that layer is what costs the most."""
+    reference = Enhancer(textured_generator(tiny_config().generator), UNTILED)([dark_coffee])[0]
+    results = {}
+    for kept in (True, False):
+        settings = EnhancerSettings(tile_size=None, precision="bf16", float32_input_layer=kept)
+        generator = textured_generator(tiny_config().generator)
+        results[kept] = psnr(Enhancer(generator, settings)([dark_coffee])[0], reference)
+    assert results[True] >= 45.0
+    assert results[False] < results[True]
 
 
 def test_fp16_autocast_runs(generator, dark_coffee):
