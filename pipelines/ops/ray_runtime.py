@@ -64,6 +64,9 @@ def _start_or_join(address: str | None, num_cpus: int | None, training: bool) ->
             _node_ip_address="127.0.0.1",
             configure_logging=False,
             runtime_env=setup if training else None,
+            # Nothing scrapes a process-local Ray's metrics (no dashboard, no Prometheus), and
+            # recording them takes CPU from the actors on a small machine.
+            _system_config={"enable_metrics_collection": False},
         )
 
 
