@@ -13,7 +13,6 @@ scores and where it falls short.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import io
 import json
 import os
@@ -24,20 +23,17 @@ import torch
 from enlightengan.config import EnlightenGANConfig
 from enlightengan.generator import Generator
 from enlightengan.serialization import CheckpointError, write_atomic
+from enlightengan.shipped_weights import (
+    STARTER_SHA256,
+    StarterWeightsMissing,
+    model_card_path,
+    starter_weights_path,
+    verified_bytes,
+)
 
 STARTER_NAME = "starter"
 FORMAT_NAME = "enlightengan-starter-weights"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# sha256 of weights/starter.pt; a changed or damaged file is refused rather than run.
-STARTER_SHA256 = "cec54f850380f73f1a36df3f82967de06b5007c82f3b97b70fa06d104c9cd08a"
-
-
-def starter_weights_path() -> Path:
-    return Path(str(importlib.resources.files("enlightengan") / "weights" / "starter.pt"))
-
-
-def model_card_path() -> Path:
-    return starter_weights_path().with_suffix(".md")
 
 
 def weights_bytes(
@@ -85,12 +81,10 @@ def load_weights(
     path: str | os.PathLike, expected_sha256: str | None = None
 ) -> tuple[Generator, EnlightenGANConfig]:
     """Rebuild the generator (fp32, eval mode, CPU) and its config from a starter-format file."""
-    data = Path(path).read_bytes()
-    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise CheckpointError(
-            f"{path} does not match its pinned sha256: the file is damaged or was replaced; "
-            "reinstall the package"
-        )
+    try:
+        data = verified_bytes(path, expected_sha256)
+    except StarterWeightsMissing as error:
+        raise CheckpointError(str(error)) from None
     return weights_from_bytes(data, str(path))
 
 
@@ -118,18 +112,16 @@ def load_starter_generator() -> Generator:
 
 def load_starter() -> tuple[Generator, EnlightenGANConfig]:
     """The shipped starter generator and the config that trained it."""
-    path = starter_weights_path()
-    if not path.is_file():
-        raise CheckpointError(f"the starter weights are missing from the installation ({path})")
-    return load_weights(path, STARTER_SHA256)
+    return load_weights(starter_weights_path(), STARTER_SHA256)
 
 
-def write_starter_checkpoint(directory: str | os.PathLike) -> Path:
+def write_starter_checkpoint(directory: str | os.PathLike, data: bytes | None = None) -> Path:
     """Materialise the starter model as a native checkpoint directory (generator only), for
-    code that takes checkpoint directories."""
+    code that takes checkpoint directories. ``data``: a starter-format file's bytes already
+    checked by the caller (default: the shipped file, checked here)."""
     from enlightengan.checkpoint import save_checkpoint
 
-    generator, config = load_starter()
+    generator, config = load_starter() if data is None else weights_from_bytes(data)
     return save_checkpoint(
         directory,
         config=config,

@@ -18,14 +18,21 @@ from pipelines.options import STARTER_NAME
 
 # What the actors need to rebuild the generator; optimiser and discriminator state stay behind.
 CHECKPOINT_FILES_FOR_INFERENCE = ("checkpoint.json", "config.json", "generator.pt")
+# The starter model travels as its one shipped weights file under this name instead.
+STARTER_FILE = "starter.pt"
 # lasting_shared_checkpoint's values, by digest: their objects stay in the store for this driver.
 _LASTING: dict[str, SharedCheckpoint] = {}
 
 
 def stage_checkpoint(files: dict[str, bytes]) -> Path:
     """Write checkpoint files received through the object store into a local temp directory
-    (nothing assumes a disk shared with the driver)."""
+    (nothing assumes a disk shared with the driver); the starter's weights file becomes a
+    checkpoint directory like any other."""
     directory = Path(tempfile.mkdtemp(prefix="enlightengan-checkpoint-"))
+    if STARTER_FILE in files:
+        from enlightengan.starter import write_starter_checkpoint
+
+        return write_starter_checkpoint(directory, files[STARTER_FILE])
     for name, data in files.items():
         (directory / name).write_bytes(data)
     return directory
@@ -83,12 +90,12 @@ def load_checkpoint_files(uri: str, options=None) -> CheckpointFiles:
     ``checkpoint_*`` directories up to three levels down; local or ``s3://``), read the files
     inference needs and load the generator once to prove they fit. Raises one ``UserError``
     before any image work when anything is wrong."""
+    if uri is None or uri == STARTER_NAME:
+        return _starter_checkpoint_files()
     from enlightengan.checkpoint import CheckpointError, find_latest_checkpoint, load_generator
     from pipelines.errors import UserError
     from pipelines.io.storage import resolve
 
-    if uri is None or uri == STARTER_NAME:
-        return _starter_checkpoint_files()
     location = resolve(uri, options)
     try:
         if location.is_local:
@@ -123,17 +130,18 @@ def load_checkpoint_files(uri: str, options=None) -> CheckpointFiles:
 
 
 def _starter_checkpoint_files() -> CheckpointFiles:
-    """The generator shipped inside the package, as the files of a native checkpoint."""
-    from enlightengan.checkpoint import CheckpointError
-    from enlightengan.starter import model_card_path, write_starter_checkpoint
+    """The generator shipped inside the package: its one weights file, checked against the
+    pinned sha256 without torch (the actors turn it into a checkpoint; see
+    :func:`stage_checkpoint`), which keeps torch's import off the driver of a default run."""
+    from enlightengan.shipped_weights import StarterWeightsMissing, model_card_path, starter_bytes
     from pipelines.errors import UserError
 
     try:
-        directory = write_starter_checkpoint(tempfile.mkdtemp(prefix="enlightengan-starter-"))
-    except CheckpointError as error:
+        data = starter_bytes()
+    except StarterWeightsMissing as error:
         raise UserError(f"the shipped starter model cannot be loaded: {error}") from None
-    files = {name: (directory / name).read_bytes() for name in CHECKPOINT_FILES_FOR_INFERENCE}
-    return CheckpointFiles(files, f"the shipped starter model (model card: {model_card_path()})")
+    description = f"the shipped starter model (model card: {model_card_path()})"
+    return CheckpointFiles({STARTER_FILE: data}, description)
 
 
 def _read_remote(filesystem, path: str) -> bytes:

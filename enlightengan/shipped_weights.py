@@ -1,0 +1,47 @@
+"""The starter weights file shipped inside the package: where it is and the sha256 it must have.
+
+Nothing here imports torch, so a driver can check the file (and hand its bytes to the workers
+that will load it) without paying torch's import. Loading is :mod:`enlightengan.starter`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from pathlib import Path
+
+# sha256 of weights/starter.pt; a changed or damaged file is refused rather than run.
+STARTER_SHA256 = "cec54f850380f73f1a36df3f82967de06b5007c82f3b97b70fa06d104c9cd08a"
+
+
+class StarterWeightsMissing(ValueError):
+    """The shipped weights file is absent or is not the file this release pinned."""
+
+
+def starter_weights_path() -> Path:
+    return Path(str(importlib.resources.files("enlightengan") / "weights" / "starter.pt"))
+
+
+def model_card_path() -> Path:
+    return starter_weights_path().with_suffix(".md")
+
+
+def verified_bytes(path: str | Path, expected_sha256: str | None = None) -> bytes:
+    """The file's bytes, refused unless their sha256 is ``expected_sha256`` (when given)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StarterWeightsMissing(
+            f"the starter weights are missing from the installation ({path})"
+        )
+    data = path.read_bytes()
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise StarterWeightsMissing(
+            f"{path} does not match its pinned sha256: the file is damaged or was replaced; "
+            "reinstall the package"
+        )
+    return data
+
+
+def starter_bytes() -> bytes:
+    """The shipped starter weights file, checked against :data:`STARTER_SHA256`."""
+    return verified_bytes(starter_weights_path(), STARTER_SHA256)
