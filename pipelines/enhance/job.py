@@ -143,7 +143,7 @@ def run_enhance(job: EnhanceJob) -> Summary:
     with ThreadPoolExecutor(max_workers=1) as pool:
         # The checkpoint check (torch's import, a model load) runs while Ray starts, which is
         # mostly waiting for Ray's own processes: seconds off the time to the first output.
-        loading = pool.submit(_load_checkpoint, job.checkpoint, options)
+        loading = pool.submit(load_checkpoint_files, job.checkpoint, options)
         rules = key_rules(source, output, job)
         listing = ListingSource.of(source)
         if loading.done():
@@ -196,14 +196,6 @@ def run_enhance(job: EnhanceJob) -> Summary:
             "report": report,
         },
     )
-
-
-def _load_checkpoint(uri: str | None, options):
-    """:func:`load_checkpoint_files`, then Ray Data's import, which planning needs next."""
-    checkpoint = load_checkpoint_files(uri, options)
-    import ray.data  # noqa: F401
-
-    return checkpoint
 
 
 def _rows_per_block(batch_size: int) -> int:

@@ -88,8 +88,9 @@ class CheckpointFiles:
 def load_checkpoint_files(uri: str, options=None) -> CheckpointFiles:
     """Find the checkpoint at ``uri`` (a checkpoint directory or a training run root holding
     ``checkpoint_*`` directories up to three levels down; local or ``s3://``), read the files
-    inference needs and load the generator once to prove they fit. Raises one ``UserError``
-    before any image work when anything is wrong."""
+    inference needs and load the generator once to prove they fit (the shipped starter model is
+    proven by its pinned sha256 instead). Raises one ``UserError`` before any image work when
+    anything is wrong."""
     if uri is None or uri == STARTER_NAME:
         return _starter_checkpoint_files()
     from enlightengan.checkpoint import CheckpointError, find_latest_checkpoint, load_generator

@@ -105,9 +105,10 @@ def _no_api_server(self, **_) -> None:
 # max_restarts=-1 by default (ray-project/ray#57733). Those objects are owned by this driver and
 # referenced by the running operator, so a worker restarted during the run finds them; so is the
 # checkpoint inside our own arguments (inference.checkpoints.SharedCheckpoint, held by the driver
-# until the run ends). So the line only alarms users of every enhance and evaluate job. Ray has no switch for it (RAY_BACKEND_LOG_LEVEL would hide every error), so the driver
-# spends the once on an actor of its own while fd 2 goes to a temporary file, and passes on
-# anything else written there meanwhile. Ray's driver log file (python-core-driver-*.log) keeps
+# until the run ends). So the line only alarms users of every enhance and evaluate job. Ray has
+# no switch for it (RAY_BACKEND_LOG_LEVEL would hide every error), so the driver spends the once
+# on an actor of its own while fd 2 goes to a temporary file, and passes on anything else
+# written there meanwhile. Ray's driver log file (python-core-driver-*.log) keeps
 # the line, naming this class.
 ACTOR_ARGUMENTS_NOTICE = b"has constructor arguments in the object store and max_restarts > 0"
 # A resource no node has: the notice is logged when the actor is created, so it never needs a
