@@ -12,6 +12,10 @@ from pathlib import Path
 
 # sha256 of weights/starter.pt; a changed or damaged file is refused rather than run.
 STARTER_SHA256 = "cec54f850380f73f1a36df3f82967de06b5007c82f3b97b70fa06d104c9cd08a"
+# sha256 of weights/starter-discriminators.pt (the starter's global and patch discriminators,
+# for fine-tuning); None while no such file ships, and then the file is not read.
+STARTER_DISCRIMINATORS_SHA256: str | None = None
+DISCRIMINATORS_FILE_NAME = "starter-discriminators.pt"
 
 
 class StarterWeightsMissing(ValueError):
@@ -20,6 +24,10 @@ class StarterWeightsMissing(ValueError):
 
 def starter_weights_path() -> Path:
     return Path(str(importlib.resources.files("enlightengan") / "weights" / "starter.pt"))
+
+
+def starter_discriminators_path() -> Path:
+    return starter_weights_path().with_name(DISCRIMINATORS_FILE_NAME)
 
 
 def model_card_path() -> Path:
@@ -45,3 +53,12 @@ def verified_bytes(path: str | Path, expected_sha256: str | None = None) -> byte
 def starter_bytes() -> bytes:
     """The shipped starter weights file, checked against :data:`STARTER_SHA256`."""
     return verified_bytes(starter_weights_path(), STARTER_SHA256)
+
+
+def starter_discriminator_bytes() -> bytes | None:
+    """The shipped starter discriminators file checked against its pinned sha256, or None when
+    this release ships none (no pin, or no file). A file that fails its pin is refused."""
+    path = starter_discriminators_path()
+    if STARTER_DISCRIMINATORS_SHA256 is None or not path.is_file():
+        return None
+    return verified_bytes(path, STARTER_DISCRIMINATORS_SHA256)

@@ -18,6 +18,7 @@ from pipelines.options import STARTER_NAME
 
 # What the actors need to rebuild the generator; optimiser and discriminator state stay behind.
 CHECKPOINT_FILES_FOR_INFERENCE = ("checkpoint.json", "config.json", "generator.pt")
+DISCRIMINATORS_FILE = "discriminators.pt"
 # The starter model travels as its one shipped weights file under this name instead.
 STARTER_FILE = "starter.pt"
 # lasting_shared_checkpoint's values, by digest: their objects stay in the store for this driver.
@@ -85,12 +86,15 @@ class CheckpointFiles:
     description: str
 
 
-def load_checkpoint_files(uri: str, options=None) -> CheckpointFiles:
+def load_checkpoint_files(
+    uri: str, options=None, with_discriminators: bool = False
+) -> CheckpointFiles:
     """Find the checkpoint at ``uri`` (a checkpoint directory or a training run root holding
     ``checkpoint_*`` directories up to three levels down; local or ``s3://``), read the files
     inference needs and load the generator once to prove they fit (the shipped starter model is
-    proven by its pinned sha256 instead). Raises one ``UserError`` before any image work when
-    anything is wrong."""
+    proven by its pinned sha256 instead). ``with_discriminators``: also read the
+    discriminators' file where the checkpoint has one (for fine-tuning). Raises one
+    ``UserError`` before any image work when anything is wrong."""
     if uri is None or uri == STARTER_NAME:
         return _starter_checkpoint_files()
     from enlightengan.checkpoint import CheckpointError, find_latest_checkpoint, load_generator
@@ -113,21 +117,31 @@ def load_checkpoint_files(uri: str, options=None) -> CheckpointFiles:
                 f"no complete EnlightenGAN checkpoint in or under {uri}: pass a checkpoint "
                 "directory (it holds checkpoint.json) or the training run's output folder"
             )
-        if directory is not None:
-            files = {
-                name: (directory / name).read_bytes() for name in CHECKPOINT_FILES_FOR_INFERENCE
-            }
-        else:
-            files = {
-                name: _read_remote(location.filesystem, f"{found}/{name}")
-                for name in CHECKPOINT_FILES_FOR_INFERENCE
-            }
+
+        def read(name: str) -> bytes:
+            if directory is not None:
+                return (directory / name).read_bytes()
+            return _read_remote(location.filesystem, f"{found}/{name}")
+
+        files = {name: read(name) for name in CHECKPOINT_FILES_FOR_INFERENCE}
+        if with_discriminators and DISCRIMINATORS_FILE in _listed_files(files):
+            files[DISCRIMINATORS_FILE] = read(DISCRIMINATORS_FILE)
         load_generator(stage_checkpoint(files), map_location="cpu")
     except CheckpointError as error:
         raise UserError(f"checkpoint {uri} is not usable: {error}") from None
     except OSError as error:
         raise UserError(f"cannot read checkpoint {uri}: {error}") from None
     return CheckpointFiles(files, description)
+
+
+def _listed_files(files: dict[str, bytes]) -> dict:
+    """The files a checkpoint's index lists (empty when the index is not a JSON object)."""
+    try:
+        index = json.loads(files["checkpoint.json"])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    listed = index.get("files") if isinstance(index, dict) else None
+    return listed if isinstance(listed, dict) else {}
 
 
 def _starter_checkpoint_files() -> CheckpointFiles:

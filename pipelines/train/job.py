@@ -1,8 +1,9 @@
 """``enlightengan train``: EnlightenGAN on prepared shards with Ray Train (TorchTrainer, DDP).
 
 Everything is resolved and checked before any compute: the model config (defaults, then
-``--model-config FILE.json``, then ``--set section.field=value``), the data (a complete prepare run
-with both domains), the batch rule, the device and the run storage. The result is printed and
+``--model-config FILE.json``, then ``--set section.field=value``; with ``--init-from SOURCE`` the
+source's config instead of the defaults, see :mod:`enlightengan.finetune`), the data (a complete
+prepare run with both domains), the batch rule, the device and the run storage. The result is printed and
 written to ``<run>/config.json`` (resolved config plus job settings, never a secret);
 ``--dry-run`` stops there.
 
@@ -17,6 +18,7 @@ Run layout (``--output`` is a folder or an ``s3://`` prefix)::
     samples/step_XXXXXXXX.png   input | enhanced grids every --sample-every steps
     loss_curve.png              at the end
     latest_checkpoint.json      {"step": S, "path": "train/checkpoint_XXXXXXXX"}
+    init_from/                  with --init-from: the starting weights (a checkpoint at step 0)
     train/checkpoint_XXXXXXXX/  checkpoints (enlightengan.checkpoint format), last K kept
     train/...                   Ray Train's own state (resume = rerun the same command)
 """
@@ -26,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from enlightengan.config import EnlightenGANConfig
 from pipelines.errors import UserError
@@ -34,6 +36,13 @@ from pipelines.io import shards, storage
 from pipelines.io.shards import DOMAINS
 from pipelines.ops.ray_runtime import init_ray
 from pipelines.options import Summary, storage_of
+from pipelines.train.init_source import (
+    INIT_CHECKPOINT,
+    given_settings,
+    resolve_source,
+    stored_init,
+    write_init_checkpoint,
+)
 from pipelines.train.spec import TrainJob
 from pipelines.train.worker import (
     LATEST_POINTER,
@@ -66,6 +75,8 @@ class TrainPlan:
     placement_strategy: str = "PACK"
     min_workers: int | None = None
     wait_for_workers_s: float = 600.0
+    init_record: dict | None = None
+    init_source: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def elastic(self) -> bool:
@@ -88,6 +99,8 @@ class TrainPlan:
             min_workers=self.min_workers or self.workers,
             wait_for_workers_s=self.wait_for_workers_s,
         )
+        if self.init_record is not None:
+            job["init_from"] = self.init_record
         return {"config": self.config.to_dict(), "job": job}
 
 
@@ -117,9 +130,38 @@ def resolve_config(config_file: str | None, overrides: list[str]) -> EnlightenGA
         raise UserError(f"bad config: {error}") from None
 
 
+def resolve_start(job: TrainJob, run: storage.Location, options) -> tuple:
+    """(config, init record, source to write or None) of a run: from scratch, from
+    ``--init-from`` (read here, once), or from the starting weights a resumed run stored."""
+    if job.init_from is None:
+        return resolve_config(job.model_config, list(job.overrides)), None, None
+    from enlightengan.finetune import fine_tune_config, lr_origin
+
+    given = given_settings(job.model_config, options)
+    overrides = dict(parse_override(item) for item in job.overrides)
+    stored = stored_init(run)
+    shown = storage.display_uri(job.init_from)
+    if stored is not None and stored.record.get("source") != shown:
+        raise UserError(
+            f"{storage.display_uri(run.uri)} was initialised from {stored.record.get('source')}, "
+            f"not {shown}: use a new --output, or the same --init-from to resume it"
+        )
+    source = None if stored is not None else resolve_source(job.init_from, options)
+    try:
+        config = fine_tune_config(source or stored.config, given, overrides)
+    except (ValueError, TypeError) as error:
+        raise UserError(f"bad config: {error}") from None
+    if stored is not None:
+        return config, stored.record, None
+    record = {**source.record(), "lr": config.optim.lr, "lr_origin": lr_origin(given, overrides)}
+    return config, record, source
+
+
 def plan_training(job: TrainJob) -> TrainPlan:
     """Check every setting and input; raises UserError with one line saying what to fix."""
-    config = resolve_config(job.model_config, list(job.overrides))
+    options = storage_of(job)
+    run = storage.check_access(storage.resolve(job.output, options))
+    config, init_record, init_source = resolve_start(job, run, options)
     use_gpu = job.use_gpu
     if config.generator.norm == "sync_batch" and not use_gpu:
         raise UserError(
@@ -128,7 +170,6 @@ def plan_training(job: TrainJob) -> TrainPlan:
         )
     min_workers = job.workers if job.min_workers is None else job.min_workers
     global_batch = global_batch_size(config.optim.batch_size, min_workers, job.workers)
-    options = storage_of(job)
     data = storage.check_access(storage.resolve(job.data, options))
     manifest = shards.check_prepared(job.data, options)
     counts = {domain: int(manifest["domains"][domain]["written"]) for domain in DOMAINS}
@@ -141,7 +182,6 @@ def plan_training(job: TrainJob) -> TrainPlan:
     steps_per_epoch = epoch_length(counts, global_batch)
     epochs = job.epochs if job.epochs is not None else config.optim.total_epochs
     total_steps = job.steps if job.steps is not None else epochs * steps_per_epoch
-    run = storage.check_access(storage.resolve(job.output, options))
     cpus = job.cpus_per_worker if job.cpus_per_worker is not None else (1.0 if use_gpu else 0.5)
     worker = WorkerSettings(
         config=config.to_dict(),
@@ -157,6 +197,7 @@ def plan_training(job: TrainJob) -> TrainPlan:
         fail_at_step=job.fail_at_step,
         in_memory_domains=in_memory_domains(job.data, options, min_workers, job.memory_mb),
         torch_threads=job.threads_per_worker,
+        init_checkpoint=None if init_record is None else INIT_CHECKPOINT,
     )
     return TrainPlan(
         config,
@@ -173,6 +214,8 @@ def plan_training(job: TrainJob) -> TrainPlan:
         job.placement,
         min_workers,
         job.wait_for_workers,
+        init_record,
+        init_source,
     )
 
 
@@ -278,7 +321,34 @@ def _changed_settings(previous: dict, current: dict) -> list[str]:
         for key in ("data", "global_batch", "steps_per_epoch")
         if old_job.get(key) != new_job.get(key)
     ]
+    if (old_job.get("init_from") or {}).get("source") != (new_job.get("init_from") or {}).get(
+        "source"
+    ):
+        changed.append("job.init_from")
     return changed
+
+
+def start_line(plan: TrainPlan, written: bool) -> str:
+    """One line on where a fine-tune run starts (writing its starting weights first when
+    ``written`` and the run has none yet) and whether its discriminators are loaded or fresh."""
+    from enlightengan.finetune import discriminator_line
+
+    record = plan.init_record
+    where = storage.display_uri(plan.run.child(INIT_CHECKPOINT).uri)
+    if plan.init_source is None:
+        return (
+            f"train: resuming a run initialised from {record['source']} (sha256 "
+            f"{record['sha256'][:12]}...); the source is not read again; {where} holds its "
+            f"starting weights; {discriminator_line(record)}"
+        )
+    if written:
+        write_init_checkpoint(plan.run, plan.config, plan.init_source, record)
+    return (
+        f"train: initialised from {record['source']} (sha256 {record['sha256'][:12]}...): "
+        f"generator loaded, {discriminator_line(record)}; step, optimiser moments and "
+        f"learning-rate schedule start fresh, lr {record['lr']:g} ({record['lr_origin']})"
+        + (f"; starting weights in {where}" if written else "")
+    )
 
 
 def run_training(plan: TrainPlan):
@@ -361,6 +431,8 @@ def run_train(job: TrainJob) -> Summary:
     print(json.dumps(plan.describe(), indent=2, sort_keys=True))
     write_run_config(plan)
     config_uri = storage.display_uri(plan.run.child(RUN_CONFIG_FILE).uri)
+    if plan.init_record is not None:
+        print(start_line(plan, written=not job.dry_run))
     if job.dry_run:
         print(f"dry run: config written to {config_uri}")
         return Summary("train", {"dry_run": True, "config": config_uri, **plan.describe()})

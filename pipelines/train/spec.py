@@ -35,7 +35,9 @@ class TrainJob(StorageFields, RayFields):
     """Train EnlightenGAN on the shards in ``data``; checkpoints and logs go to ``output``.
 
     Field names are the flags' names with underscores (``overrides`` is ``--set``); see
-    ``enlightengan train --help``. ``precision`` auto: bf16 autocast on GPUs and on CPUs with
+    ``enlightengan train --help``. ``init_from``: fine-tune from ``"starter"``, a checkpoint or
+    training run (local or ``s3://``) or an authors'-layout ``.pth`` (see
+    :mod:`pipelines.train.init_source`). ``precision`` auto: bf16 autocast on GPUs and on CPUs with
     AMX, fp32 elsewhere (fp16 is not offered for training: the losses need bf16's range).
     """
 
@@ -47,6 +49,7 @@ class TrainJob(StorageFields, RayFields):
     threads_per_worker: int | None = None
     model_config: str | None = None
     overrides: tuple[str, ...] = ()
+    init_from: str | None = None
     steps: int | None = None
     epochs: int | None = None
     checkpoint_every: int = 500
@@ -133,6 +136,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SECTION.FIELD=VALUE",
         help="override a model config field, e.g. optim.lr=2e-4 (repeatable)",
+    )
+    model.add_argument(
+        "--init-from",
+        default=None,
+        metavar="SOURCE",
+        help="fine-tune instead of starting from random weights. SOURCE: 'starter' (the model "
+        "shipped in the package), a checkpoint folder or training run (its latest complete "
+        "checkpoint; local or s3://, as --checkpoint elsewhere), or a .pth generator in the "
+        "authors' layout (as import-official reads it). The generator's architecture and the "
+        "source's config (its recipe) come from SOURCE: --set / --model-config change the "
+        "rest, and a generator setting that contradicts SOURCE is an error. Discriminators are "
+        "loaded where SOURCE has them (a training checkpoint), fresh otherwise. The step "
+        "counter, Adam's moments and the learning-rate schedule start fresh, and optim.lr "
+        "defaults to 2e-5 (enlightengan.finetune.FINETUNE_LR) instead of 1e-4 unless given. "
+        "The source (URI, sha256) is recorded in config.json; rerunning the same command "
+        "resumes the run and never reads SOURCE again",
     )
     add_precision_arguments(model, backend=None)
     schedule = parser.add_argument_group("schedule")

@@ -75,6 +75,7 @@ class WorkerSettings:
     fail_at_step: int | None = None
     in_memory_domains: tuple[str, ...] = ()
     torch_threads: int | None = None
+    init_checkpoint: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "in_memory_domains", tuple(self.in_memory_domains))
@@ -268,6 +269,17 @@ def _latest_state(run: RunFiles) -> object | None:
     return _restore_state(ray.train.Checkpoint(location.path, filesystem=run.filesystem))
 
 
+def load_starting_weights(modules, run: RunFiles, key: str) -> list[str]:
+    """Load a fine-tune run's starting checkpoint (``<run>/<key>``, written by the driver) into
+    freshly built ``modules``; returns the networks loaded (discriminators it lacks stay
+    fresh). Only a run with no checkpoint of its own starts here."""
+    from enlightengan.finetune import apply_init_checkpoint
+
+    location = run.location(key)
+    state = _restore_state(ray.train.Checkpoint(location.path, filesystem=run.filesystem))
+    return apply_init_checkpoint(modules, state)
+
+
 def _average_over_workers(losses: dict[str, float], world_size: int) -> dict[str, float]:
     if world_size == 1:
         return losses
@@ -332,6 +344,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if restored is not None:
         for name, network in modules.trainable().items():
             network.load_state_dict(restored.network_states[name])
+    elif settings.init_checkpoint:
+        loaded = load_starting_weights(modules, run, settings.init_checkpoint)
+        if rank == 0:
+            log.info(f"train: step 0 from {settings.init_checkpoint}/: {', '.join(loaded)} loaded")
     modules.sfp.to(device)
     modules.generator = ray.train.torch.prepare_model(modules.generator)
     modules.global_d = ray.train.torch.prepare_model(modules.global_d)
