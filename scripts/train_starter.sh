@@ -4,7 +4,8 @@
 #   bash scripts/setup.sh && bash scripts/train_starter.sh [WORK_DIR]   (default ./starter-work)
 # STEPS (default 1200: about 20 minutes on 2 cores with native bf16) and PRECISION (bf16; fp32
 # on CPUs without native bf16, about twice as slow) change the run; the recipe is below and
-# BENCHMARKS.md says how it was chosen. The ship step writes enlightengan/weights/starter.pt.
+# BENCHMARKS.md says how it was chosen. The ship step writes enlightengan/weights/starter.pt
+# and, beside it, starter-discriminators.pt (the run's global and patch discriminators).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-starter-work}"
@@ -30,8 +31,9 @@ for item in "${recipe[@]}"; do settings+=(--set "$item"); done
 "$bin/enlightengan" train --data "$work/shards" --output "$work/run" --workers 1 \
     --threads-per-worker "$(nproc)" --precision "${PRECISION:-bf16}" --steps "$steps" \
     --checkpoint-every 500 --sample-every 250 "${settings[@]}"
-"$bin/python" -m pipelines.starter.ship --output "$work/run"
-# The new file's sha256 (printed above) goes into enlightengan/starter.py before the package
-# loads it as `starter`; until then the quality report scores the run's fp32 checkpoint.
+"$bin/python" -m pipelines.starter.ship --run "$work/run"
+# The new files' sha256 (printed above) go into enlightengan/shipped_weights.py (STARTER_SHA256,
+# STARTER_DISCRIMINATORS_SHA256) before the package loads them as `starter`; until then the
+# quality report scores the run's fp32 checkpoint.
 "$bin/python" benchmarks/bench_quality.py --corpus "$work/corpus" --output "$work/quality" \
     --no-starter --checkpoint "trained=$work/run"

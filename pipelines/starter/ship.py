@@ -1,10 +1,14 @@
-"""Turn a training run into the shipped starter weights file, checked before it is written.
+"""Turn a training run into the shipped starter weights files, checked before they are written.
 
 ``python -m pipelines.starter.ship --run RUN [--out enlightengan/weights/starter.pt]`` takes
 the run's latest complete checkpoint (or a checkpoint directory), stores the generator in
 ``--dtype`` (float16 by default, half the size) and refuses to write when the stored weights'
-outputs on the demo's photos fall below ``--min-psnr`` dB (45) of the fp32 checkpoint's. It
-prints the file's sha256 for ``enlightengan.starter.STARTER_SHA256`` and the PSNR it measured.
+outputs on the demo's photos fall below ``--min-psnr`` dB (45) of the fp32 checkpoint's. When the
+checkpoint holds the two discriminators (a training checkpoint does), they go into
+``starter-discriminators.pt`` beside the generator's file, in the same ``--dtype``
+(:func:`enlightengan.starter.discriminator_weights_bytes`), for fine-tuning. It prints each
+file's sha256, to pin in :mod:`enlightengan.shipped_weights` (``STARTER_SHA256`` and
+``STARTER_DISCRIMINATORS_SHA256``), and the PSNR it measured.
 """
 
 from __future__ import annotations
@@ -16,10 +20,22 @@ from pathlib import Path
 
 import numpy as np
 
-from enlightengan.checkpoint import find_latest_checkpoint, load_checkpoint
+from enlightengan.checkpoint import (
+    DISCRIMINATOR_NAMES,
+    Checkpoint,
+    find_latest_checkpoint,
+    load_checkpoint,
+)
 from enlightengan.inference import Enhancer, EnhancerSettings
 from enlightengan.metrics import psnr
-from enlightengan.starter import starter_weights_path, weights_bytes, weights_from_bytes
+from enlightengan.shipped_weights import DISCRIMINATORS_FILE_NAME
+from enlightengan.starter import (
+    discriminator_weights_bytes,
+    discriminators_from_bytes,
+    starter_weights_path,
+    weights_bytes,
+    weights_from_bytes,
+)
 from pipelines.demo.sample_photos import darken, demo_originals
 
 
@@ -36,15 +52,49 @@ def stored_weights_psnr(generator, stored) -> float:
     return min(psnr(a, b) for a, b in zip(candidate, reference, strict=True))
 
 
-def main(argv: list[str] | None = None) -> int:
+def discriminators_bytes(checkpoint: Checkpoint, dtype: str) -> bytes | None:
+    """The checkpoint's global and patch discriminators as one starter-format file (checked by
+    reading it back), or None when the checkpoint holds none (e.g. an exported generator)."""
+    from enlightengan.discriminator import build_discriminators
+
+    if not all(name in checkpoint.network_states for name in DISCRIMINATOR_NAMES):
+        return None
+    modules = build_discriminators(checkpoint.config.discriminator)
+    for name, module in zip(DISCRIMINATOR_NAMES, modules, strict=True):
+        module.load_state_dict(checkpoint.network_states[name])
+    data = discriminator_weights_bytes(*modules, checkpoint.config, dtype)
+    discriminators_from_bytes(data)
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.starter.ship", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--run", required=True, help="training run folder or checkpoint dir")
-    parser.add_argument("--out", type=Path, default=starter_weights_path(), help="weights file")
+    parser.add_argument(
+        "--run", help="training run folder (train's --run / --output) or checkpoint dir"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=starter_weights_path(),
+        help="generator weights file; the discriminators go beside it as "
+        f"{DISCRIMINATORS_FILE_NAME}",
+    )
+    # train calls the run folder --output too; here that name would read as the file written.
+    parser.add_argument("--output", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float16")
     parser.add_argument("--min-psnr", type=float, default=45.0, help="dB against fp32")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.output is not None:
+        parser.error("--output: name the training run with --run (the weights file is --out)")
+    if args.run is None:
+        parser.error("the following arguments are required: --run")
     directory = find_latest_checkpoint(args.run)
     if directory is None:
         print(f"error: no complete checkpoint in or under {args.run}", file=sys.stderr)
@@ -61,9 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     if measured < args.min_psnr:
         print(f"error: below {args.min_psnr} dB; ship float32 instead", file=sys.stderr)
         return 1
+    discriminators = discriminators_bytes(checkpoint, args.dtype)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(data)
-    print(f"written {args.out}; sha256 {hashlib.sha256(data).hexdigest()}")
+    print(f"written {args.out}; sha256 {hashlib.sha256(data).hexdigest()} (STARTER_SHA256)")
+    beside = args.out.with_name(DISCRIMINATORS_FILE_NAME)
+    if discriminators is None:
+        print("no discriminators in the checkpoint: generator only")
+        if beside.exists():  # they belonged to another generator
+            beside.unlink()
+            print(f"removed {beside}, the discriminators of the generator it replaced")
+        return 0
+    beside.write_bytes(discriminators)
+    print(
+        f"written {beside} ({args.dtype}, {len(discriminators) / 1e6:.1f} MB); sha256 "
+        f"{hashlib.sha256(discriminators).hexdigest()} (STARTER_DISCRIMINATORS_SHA256)"
+    )
     return 0
 
 
