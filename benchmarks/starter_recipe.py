@@ -9,6 +9,11 @@ settings tried and what each gave, e.g.:
 
     python benchmarks/starter_recipe.py --data starter-shards --corpus starter-corpus \\
         --minutes 6 generator.base_channels=16 loss.exposure=1 loss.exposure_patch_size=64
+
+``--init-from`` starts the generator from a starter-format weights file (a fine-tune, as
+``enlightengan train --init-from`` does; discriminators fresh); ``--real FOLDER`` also scores
+a folder of real dark photos (NIQE, luma, HSV saturation; no references), e.g. DICM as the
+validation set; ``--save`` keeps the generator as a starter-format file for later scoring.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from bench_quality import (  # noqa: E402
 
 from enlightengan.augment import make_training_batch  # noqa: E402
 from enlightengan.config import EnlightenGANConfig  # noqa: E402
+from enlightengan.metrics import niqe  # noqa: E402
+from enlightengan.starter import load_weights, save_weights  # noqa: E402
 from enlightengan.training import (  # noqa: E402
     build_modules,
     build_optimizers,
@@ -56,6 +63,33 @@ def read_domain(shards: Path, domain: str) -> list[np.ndarray]:
     return images
 
 
+def hsv_saturation(rgb: np.ndarray) -> float:
+    """Mean HSV saturation on a 0-255 scale."""
+    values = rgb.astype(np.float32)
+    high, low = values.max(axis=2), values.min(axis=2)
+    return float(np.mean(np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0.0)) * 255)
+
+
+def score_real(folder: Path, variants: dict) -> dict[str, dict[str, float]]:
+    """Mean NIQE, luma and HSV saturation of each variant on a folder of real dark photos."""
+    from pipelines.inference.scores import luma_mean
+
+    photos = [
+        np.asarray(Image.open(path).convert("RGB"))
+        for path in sorted(folder.iterdir())
+        if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")
+    ]
+    means = {}
+    for name, variant in variants.items():
+        results = variant(photos)
+        means[name] = {
+            "niqe": float(np.mean([niqe(result) for result in results])),
+            "luma": float(np.mean([luma_mean(result) for result in results])),
+            "saturation": float(np.mean([hsv_saturation(result) for result in results])),
+        }
+    return means
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="prepared starter shards")
@@ -66,6 +100,12 @@ def main() -> None:
     parser.add_argument("--sheet", type=Path, help="also write the held-out contact sheet here")
     parser.add_argument(
         "--probe", action="store_true", help="only time 4 steps on random crops, then stop"
+    )
+    parser.add_argument("--init-from", type=Path, help="starter-format weights to fine-tune")
+    parser.add_argument("--real", type=Path, help="a folder of real dark photos to score")
+    parser.add_argument("--save", type=Path, help="write the generator here (starter format)")
+    parser.add_argument(
+        "--score-only", action="store_true", help="score --init-from without training"
     )
     parser.add_argument("overrides", nargs="*", help="section.field=value")
     args = parser.parse_args()
@@ -78,6 +118,11 @@ def main() -> None:
     )
     torch.manual_seed(config.seed)
     modules = build_modules(config, build_vgg_features(None, flavour=config.loss.vgg_flavour))
+    if args.init_from is not None:
+        source, source_config = load_weights(args.init_from)
+        if source_config.generator != config.generator:
+            parser.error(f"--init-from has generator {source_config.generator}")
+        modules.generator.load_state_dict(source.state_dict())
     optimizers = build_optimizers(modules, config.optim)
     pick_rng, step_rng = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     batch, budget = config.optim.batch_size, args.minutes * 60
@@ -97,7 +142,7 @@ def main() -> None:
         return
     low, normal = read_domain(args.data, "low"), read_domain(args.data, "normal")
     started, step = time.perf_counter(), 0
-    while (elapsed := time.perf_counter() - started) < budget:
+    while not args.score_only and (elapsed := time.perf_counter() - started) < budget:
         fraction = min(1.0, 2.0 * (1.0 - elapsed / budget))
         set_learning_rate(optimizers, config.optim.lr * fraction)
         low_picks = torch.randint(0, len(low), (batch,), generator=pick_rng).tolist()
@@ -112,6 +157,9 @@ def main() -> None:
         if step % 100 == 0:
             print(f"step {step} {elapsed:.0f} s g_total {losses['g_total']:.3f}", flush=True)
     seconds_per_step = (time.perf_counter() - started) / max(step, 1)
+    modules.generator.eval()
+    if args.save is not None:
+        save_weights(args.save, modules.generator, config)
     variants = {**baseline_variants(), "model": model_variant(modules.generator)}
     photos = holdout_set(args.corpus)
     means, outputs = score_set(photos, variants)
@@ -120,6 +168,11 @@ def main() -> None:
     print(f"settings: {' '.join(args.overrides)} bf16={args.bf16}")
     print(f"{step} steps in {args.minutes:.1f} min ({seconds_per_step:.2f} s/step)")
     print(format_table("holdout, darkened x**2.2 * 0.25", means))
+    if args.real is not None:
+        real = score_real(args.real, {"model": variants["model"]})["model"]
+        print(
+            f"real photos ({args.real.name}): " + ", ".join(f"{k} {v:.3f}" for k, v in real.items())
+        )
 
 
 if __name__ == "__main__":

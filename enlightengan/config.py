@@ -131,6 +131,11 @@ class LossConfig:
         exposure_input_power: ``None`` (Zero-DCE): one fixed target for every window. A number
             p: each window's target is the low-light input's window mean to the power 1/p,
             capped at ``exposure_target``, so dark content brightens and black stays darkish.
+        exposure_never_darken: with ``exposure_input_power``, a window's target is never below
+            its own input mean, so lit regions and photos that are only a little dark are not
+            pulled down to ``exposure_target``.
+        saturation: weight of a saturation cap (this project's): a window of the output may not
+            be more saturated (HSV) than the same window of the input; 0 leaves it out.
         chroma: weight of a chroma-preserving term (this project's): the output's windowed
             chromaticity should match the input's, black input windows counting as grey; 0
             leaves it out.
@@ -152,6 +157,8 @@ class LossConfig:
     exposure_target: float = 0.6
     exposure_patch_size: int = 16
     exposure_input_power: float | None = None
+    exposure_never_darken: bool = False
+    saturation: float = 0.0
     chroma: float = 0.0
     color_constancy: float = 0.0
 
@@ -167,6 +174,7 @@ class LossConfig:
             "exposure",
             "color_constancy",
             "chroma",
+            "saturation",
         ):
             _require(getattr(self, name) >= 0, f"loss.{name} must be >= 0")
         _require(0.0 < self.exposure_target < 1.0, "loss.exposure_target must be in (0, 1)")

@@ -121,15 +121,22 @@ class ExposureControlLoss:
 
     With ``input_power`` p (this project's variant), each window's target follows the
     low-light input instead: its input mean to the power 1/p, capped at ``target``. A black
-    window then stays dark rather than being filled with invented light and colour.
+    window then stays dark rather than being filled with invented light and colour. With
+    ``never_darken`` as well, a window already brighter than that target (a lamp, a lit window,
+    a photo only a little dark) keeps its own mean as the target instead of being pulled down.
     """
 
     def __init__(
-        self, target: float = 0.6, patch_size: int = 16, input_power: float | None = None
+        self,
+        target: float = 0.6,
+        patch_size: int = 16,
+        input_power: float | None = None,
+        never_darken: bool = False,
     ) -> None:
         self.target = target
         self.patch_size = patch_size
         self.input_power = input_power
+        self.never_darken = never_darken
 
     def __call__(self, images: torch.Tensor, low_light: torch.Tensor | None = None) -> torch.Tensor:
         size = min(self.patch_size, *images.shape[-2:])
@@ -140,6 +147,8 @@ class ExposureControlLoss:
             raise ValueError("an input-following exposure target needs the low-light input")
         input_means = F.avg_pool2d(_intensity(low_light), size).clamp(min=0.0)
         targets = (input_means ** (1.0 / self.input_power)).clamp(max=self.target)
+        if self.never_darken:
+            targets = torch.maximum(targets, input_means)
         return (means - targets).abs().mean()
 
 
@@ -169,3 +178,28 @@ class ChromaPreservingLoss:
     def _chromaticity(self, images: torch.Tensor, size: int) -> torch.Tensor:
         rgb = F.avg_pool2d(((images.float() + 1.0) / 2.0).clamp(min=0.0), size) + self.eps
         return rgb / rgb.sum(dim=1, keepdim=True)
+
+
+class SaturationCapLoss:
+    """Keep the output no more saturated than its input (this project's term, in neither paper).
+
+    Both images are averaged over ``patch_size`` windows in [0, 1] space; a window's saturation
+    is HSV's (max - min) / (max + eps) of its mean colour. The loss is the mean of
+    relu(S_output - S_input): brightening may keep or lower saturation (as a tone curve does)
+    but not add to it, which a GAN trained towards vivid normal-light photos otherwise learns.
+    ``eps`` makes a black input window count as grey.
+    """
+
+    def __init__(self, patch_size: int = 8, eps: float = 0.02) -> None:
+        self.patch_size = patch_size
+        self.eps = eps
+
+    def __call__(self, enhanced: torch.Tensor, low_light: torch.Tensor) -> torch.Tensor:
+        size = min(self.patch_size, *enhanced.shape[-2:])
+        excess = self._saturation(enhanced, size) - self._saturation(low_light, size)
+        return F.relu(excess).mean()
+
+    def _saturation(self, images: torch.Tensor, size: int) -> torch.Tensor:
+        rgb = F.avg_pool2d(((images.float() + 1.0) / 2.0).clamp(min=0.0), size)
+        high, low = rgb.amax(dim=1), rgb.amin(dim=1)
+        return (high - low) / (high + self.eps)

@@ -27,6 +27,7 @@ from enlightengan.losses import (
     ExposureControlLoss,
     LeastSquaresGAN,
     RelativisticAverageLSGAN,
+    SaturationCapLoss,
     SelfFeaturePreservingLoss,
 )
 
@@ -44,6 +45,7 @@ OPTIONAL_LOSS_TERMS = {
     "g_exposure": "exposure",
     "g_color": "color_constancy",
     "g_chroma": "chroma",
+    "g_saturation": "saturation",
 }
 
 
@@ -218,7 +220,10 @@ def training_step(
         extra = {}
         if weights.exposure > 0:
             exposure = ExposureControlLoss(
-                weights.exposure_target, weights.exposure_patch_size, weights.exposure_input_power
+                weights.exposure_target,
+                weights.exposure_patch_size,
+                weights.exposure_input_power,
+                weights.exposure_never_darken,
             )
             extra["g_exposure"] = exposure(enhanced, low)
             g_total = g_total + weights.exposure * extra["g_exposure"]
@@ -228,6 +233,9 @@ def training_step(
         if weights.chroma > 0:
             extra["g_chroma"] = ChromaPreservingLoss()(enhanced, low)
             g_total = g_total + weights.chroma * extra["g_chroma"]
+        if weights.saturation > 0:
+            extra["g_saturation"] = SaturationCapLoss()(enhanced, low)
+            g_total = g_total + weights.saturation * extra["g_saturation"]
     optimizers.generator.zero_grad(set_to_none=True)
     g_total.backward()
     optimizers.generator.step()

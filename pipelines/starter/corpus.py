@@ -78,17 +78,23 @@ class Degradation:
     jpeg_quality: int
 
 
-def sample_degradation(rng: np.random.Generator) -> Degradation:
+EXPOSURE_RANGE = (1 / 64, 1 / 4)
+
+
+def sample_degradation(
+    rng: np.random.Generator, exposure_range: tuple[float, float] = EXPOSURE_RANGE
+) -> Degradation:
     """A random camera-like under-exposure, deliberately unlike the demo's ``x**2.2 * 0.25``.
 
-    Exposure is drawn log-uniformly between 1/64 and 1/4 of the light (2 to 6 stops under),
+    Exposure is drawn log-uniformly from ``exposure_range`` (default 1/64 to 1/4 of the light,
+    2 to 6 stops under; 1/2 as the upper end adds photos that are only a little dark),
     then a tone curve ``display ** gamma`` with gamma in [0.9, 1.8] (from a flat camera curve
     to crushed shadows, as phone JPEGs of night scenes have), a slight white-balance cast,
     Poisson-Gaussian sensor noise (shot noise variance proportional to the signal, plus read
     noise) and JPEG compression.
     """
     return Degradation(
-        exposure=float(np.exp(rng.uniform(np.log(1 / 64), np.log(1 / 4)))),
+        exposure=float(np.exp(rng.uniform(*np.log(exposure_range)))),
         gamma=float(rng.uniform(0.9, 1.8)),
         gains=tuple(float(g) for g in rng.uniform(0.88, 1.12, size=3)),
         shot_noise=float(rng.uniform(2e-4, 3e-3)),
@@ -115,6 +121,16 @@ def degrade_low_light(rgb: np.ndarray, degradation: Degradation, rng: np.random.
     display = linear_to_srgb(linear) ** degradation.gamma
     pixels = np.clip(np.round(display * 255.0), 0, 255).astype(np.uint8)
     return encode(pixels, "JPEG", quality=degradation.jpeg_quality)
+
+
+def desaturate(rgb: np.ndarray, saturation: float) -> np.ndarray:
+    """Scale each pixel's distance from its Rec. 601 luma by ``saturation`` (1: unchanged)."""
+    if saturation == 1.0:
+        return rgb
+    values = rgb.astype(np.float64)
+    luma = values @ np.array([0.299, 0.587, 0.114])
+    mixed = luma[..., None] + saturation * (values - luma[..., None])
+    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
 
 def views(rgb: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -159,8 +175,19 @@ def _load_rgb(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def build_corpus(out: Path, cache: Path, seed: int = 0) -> dict:
-    """Write the corpus under ``out`` (replacing it); returns the record also saved as JSON."""
+def build_corpus(
+    out: Path,
+    cache: Path,
+    seed: int = 0,
+    exposure_range: tuple[float, float] = EXPOSURE_RANGE,
+    normal_saturation: float = 1.0,
+) -> dict:
+    """Write the corpus under ``out`` (replacing it); returns the record also saved as JSON.
+
+    ``exposure_range`` bounds the synthetic low-light exposures; ``normal_saturation`` scales
+    the normal-light photos' saturation (wallpapers are edited to be vivid, and a GAN learns
+    its target domain's look). The held-out photos are never changed.
+    """
     photos = read_photo_list()
     root = unpack_packages([photo.package for photo in photos], cache)
     if out.exists():
@@ -178,19 +205,20 @@ def build_corpus(out: Path, cache: Path, seed: int = 0) -> dict:
             key = f"{photo.name}_{view_name}.jpg"
             record = {**source, "role": photo.role, "view": view_name}
             if photo.role == "synthetic-low":
-                degradation = sample_degradation(rng)
+                degradation = sample_degradation(rng, exposure_range)
                 _write(out / "low" / "synthetic" / key, degrade_low_light(view, degradation, rng))
                 files.append({**record, "file": f"low/synthetic/{key}", **asdict(degradation)})
             elif photo.role == "real-low":
                 _write(out / "low" / "real" / key, encode(view, "JPEG", quality=95))
                 files.append({**record, "file": f"low/real/{key}"})
             else:
-                _write(out / "normal" / key, encode(view, "JPEG", quality=95))
+                normal = desaturate(view, normal_saturation)
+                _write(out / "normal" / key, encode(normal, "JPEG", quality=95))
                 files.append({**record, "file": f"normal/{key}"})
     for name in WHEEL_NORMAL:
         _write(
             out / "normal" / "wheels" / f"{name}.jpg",
-            encode(_fit(wheel_photo(name)), "JPEG", quality=95),
+            encode(desaturate(_fit(wheel_photo(name)), normal_saturation), "JPEG", quality=95),
         )
         files.append(
             {
@@ -201,7 +229,13 @@ def build_corpus(out: Path, cache: Path, seed: int = 0) -> dict:
                 "file": f"normal/wheels/{name}.jpg",
             }
         )
-    record = {"seed": seed, "list": LIST_FILE.name, "files": files}
+    record = {
+        "seed": seed,
+        "list": LIST_FILE.name,
+        "exposure_range": list(exposure_range),
+        "normal_saturation": normal_saturation,
+        "files": files,
+    }
     (out / "corpus.json").write_text(json.dumps(record, indent=2))
     (out / "README.md").write_text(_readme(photos, files))
     return record
@@ -244,20 +278,41 @@ def main(argv: list[str] | None = None) -> int:
         description="Assemble the starter model's unpaired corpus from Debian wallpaper "
         "packages (apt-get download + dpkg -x; needs apt-get and dpkg).",
     )
-    parser.add_argument("--out", default="starter-corpus", help="output folder (replaced)")
+    parser.add_argument(
+        "--output", "--out", default="starter-corpus", help="output folder (replaced)"
+    )
     parser.add_argument(
         "--cache",
         default=str(Path.home() / ".cache" / "enlightengan" / "corpus-debs"),
         help="where the downloaded and unpacked packages are kept",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the degradations")
+    parser.add_argument(
+        "--low-exposure",
+        type=float,
+        nargs=2,
+        default=EXPOSURE_RANGE,
+        metavar=("MIN", "MAX"),
+        help="range of the synthetic low-light exposures, as fractions of the light",
+    )
+    parser.add_argument(
+        "--normal-saturation",
+        type=float,
+        default=1.0,
+        help="scale of the normal-light photos' saturation (1: as published)",
+    )
     args = parser.parse_args(argv)
+    low, high = args.low_exposure
+    if not 0 < low <= high <= 1 or args.normal_saturation < 0:
+        parser.error("--low-exposure needs 0 < MIN <= MAX <= 1; --normal-saturation >= 0")
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         print("error: apt-get and dpkg are needed (a Debian or Ubuntu machine)", file=sys.stderr)
         return 2
-    record = build_corpus(Path(args.out), Path(args.cache), args.seed)
+    record = build_corpus(
+        Path(args.output), Path(args.cache), args.seed, (low, high), args.normal_saturation
+    )
     roles = {role: sum(1 for f in record["files"] if f["role"] == role) for role in ROLES}
-    print(f"starter corpus in {args.out}: {roles}")
+    print(f"starter corpus in {args.output}: {roles}")
     return 0
 
 

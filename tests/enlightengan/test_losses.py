@@ -6,6 +6,7 @@ from enlightengan.losses import (
     ExposureControlLoss,
     LeastSquaresGAN,
     RelativisticAverageLSGAN,
+    SaturationCapLoss,
     SelfFeaturePreservingLoss,
 )
 from tests.enlightengan.two_ranks import (
@@ -165,3 +166,34 @@ def test_chroma_term_allows_brightening_but_not_a_new_colour():
     blue = torch.full((1, 3, 8, 8), -0.6)
     blue[:, 2] = 0.4
     assert float(loss(blue, black)) > 0.1  # blue light on black: penalised
+
+
+def test_never_darken_keeps_a_lit_window_at_its_own_brightness():
+    low = torch.full((1, 3, 8, 8), -1.0)
+    low[..., 4:] = 2 * 0.9 - 1  # a black half beside a lamp at 0.9, above the 0.6 cap
+    unchanged = low.clone()
+    capped = ExposureControlLoss(target=0.6, patch_size=4, input_power=3.0)
+    kept = ExposureControlLoss(target=0.6, patch_size=4, input_power=3.0, never_darken=True)
+    assert float(capped(unchanged, low)) == pytest.approx(0.3 / 2, rel=1e-5)  # lamp pulled down
+    assert float(kept(unchanged, low)) == pytest.approx(0.0, abs=1e-6)
+    darker_lamp = unchanged.clone()
+    darker_lamp[..., 4:] = 2 * 0.6 - 1
+    assert float(kept(darker_lamp, low)) == pytest.approx(0.3 / 2, rel=1e-5)
+
+
+def test_saturation_cap_allows_grey_brightening_and_penalises_added_colour():
+    loss = SaturationCapLoss(patch_size=4)
+    low = torch.full((1, 3, 8, 8), -0.8)
+    low[:, 0] = -0.7  # dim, a little red: saturation 0.05 / 0.17
+    same_hue_brighter = (low + 1) * 3 - 1
+    # eps counts the dim input as a little greyer than its hue: a small, known excess
+    expected = 0.15 / (0.45 + 0.02) - 0.05 / (0.15 + 0.02)
+    assert float(loss(same_hue_brighter, low)) == pytest.approx(expected, rel=1e-4)
+    greyer = torch.full((1, 3, 8, 8), 0.0)
+    assert float(loss(greyer, low)) == pytest.approx(0.0, abs=1e-7)
+    vivid = torch.full((1, 3, 8, 8), -1.0)
+    vivid[:, 0] = 0.6  # pure red at 0.8: saturation 1
+    assert float(loss(vivid, low)) > 0.6
+    gradient_target = vivid.clone().requires_grad_(True)
+    loss(gradient_target, low).backward()
+    assert gradient_target.grad.abs().sum() > 0

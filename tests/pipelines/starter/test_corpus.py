@@ -15,6 +15,7 @@ from pipelines.starter.corpus import (
     ROLES,
     WHEEL_NORMAL,
     degrade_low_light,
+    desaturate,
     linear_to_srgb,
     read_photo_list,
     sample_degradation,
@@ -70,6 +71,22 @@ def test_degradations_cover_a_range_of_exposures():
     rng = np.random.default_rng(0)
     exposures = [sample_degradation(rng).exposure for _ in range(200)]
     assert 1 / 64 <= min(exposures) < 1 / 40 and 1 / 5 < max(exposures) <= 1 / 4
+
+
+def test_exposure_range_is_a_setting():
+    rng = np.random.default_rng(0)
+    exposures = [sample_degradation(rng, (1 / 16, 1 / 2)).exposure for _ in range(200)]
+    assert 1 / 16 <= min(exposures) < 1 / 12 and 1 / 2.5 < max(exposures) <= 1 / 2
+
+
+def test_desaturate_scales_colour_around_luma_and_keeps_grey():
+    photo = fit_within(wheel_photo("chelsea"), 120, 80)
+    assert desaturate(photo, 1.0) is photo
+    grey = desaturate(photo, 0.0).astype(np.int16)
+    assert np.abs(grey - grey[..., :1]).max() <= 1
+    half = desaturate(photo, 0.5).astype(np.float64)
+    spread = photo.astype(np.float64).std(axis=-1).mean()
+    assert half.std(axis=-1).mean() == pytest.approx(spread / 2, rel=0.05)
 
 
 def test_views_are_the_frame_and_four_corners_fitted_to_600x400():
