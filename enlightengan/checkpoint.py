@@ -234,6 +234,22 @@ def load_checkpoint(directory: str | os.PathLike, map_location: Any = "cpu") -> 
     )
 
 
+def load_networks(directory: str | os.PathLike, map_location: Any = "cpu") -> Checkpoint:
+    """The config and the networks' weights (generator, and the discriminators where stored)
+    of a checkpoint, as a :class:`Checkpoint` without optimiser, trainer or RNG state.
+
+    Reads only the index, config, generator and discriminators files, so it also works on a
+    copy holding just those (a fine-tune's source fetched from a bucket).
+    """
+    directory = Path(directory)
+    index = _read_index(directory)
+    config = _read_config(directory, index)
+    network_states = {"generator": _load_torch_file(directory, index, GENERATOR_FILE, map_location)}
+    if DISCRIMINATORS_FILE in index["files"]:
+        network_states.update(_load_torch_file(directory, index, DISCRIMINATORS_FILE, map_location))
+    return Checkpoint(directory=directory, config=config, network_states=network_states)
+
+
 def load_generator(directory: str | os.PathLike, map_location: Any = "cpu") -> Generator:
     """Build the generator from the stored config and weights, in eval mode.
 

@@ -126,9 +126,9 @@ def starter_source() -> InitSource:
 def checkpoint_source(
     checkpoint: Checkpoint, uri: str, index: Mapping[str, Any], resolved: str | None = None
 ) -> InitSource:
-    """A native checkpoint (read by :func:`enlightengan.checkpoint.load_checkpoint`); ``index``
-    is its ``checkpoint.json``, whose sha256s identify the weights; ``resolved``: which
-    checkpoint ``uri`` named (a training run names its latest)."""
+    """A native checkpoint (its networks, as :func:`enlightengan.checkpoint.load_networks`
+    reads them); ``index`` is its ``checkpoint.json``, whose sha256s identify the weights;
+    ``resolved``: which checkpoint ``uri`` named (a training run names its latest)."""
     states = checkpoint.network_states
     has_discriminators = all(name in states for name in DISCRIMINATOR_NAMES)
     files = index["files"]

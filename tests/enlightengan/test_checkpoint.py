@@ -19,6 +19,7 @@ from enlightengan.checkpoint import (
     latest_checkpoint_in,
     load_checkpoint,
     load_generator,
+    load_networks,
     load_official_generator,
     official_state_dict,
     save_checkpoint,
@@ -120,6 +121,36 @@ def test_save_load_reproduces_outputs_and_all_states(tmp_path, tiny):
         opt.step()
     for original, resumed in zip(global_d.parameters(), fresh_d.parameters(), strict=True):
         assert torch.equal(original, resumed)
+
+
+def test_load_networks_reads_a_copy_that_holds_only_the_networks(tmp_path, tiny):
+    """What a fine-tune fetches of its source: index, config, generator, discriminators."""
+    config, generator = tiny
+    global_d, patch_d = build_discriminators(config.discriminator)
+    networks = {"generator": generator, "global_d": global_d, "patch_d": patch_d}
+    optimizer = torch.optim.Adam(global_d.parameters())
+    full = save_checkpoint(
+        tmp_path / "full",
+        config=config,
+        networks=networks,
+        optimizers={"global_d": optimizer},
+        trainer_state={"step": 40},
+        rng_state={"torch": torch.get_rng_state()},
+    )
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("checkpoint.json", "config.json", "generator.pt", "discriminators.pt"):
+        (copy / name).write_bytes((full / name).read_bytes())
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(copy)
+    loaded = load_networks(copy)
+    assert loaded.config == config and loaded.trainer_state == {} and not loaded.optimizer_states
+    for name, module in networks.items():
+        stored = loaded.network_states[name]
+        assert all(torch.equal(stored[key], value) for key, value in module.state_dict().items())
+    (copy / "discriminators.pt").write_bytes(b"damaged")
+    with pytest.raises(CheckpointError):
+        load_networks(copy)
 
 
 def test_missing_index_means_incomplete(tmp_path, tiny):

@@ -4,6 +4,8 @@ SeaweedFS and real photos prepared by ``enlightengan prepare``; tiny model setti
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import math
 import os
@@ -17,7 +19,7 @@ import pytest
 import torch
 
 from enlightengan.augment import make_training_batch
-from enlightengan.checkpoint import load_checkpoint
+from enlightengan.checkpoint import load_checkpoint, save_checkpoint
 from enlightengan.config import tiny_config
 from enlightengan.training import (
     LOSS_TERMS,
@@ -31,7 +33,7 @@ from enlightengan.training import (
 from enlightengan.vgg import build_vgg_features
 from pipelines.cli import main
 from pipelines.io import storage
-from pipelines.io.images import decode_png
+from pipelines.io.images import decode_image, decode_png
 from pipelines.ops.local_services import session_members
 from pipelines.prepare.job import prepare
 from pipelines.train.worker import augment_generator
@@ -243,6 +245,172 @@ def test_missing_data_and_missing_credentials_exit_2(prepared_bucket, tmp_path, 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     assert main(_train_args(prepared_bucket, str(tmp_path / "run"))) == 2
+
+
+# A fine-tune run: 3 steps at the tiny lr (an epoch: 5 low images at batch 2), then, resumed,
+# 2 steps of the next epoch, where the schedule (0 constant + 1 decay epoch) is at lr 0.
+FINETUNE_SCHEDULE = {"optim.epochs_constant": 0, "optim.epochs_decay": 1}
+
+
+def _download(location: storage.Location, folder: Path) -> Path:
+    for key in storage.list_files(location, extensions=None):
+        (folder / key).parent.mkdir(parents=True, exist_ok=True)
+        (folder / key).write_bytes(storage.read_bytes(location.child(key)))
+    return folder
+
+
+def _parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable weights only: BatchNorm's running statistics move with every forward."""
+    return {name: value.detach().clone() for name, value in module.named_parameters()}
+
+
+def _trainable(checkpoint) -> dict[str, dict[str, torch.Tensor]]:
+    """The trainable weights of a checkpoint's three networks."""
+    from enlightengan.discriminator import build_discriminators
+
+    built = build_discriminators(checkpoint.config.discriminator)
+    modules = dict(zip(("global_d", "patch_d"), built, strict=True))
+    for name, module in modules.items():
+        module.load_state_dict(checkpoint.network_states[name])
+    modules["generator"] = checkpoint.build_generator()
+    return {name: _parameters(module) for name, module in modules.items()}
+
+
+def _largest_difference(left: dict, right: dict) -> float:
+    return max(float((left[name] - right[name]).abs().max()) for name in left)
+
+
+@pytest.fixture(scope="module")
+def finetune_run(prepared_bucket, aws_environment, tmp_path_factory):
+    """``train --init-from`` a checkpoint in the bucket (tiny generator and discriminators with
+    seed-7 weights, not the seed the run would draw): 3 steps; then the source is deleted and
+    the same command with ``--steps 5`` resumes. Returns what each run printed."""
+    from enlightengan.discriminator import build_discriminators
+    from enlightengan.generator import Generator
+
+    torch.manual_seed(7)
+    generator = Generator(TINY.generator)
+    for module in generator.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # trained-looking statistics
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    global_d, patch_d = build_discriminators(TINY.discriminator)
+    networks = {"generator": generator.eval(), "global_d": global_d, "patch_d": patch_d}
+    local = save_checkpoint(
+        tmp_path_factory.mktemp("source") / "checkpoint", config=TINY, networks=networks
+    )
+    root = prepared_bucket.rsplit("/", 1)[0]
+    source = storage.resolve(f"{root}/sources/finetune-source")
+    for path in local.iterdir():
+        storage.write_bytes(source.child(path.name), path.read_bytes())
+    run = storage.resolve(f"{root}/runs/finetune")
+
+    def train(steps: int) -> str:
+        args = ["--workers", "1", "--steps", str(steps), "--checkpoint-every", "3"]
+        args += ["--sample-every", "0", "--init-from", source.uri]
+        args += [item for k, v in FINETUNE_SCHEDULE.items() for item in ("--set", f"{k}={v}")]
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(_train_args(prepared_bucket, run.uri, *args)) == 0
+        return printed.getvalue()
+
+    first = train(3)
+    first_checkpoint = _download(
+        run.child("train/checkpoint_00000003"), tmp_path_factory.mktemp("3")
+    )
+    storage.delete_prefix(source)  # a resumed run must not need its source any more
+    resumed = train(5)
+    return {
+        "source": source.uri,
+        "source_dir": local,
+        "networks": networks,
+        "run": run,
+        "first": first,
+        "first_checkpoint": first_checkpoint,
+        "resumed": resumed,
+    }
+
+
+def test_init_from_a_checkpoint_in_the_bucket_starts_from_its_exact_weights(
+    finetune_run, photo_dataset, tmp_path
+):
+    from enlightengan.generator import Generator
+    from enlightengan.inference import Enhancer
+
+    run, networks = finetune_run["run"], finetune_run["networks"]
+    shown = finetune_run["source"]
+    # one line: where it starts, and that the discriminators come from the source
+    (line,) = [line for line in finetune_run["first"].splitlines() if "initialised from" in line]
+    assert line.startswith(f"train: initialised from {shown} (sha256 ")
+    assert "discriminators: loaded from the source" in line and "lr 0.0001 (given)" in line
+    record = json.loads(storage.read_bytes(run.child("config.json")))["job"]["init_from"]
+    generator_file = (finetune_run["source_dir"] / "generator.pt").read_bytes()
+    assert record["source"] == shown and record["discriminators"] == "loaded"
+    assert record["sha256"] == hashlib.sha256(generator_file).hexdigest()
+
+    # Before any step: the run's starting checkpoint (what its workers load at step 0) gives
+    # exactly the source's outputs, and holds exactly the source's discriminators.
+    start = load_checkpoint(_download(run.child("init_from"), tmp_path / "init"))
+    assert start.step == 0
+    photos = [
+        decode_image((photo_dataset.low_dir / p.key).read_bytes()).array for p in photo_dataset.low
+    ]
+    photos = [photo[:192, :256] for photo in photos[:2]]
+    expected = Enhancer(networks["generator"])(photos)
+    for got, want in zip(Enhancer(start.build_generator())(photos), expected, strict=True):
+        assert got.dtype == want.dtype and (got == want).all()
+    for name in ("global_d", "patch_d"):
+        for key, value in networks[name].state_dict().items():
+            assert torch.equal(start.network_states[name][key], value)
+
+    # The workers did start there: 3 Adam steps at lr 1e-4 stay within 0.01 of the source's
+    # weights, where the run's own seed would have drawn weights far from them.
+    source = _parameters(networks["generator"])
+    after = load_checkpoint(finetune_run["first_checkpoint"]).build_generator()
+    assert 0 < _largest_difference(_parameters(after), source) < 0.01
+    torch.manual_seed(TINY.seed)
+    assert _largest_difference(_parameters(Generator(TINY.generator)), source) > 0.1
+
+
+def test_resuming_a_fine_tune_run_continues_its_checkpoint_never_the_source(finetune_run, tmp_path):
+    run = finetune_run["run"]
+    (line,) = [line for line in finetune_run["resumed"].splitlines() if "initialised" in line]
+    assert line.startswith(f"train: resuming a run initialised from {finetune_run['source']}")
+    assert "the source is not read again" in line
+    assert "discriminators: loaded from the source" in line
+    records = {r["step"]: r for r in _read_jsonl(run.child("metrics.jsonl"))}
+    assert sorted(records) == [1, 2, 3, 4, 5]
+    assert [records[step]["lr"] for step in (4, 5)] == [0.0, 0.0]
+    # Steps 4-5 ran at lr 0: the weights are exactly the step-3 checkpoint's, which are not
+    # the source's (a resume that re-initialised from the source would give those).
+    pointer = json.loads(storage.read_bytes(run.child("latest_checkpoint.json")))
+    last = load_checkpoint(_download(run.child(pointer["path"]), tmp_path / "last"))
+    assert last.step == 5
+    before, after = _trainable(load_checkpoint(finetune_run["first_checkpoint"])), _trainable(last)
+    for name, weights in before.items():
+        assert all(torch.equal(after[name][key], value) for key, value in weights.items()), name
+    source = _parameters(finetune_run["networks"]["generator"])
+    assert _largest_difference(after["generator"], source) > 0
+    assert int(last.optimizer_states["generator"]["state"][0]["step"]) == 5
+
+
+def test_init_from_authors_weights_says_fresh_discriminators_and_contradictions_exit_2(
+    prepared_bucket, tmp_path, capsys
+):
+    from enlightengan.config import GeneratorConfig
+    from enlightengan.generator import Generator
+    from enlightengan.official_weights import save_official_generator
+
+    torch.manual_seed(11)
+    weights = save_official_generator(Generator(GeneratorConfig()).eval(), tmp_path / "G.pth")
+    args = ["train", "--data", prepared_bucket, "--run", str(tmp_path / "run")]
+    args += ["--init-from", str(weights), "--set", "discriminator.base_channels=8", "--dry-run"]
+    assert main(args) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "initialised" in line]
+    assert "discriminators: fresh (source has none)" in line
+    assert main([*args, "--set", "generator.base_channels=4"]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert "error:" in error and "generator.base_channels=4" in error
 
 
 def test_one_worker_matches_a_plain_pytorch_loop(ray_local, photo_dataset, tmp_path):
