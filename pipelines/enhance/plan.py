@@ -54,6 +54,8 @@ CHECK_ROWS = 1000
 # Statuses of the rows that decided an output's fate; a skipped row only repeats one of them.
 DECIDING_STATUSES = (ENHANCED, COPIED, NOT_DARK)
 NOTHING_RECORDED = ("", 0, math.nan)
+# A recorded darkness this close to 1 - luma_p95 / 255 was scored the old way (rounding: 5e-5).
+OLD_SCORE_TOLERANCE = 6e-5
 # Reasons decided while listing (never counted by --limit).
 UNUSABLE_KEY_REASONS = (
     "unsafe-key",
@@ -159,8 +161,8 @@ class ResumeIndex:
 @ray.remote(num_returns="streaming")
 def _index_chunks(filesystem: pafs.FileSystem, manifest_root: str, chunk_rows: int):
     """First the chunks' first keys, then each chunk (so the driver owns them all)."""
-    columns = ["key", "output_key", "status", "output_bytes", "darkness", "run_id"]
-    table = read_manifest(filesystem, manifest_root, columns)
+    columns = ["key", "output_key", "status", "output_bytes", "darkness", "luma_p95", "run_id"]
+    table = forget_old_scores(read_manifest(filesystem, manifest_root, columns))
     finished = pc.is_in(table["status"], pa.array(DECIDING_STATUSES))
     table = table.filter(finished).sort_by([("key", "ascending"), ("run_id", "ascending")])
     # Run ids start with their start time, so the last row of a (key, output_key) is the latest.
@@ -184,6 +186,19 @@ def _index_chunks(filesystem: pafs.FileSystem, manifest_root: str, chunk_rows: i
     for number, cut in enumerate(cuts):
         end = cuts[number + 1] if number + 1 < len(cuts) else len(table)
         yield table.slice(cut, end - cut)
+
+
+def forget_old_scores(table: pa.Table) -> pa.Table:
+    """``darkness`` NaN (unknown: the image is read again) in the rows of manifests written
+    before issue 26, which hold another score, ``1 - luma_p95 / 255`` rounded to 4 places,
+    recognised by their ``luma_p95``. The current score matches that only by chance or on a
+    uniform image (a grey frame scores ``1 - luma / 255`` either way), which, when not dark, is
+    then read again in each run."""
+    old_score = pc.subtract(1.0, pc.divide(table["luma_p95"], 255.0))
+    is_old = pc.less(pc.abs(pc.subtract(table["darkness"], old_score)), OLD_SCORE_TOLERANCE)
+    unknown = pa.scalar(math.nan, pa.float64())
+    darkness = pc.if_else(pc.fill_null(is_old, False), unknown, table["darkness"])
+    return table.set_column(table.schema.get_field_index("darkness"), "darkness", darkness)
 
 
 def build_resume_index(

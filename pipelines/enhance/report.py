@@ -329,7 +329,7 @@ def darkness_svg(counts: list[int], threshold: float, width: int = 720, height: 
         f'<text x="{marker + 5:.1f}" y="{top - 2}" font-size="12" fill="#c0392b">threshold '
         f"{threshold:.2f}</text>",
         f'<text x="{left + plot_width / 2:.1f}" y="{height - 4}" font-size="12" '
-        'text-anchor="middle">darkness score (1 - 95th percentile of luma / 255)</text>',
+        'text-anchor="middle">darkness score: 1 - mean((luma / 255)^(1/3))^3</text>',
     ]
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '

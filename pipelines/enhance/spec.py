@@ -159,8 +159,9 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         "--dark-threshold",
         type=float,
         default=DEFAULT_DARK_THRESHOLD,
-        help="darkness score (1 - 95th percentile of luma / 255) from which an image counts as "
-        "dark (chosen from measured photos: see the README)",
+        help="darkness score from which an image counts as dark: 1 - mean((luma/255)**(1/3))**3, "
+        "0 white, 1 black (the threshold was chosen on real dark and well-exposed photos: see "
+        "the README)",
     )
     report = parser.add_argument_group("run report (<output>/_report/<run id>/index.html)")
     report.add_argument(

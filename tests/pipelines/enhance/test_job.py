@@ -25,6 +25,7 @@ from enlightengan.generator import Generator
 from pipelines.cli import main
 from pipelines.demo.sample_photos import build_photo_dataset
 from pipelines.enhance.sink import read_manifest
+from pipelines.inference.darkness import DEFAULT_DARK_THRESHOLD
 from pipelines.inference.stages import InferenceSettings, build_enhancer
 from pipelines.io.images import decode_image
 from pipelines.io.storage import resolve
@@ -368,7 +369,7 @@ def test_only_dark_skip_then_copy_then_every_image_with_resume_and_dry_run(
 
     assert enhance(*common, "--only-dark", "skip", "--dry-run") == 0
     printed = capsys.readouterr().out
-    assert "would enhance: 6 (dark: darkness >= 0.65)" in printed
+    assert f"would enhance: 6 (dark: darkness >= {DEFAULT_DARK_THRESHOLD})" in printed
     assert "would leave out (not dark): 3" in printed and not output.exists()
 
     assert enhance(*common, "--only-dark", "skip") == 0

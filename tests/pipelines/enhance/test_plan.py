@@ -27,8 +27,9 @@ from pipelines.enhance.sink import (
     read_manifest,
     write_manifest_part,
 )
-from pipelines.inference.darkness import DarkPolicy
+from pipelines.inference.darkness import DEFAULT_DARK_THRESHOLD, DarkPolicy, darkness_stats
 from pipelines.io.listing import UNREADABLE, ListingSource
+from tests.fixtures.photos import wheel_photo
 
 
 def _binary(key: str) -> str:
@@ -144,6 +145,41 @@ def test_resume_index_records_how_each_output_was_decided_and_its_darkness(ray_l
     assert index.recorded("noon.jpg", "noon.jpg") == ("not-dark", 0, 0.1)
     status, size, darkness = index.recorded("old.jpg", "old.jpg")
     assert (status, size) == ("enhanced", 30) and math.isnan(darkness)
+
+
+def test_resume_index_forgets_darkness_scored_the_old_way(ray_local, tmp_path):
+    """Manifests from before issue 26 recorded ``1 - luma_p95 / 255`` as darkness: unknown now."""
+    night, day = darkness_stats(_lamp_lit_night()), darkness_stats(wheel_photo("chelsea"))
+    old_night = round(1 - night["luma_p95"] / 255, 4)  # what the old score recorded
+    run = "20260101T000000-aaaaaa"
+    rows = [
+        manifest_row("night.jpg", "night.jpg", "not-dark", run_id=run,
+                     **{**night, "darkness": old_night}),
+        manifest_row("day.jpg", "day.jpg", "not-dark", run_id=run, **day),
+    ]  # fmt: skip
+    write_manifest_part(
+        pafs.LocalFileSystem(), f"{tmp_path}/{MANIFEST_DIR}", f"{run}.parquet", rows
+    )
+    assert old_night < DEFAULT_DARK_THRESHOLD <= night["darkness"]
+    index = build_resume_index(pafs.LocalFileSystem(), f"{tmp_path}/{MANIFEST_DIR}")
+    status, _, darkness = index.recorded("night.jpg", "night.jpg")
+    assert status == "not-dark" and math.isnan(darkness)
+    assert index.recorded("day.jpg", "day.jpg") == ("not-dark", 0, day["darkness"])
+    # So --only-dark skip reads the night photo again and leaves the day one out.
+    batch = _batch([("night.jpg", "night.jpg", 0, "not-dark", darkness),
+                    ("day.jpg", "day.jpg", 0, "not-dark", day["darkness"])])  # fmt: skip
+    checked = check_finished(
+        batch, pafs.LocalFileSystem(), str(tmp_path), policy=DarkPolicy("skip")
+    )
+    assert list(checked["status"]) == ["pending", "not-dark"]
+
+
+def _lamp_lit_night() -> np.ndarray:
+    """Chelsea four stops under, in linear light, with a lamp over a tenth of the frame."""
+    photo = wheel_photo("chelsea").astype(np.float64) / 255.0
+    night = np.round((photo**2.2 / 16) ** (1 / 2.2) * 255).astype(np.uint8)
+    night[:, : night.shape[1] // 10] = 250
+    return night
 
 
 def test_resume_index_of_an_output_without_manifest_is_none(ray_local, tmp_path):

@@ -27,7 +27,7 @@ from pipelines.enhance.report import (
     render_page,
     sample_rank,
 )
-from pipelines.inference.darkness import DarkPolicy
+from pipelines.inference.darkness import DEFAULT_DARK_THRESHOLD, DarkPolicy
 from tests.fixtures.browser import find_chromium, load_page
 from tests.fixtures.photos import upload_folder
 from tests.fixtures.system_packages import require
@@ -154,7 +154,8 @@ def test_report_of_a_run_with_only_dark_loads_in_chromium_without_errors(
     enhanced_in_sample = sum(entry["status"] == "enhanced" for entry in sample)
     assert facts["images"] == 6 + enhanced_in_sample
     assert facts["svgBars"] >= 2 and "broken/cut.jpg" in facts["text"]
-    assert "Mean NIQE" in facts["text"] and "threshold 0.65" in facts["text"]
+    threshold = f"threshold {DEFAULT_DARK_THRESHOLD:.2f}"
+    assert "Mean NIQE" in facts["text"] and threshold in facts["text"]
     assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 50_000
     if SCREENSHOT_COPY:
         shutil.copy(screenshot, SCREENSHOT_COPY)
