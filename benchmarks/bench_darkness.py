@@ -1,5 +1,6 @@
-"""Which photos does ``--only-dark`` call dark? Both error rates of the darkness score, old and new,
-on sets of dark and of well-exposed photos, and what scoring and NIQE cost.
+"""Which photos does ``--only-dark`` call dark? Both error rates, old score and new, per set.
+
+The sets are dark and well-exposed photos; the benchmark also times the scoring and NIQE.
 
 Scores (higher is darker; a photo counts as dark at or above the threshold):
 
