@@ -4,7 +4,7 @@ Trains the demo's tiny configuration (``pipelines.demo.job.TINY_MODEL``) on the 
 with ``enlightengan.training.training_step`` and prints, every tenth of the run, the mean luma
 (0-255) of the generator's eval-mode output on the five full low-light photos. The learning rate
 is constant for the first half and decays linearly to 0, as the demo does. Extra arguments are
-``section.field=value`` overrides. The README's demo numbers came from:
+``section.field=value`` overrides. The demo numbers in docs/getting-started.md came from:
 
     python benchmarks/demo_brightening.py 400 optim.lr=0.0005                   # paper's losses
     python benchmarks/demo_brightening.py 400 optim.lr=0.0005 loss.exposure=10 \\

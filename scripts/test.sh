@@ -4,7 +4,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 export RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-.venv/bin/ruff check enlightengan pipelines tests benchmarks || exit 1
+.venv/bin/ruff check enlightengan pipelines tests benchmarks docs/hooks || exit 1
 .venv/bin/python -m pytest -q -m "not slow and not gpu and not heavy" --timeout=900 --durations=15 "$@"
 status=$?
 if [ "$status" -eq 5 ]; then

@@ -161,7 +161,7 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_DARK_THRESHOLD,
         help="darkness score from which an image counts as dark: 1 - mean((luma/255)**(1/3))**3, "
         "0 white, 1 black (the threshold was chosen on real dark and well-exposed photos: see "
-        "the README)",
+        "docs/guides/enhance.md)",
     )
     report = parser.add_argument_group("run report (<output>/_report/<run id>/index.html)")
     report.add_argument(

@@ -14,8 +14,8 @@ long side (a few thousand pixels of a 24-megapixel photo: cheap next to the deco
   counts, a bright one less than a dark one, so the lamp, lit window or moon of a night photo
   moves the score little; the 95th percentile used before (``1 - luma_p95 / 255``, threshold
   0.65) called such a photo bright once its lights covered 5 % of the frame, and so found 10 of
-  the 64 DICM photos dark. How the score and :data:`DEFAULT_DARK_THRESHOLD` were chosen: README,
-  "Only the dark photos"; ``benchmarks/bench_darkness.py`` measures both error rates.
+  the 64 DICM photos dark. How the score and :data:`DEFAULT_DARK_THRESHOLD` were chosen:
+  ``docs/guides/enhance.md``, "Only the dark photos"; ``benchmarks/bench_darkness.py`` measures both error rates.
 """
 
 from __future__ import annotations

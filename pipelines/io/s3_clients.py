@@ -181,7 +181,7 @@ def credentials_of(access: S3Access):
             if credentials is None:
                 raise OSError(
                     "no S3 credentials on this node: give it the same profile, role or keys as "
-                    "the driver (see cluster/README.md)"
+                    "the driver (see docs/clusters/credentials.md)"
                 )
             _CREDENTIALS[access] = credentials
         return _CREDENTIALS[access]

@@ -153,7 +153,8 @@ def refuse_secrets(what: str, text: str) -> None:
         if value in text:
             raise UserError(
                 f"{what} contains a secret from this environment: credentials must come from "
-                "the cluster's environment or a Kubernetes Secret (see cluster/README.md, Credentials)"
+                "the cluster's environment or a Kubernetes Secret (see docs/clusters/credentials.md, "
+                "Credentials on a cluster)"
             )
 
 

@@ -25,7 +25,7 @@ import jsonschema
 import yaml
 
 CRD_DIR = Path(__file__).resolve().parent / "kuberay_crds"
-# The oldest and the newest KubeRay release the manifests are written for (cluster/README.md).
+# The oldest and the newest KubeRay release the manifests are written for (docs/clusters/index.md).
 SUPPORTED_RELEASES = ("v1.6.0", "v1.7.0")
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

@@ -29,6 +29,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
+AWS_PAGE = ROOT / "docs" / "clusters" / "aws.md"
 AMI_PARAMETER = (
     "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
 )
@@ -157,19 +158,22 @@ def test_instance_profiles_grant_what_the_autoscaler_and_the_jobs_call():
     assert policy("trust-policy")["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
 
 
-def test_readme_shows_the_policies_that_are_in_the_files():
-    readme = (CLUSTER / "README.md").read_text()
-    shown = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, re.DOTALL)]
-    for name in ("head-policy", "worker-policy", "trust-policy"):
-        assert policy(name) in shown, name
-        assert f"cluster/iam/{name}.json" in readme
+def test_the_aws_page_shows_the_policies_that_are_in_the_files():
+    """The page includes each policy file into a JSON block (a snippet, never a copy), and
+    each file is valid JSON of its own."""
+    page = AWS_PAGE.read_text()
+    included = re.findall(r'```json\n\s*--8<-- "(cluster/iam/[\w-]+\.json)"\n\s*```', page)
+    names = ("head-policy", "worker-policy", "trust-policy")
+    assert included == [f"cluster/iam/{name}.json" for name in names]
+    for name in names:
+        assert isinstance(policy(name), dict), name
 
 
 def test_the_aws_extra_brings_boto3_for_the_launcher():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     aws = [Requirement(text) for text in project["optional-dependencies"]["aws"]]
     assert [requirement.name for requirement in aws] == ["boto3"]
-    assert 'pip install "enlightengan-ray[aws]"' in (CLUSTER / "README.md").read_text()
+    assert 'pip install "enlightengan-ray[aws]"' in AWS_PAGE.read_text()
 
 
 def runtime_env() -> dict:

@@ -1,6 +1,6 @@
 """The KubeRay manifests (ray.io/v1): they parse, carry what KubeRay requires, run on GPUs the
 image can use, hold no credential, and every entrypoint is a real CLI command whose options the
-project's own parser accepts (so are the commands the cluster READMEs show). The CRD schemas and
+project's own parser accepts (so are the commands the cluster pages of the docs show). The CRD schemas and
 the operator's rules: test_kuberay_crds.py; the launcher config, runtime_env and image:
 test_launcher_and_runtime_env.py."""
 
@@ -17,6 +17,7 @@ import yaml
 from pipelines.cli import build_parser
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
+CLUSTER_DOCS = CLUSTER.parent / "docs" / "clusters"
 KUBERAY = CLUSTER / "kuberay"
 # Kubernetes object names: DNS-1035 labels (KubeRay rejects anything else).
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -184,7 +185,7 @@ def test_every_pod_keeps_ray_logs_and_shared_memory_in_volumes(name, spec):
         assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}, (name, group)
     launcher_image = load(CLUSTER / "aws.yaml")["docker"]["image"]
     assert images == {launcher_image}, (
-        "one image everywhere: cluster/README.md says how to build it"
+        "one image everywhere: docs/clusters/image.md says how to build it"
     )
 
 
@@ -197,7 +198,7 @@ def documented_commands(path: Path) -> list[str]:
         for line in block.splitlines():
             line = line.split("#", 1)[0].strip()
             if line.startswith("ray job submit") and " -- " in line:
-                line = line.split(" -- ", 1)[1]
+                line = line.split(" -- ", 1)[1].strip()
             if line.startswith("python -m pipelines.cli "):
                 line = "enlightengan " + line.removeprefix("python -m pipelines.cli ")
             if re.match(r"enlightengan (submit|prepare|train|enhance) ", line):
@@ -205,9 +206,9 @@ def documented_commands(path: Path) -> list[str]:
     return commands
 
 
-@pytest.mark.parametrize("document", ["README.md", "kuberay/README.md"])
-def test_job_commands_in_the_cluster_readmes_parse(document):
-    commands = documented_commands(CLUSTER / document)
+@pytest.mark.parametrize("document", ["index.md", "submit.md", "kuberay.md", "aws.md"])
+def test_job_commands_in_the_cluster_pages_parse(document):
+    commands = documented_commands(CLUSTER_DOCS / document)
     assert commands
     for command in commands:
         args = build_parser().parse_args(shlex.split(command)[1:])
