@@ -1,10 +1,9 @@
 """The Python API on real parts: a generator from a run folder, a bucket and the starter
-model; arrays and PIL images; the enhance stages on a user's own Ray Dataset; and the README's
-examples, run as they are written."""
+model; arrays and PIL images; the enhance stages on a user's own Ray Dataset; and the examples
+marked ``<!-- example: api -->`` in README.md and the docs, run as they are written."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,9 @@ from enlightengan.inference import EnhancerSettings
 from pipelines.api import Enhancer, enhance_dataset
 from pipelines.demo.sample_photos import upload_folder
 from pipelines.errors import UserError
+from tests.docs.examples import all_examples
 from tests.enlightengan.textured_generator import psnr, textured_generator
 from tests.fixtures.photos import darken, fit_within, wheel_photo
-
-README = Path(__file__).parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -111,21 +109,27 @@ def test_enhance_dataset_maps_a_users_dataset_with_the_job_stages(ray_local, run
     assert result["grey"]["enhance_reason"].startswith("not-rgb-uint8")
 
 
-def readme_examples() -> list[str]:
-    section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+def api_examples():
+    return [example for example in all_examples() if example.kind == "api"]
 
 
-def test_the_readme_examples_run_as_written(ray_local, tmp_path, monkeypatch, photo):
-    examples = readme_examples()
-    assert len(examples) == 3
+def test_the_api_examples_of_the_readme_and_the_docs_run_as_written(
+    ray_local, tmp_path, monkeypatch, photo
+):
+    examples = api_examples()
+    assert [example.path.name for example in examples] == [
+        "README.md",
+        "python-api.md",
+        "python-api.md",
+    ]
+    assert all(example.language == "python" for example in examples)
     Image.fromarray(photo).save(tmp_path / "photo.jpg")
     (tmp_path / "photos").mkdir()
     for name in ("one", "two"):
         Image.fromarray(photo).save(tmp_path / "photos" / f"{name}.jpg")
     monkeypatch.chdir(tmp_path)
-    for code in examples:
-        exec(compile(code, "README.md", "exec"), {})
+    for example in examples:
+        exec(compile(example.code, example.where, "exec"), {})
     assert Image.open(tmp_path / "photo-enhanced.png").size == (photo.shape[1], photo.shape[0])
     assert sorted(p.name for p in (tmp_path / "photos-enhanced").glob("*.png")) == [
         "one.png",
