@@ -2,9 +2,12 @@
 
 No network, no GPU, no S3 server: builds a small unpaired set from scikit-image,
 scikit-learn and matplotlib sample photos (low-light copies darkened with gamma 2.2 then
-x0.25), then runs prepare -> a short CPU train of a tiny model -> enhance -> evaluate, all through local
-folders and one in-process Ray. A second run reuses the photos, shards and training run.
-``--s3`` runs the same jobs against a bucket on a local SeaweedFS server instead of folders.
+x0.25), then runs prepare -> a short CPU fine-tune of the shipped starter model on those photos
+(``train --init-from starter``; ``--from-scratch``: a tiny model from random weights instead) ->
+enhance -> evaluate, all through local folders and one in-process Ray. The contact sheet's
+columns: input | gamma | histogram equalisation | starter | the model trained here. A second
+run reuses the photos, shards, training run and enhanced images. ``--s3`` runs the same jobs
+against a bucket on a local SeaweedFS server instead of folders.
 """
 
 from __future__ import annotations
@@ -23,12 +26,18 @@ from pipelines.demo.spec import DemoJob
 from pipelines.enhance.spec import EnhanceJob
 from pipelines.errors import UserError
 from pipelines.evaluate.spec import EvaluateJob
-from pipelines.options import Summary
+from pipelines.options import STARTER_NAME, Summary
 from pipelines.prepare.spec import PrepareJob
 from pipelines.train.spec import TrainJob
 
 DEMO_BUCKET = "enlightengan-demo"
 EXPOSURE_TARGET = 0.5
+STARTER_TITLE = "starter"
+FINETUNED_TITLE = "starter fine-tuned on these photos"
+# Fine-tuning keeps the starter's recipe (its config: losses, crops, discriminators) except
+# the batch, which sets the epoch length the schedule below is fitted with.
+FINETUNE_BATCH = 4
+FINETUNE_SETTINGS = (f"optim.batch_size={FINETUNE_BATCH}",)
 TINY_BATCH = 2
 TINY_MODEL = (
     "generator.base_channels=8",
@@ -45,11 +54,12 @@ def run_demo(job: DemoJob) -> Summary:
     out = Path(job.output).resolve()
     if job.dry_run:
         base = f"s3://{DEMO_BUCKET}" if job.s3 else str(out)
+        run_name = f"{_mode(job)}-{job.train_steps}-steps-<settings hash>"
         steps = {
             "photos": f"{out}/photos (from installed wheels)",
             "prepare": f"{base}/shards",
-            "train": f"{base}/run-{job.steps}-steps-<settings hash>",
-            "enhance": f"{base}/enhanced",
+            "train": f"{base}/{run_name}",
+            "enhance": f"{base}/enhanced/{run_name}",
             "evaluate": f"{out}/evaluation",
         }
         for number, (step, where) in enumerate(steps.items(), start=1):
@@ -122,30 +132,36 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
     else:
         print(f"[demo 2/5] reusing shards in {shards}")
 
-    overrides = (
-        *TINY_MODEL,
-        *_schedule(shards, job.steps),
-        f"optim.lr={job.lr}",
-        f"seed={job.seed}",
-    )
-    if job.exposure > 0:
-        overrides += (f"loss.exposure={job.exposure}", f"loss.exposure_target={EXPOSURE_TARGET}")
-    # One run folder per setting, so a rerun with other --steps/--lr/--exposure trains anew
-    # instead of being refused as a changed run, and the same settings resume.
-    tag = hashlib.sha256(repr((job.steps, overrides)).encode()).hexdigest()[:8]
-    run_dir = f"{base}/run-{job.steps}-steps-{tag}"
-    print(f"[demo 3/5] train: {job.steps} steps of a tiny model on CPU (resumes if already done)")
-    every = max(1, job.steps // 2)
+    steps = job.train_steps
+    overrides = _overrides(job, shards)
+    # One run folder per setting, so a rerun with other --steps/--lr/--exposure or the other
+    # mode trains anew instead of being refused as a changed run, and the same settings resume.
+    tag = hashlib.sha256(repr((steps, job.from_scratch, overrides)).encode()).hexdigest()[:8]
+    run_name = f"{_mode(job)}-{steps}-steps-{tag}"
+    run_dir = f"{base}/{run_name}"
+    model_title = f"{steps}-step model from scratch" if job.from_scratch else FINETUNED_TITLE
+    if job.from_scratch:
+        print(
+            f"[demo 3/5] train: {steps} steps of a tiny model from random weights on CPU "
+            "(resumes if already done)"
+        )
+    else:
+        print(
+            f"[demo 3/5] train: fine-tune the shipped starter model on these photos, {steps} "
+            "steps on CPU (resumes if already done)"
+        )
+    every = max(1, steps // 2)
     _step(
         run_train,
         TrainJob(
             data=shards,
             output=run_dir,
-            steps=job.steps,
+            init_from=None if job.from_scratch else STARTER_NAME,
+            steps=steps,
             checkpoint_every=every,
             sample_every=every,
             overrides=overrides,
-            # fp32 everywhere: the quick model's figures in the README hold on any CPU.
+            # fp32 everywhere: the demo's figures in the README hold on any CPU.
             precision="fp32",
             # One worker on a laptop: let it use every core, not Ray's one thread per worker.
             threads_per_worker=os.cpu_count() or 1,
@@ -153,7 +169,8 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
         ),
     )
 
-    enhanced = f"{base}/enhanced"
+    # One folder per run: a rerun with other settings must not skip images another model made.
+    enhanced = f"{base}/enhanced/{run_name}"
     print(f"[demo 4/5] enhance: {photos}/low -> {enhanced}")
     _step(
         run_enhance,
@@ -166,14 +183,14 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
             **ray,
         ),
     )
-    enhanced_dir = out / "enhanced"
+    enhanced_dir = out / "enhanced" / run_name
     if base != str(out):
         _download(storage.resolve(enhanced), enhanced_dir)
 
     evaluation = out / "evaluation"
     print(
-        f"[demo 5/5] evaluate: NIQE of inputs, the quick model, the shipped starter model and "
-        f"baselines -> {evaluation}"
+        f"[demo 5/5] evaluate: NIQE of the inputs, baselines, the shipped starter model and the "
+        f"{model_title} -> {evaluation}"
     )
     _step(
         run_evaluate,
@@ -181,7 +198,9 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
             input=f"{photos}/low",
             output=str(evaluation),
             checkpoint=run_dir,
-            compare="starter",
+            compare=STARTER_NAME,
+            title=model_title,
+            compare_title=STARTER_TITLE,
             samples=5,
             precision="fp32",
             **ray,
@@ -189,21 +208,28 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
     )
 
     summary = _brightness_summary(photos_dir / "low", enhanced_dir)
-    scores = json.loads((evaluation / "summary.json").read_text())["means"]
-    summary["niqe"] = {variant: values["niqe"] for variant, values in scores.items()}
-    summary["starter_mean_luma"] = scores["compared"]["luma"]
+    evaluated = json.loads((evaluation / "summary.json").read_text())
+    scores = evaluated["means"]
+    columns = list(evaluated["contact_sheet_columns"].values())
+    summary.update(
+        mode="from scratch" if job.from_scratch else "fine-tuned from the starter",
+        model=model_title,
+        steps=steps,
+        run=run_dir,
+        contact_sheet_columns=columns,
+        niqe={variant: values["niqe"] for variant, values in scores.items()},
+        starter_mean_luma=scores["compared"]["luma"],
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     niqe = summary["niqe"]
     print(
         f"\nDemo finished in {time.perf_counter() - started:.0f} s. Mean luminance (0-255) of the "
-        f"low-light inputs {summary['input_mean_luma']:.1f} -> quick model "
-        f"{summary['enhanced_mean_luma']:.1f}, shipped starter model "
-        f"{summary['starter_mean_luma']:.1f}. NIQE (lower is better): input "
-        f"{_fmt(niqe['input'])}, quick model {_fmt(niqe['enhanced'])}, starter model "
-        f"{_fmt(niqe['compared'])}, gamma {_fmt(niqe['gamma'])}, histogram equalisation "
-        f"{_fmt(niqe['histeq'])}.\n"
-        f"  contact sheet:   {evaluation / 'contact_sheet.png'} (input | quick model | gamma | "
-        "histogram equalisation | starter model)\n"
+        f"low-light inputs {summary['input_mean_luma']:.1f} -> starter "
+        f"{summary['starter_mean_luma']:.1f}, {model_title} {summary['enhanced_mean_luma']:.1f}. "
+        f"NIQE (lower is better): input {_fmt(niqe['input'])}, gamma {_fmt(niqe['gamma'])}, "
+        f"histogram equalisation {_fmt(niqe['histeq'])}, starter {_fmt(niqe['compared'])}, "
+        f"{model_title} {_fmt(niqe['enhanced'])}.\n"
+        f"  contact sheet:   {evaluation / 'contact_sheet.png'} ({' | '.join(columns)})\n"
         f"  NIQE table:      {evaluation / 'summary.md'} (per image: scores.csv)\n"
         f"  loss curve:      {run_dir}/loss_curve.png\n"
         f"  enhanced images: {enhanced}\n"
@@ -213,14 +239,36 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
     return Summary("demo", summary)
 
 
-def _schedule(shards: str, steps: int) -> tuple[str, str]:
+def _mode(job: DemoJob) -> str:
+    return "scratch" if job.from_scratch else "finetune"
+
+
+def _overrides(job: DemoJob, shards: str) -> tuple[str, ...]:
+    """The model settings of the demo's run: the tiny model from scratch, or the starter's
+    own recipe (its config) when fine-tuning; both with the schedule fitted into the steps."""
+    if job.from_scratch:
+        overrides = (*TINY_MODEL, *_schedule(shards, job.train_steps, TINY_BATCH))
+    else:
+        overrides = (*FINETUNE_SETTINGS, *_schedule(shards, job.train_steps, FINETUNE_BATCH))
+    overrides += (f"seed={job.seed}",)
+    if job.train_lr is not None:
+        overrides += (f"optim.lr={job.train_lr}",)
+    exposure = job.train_exposure
+    if exposure is not None and not job.from_scratch:
+        overrides += (f"loss.exposure={exposure}",)
+    elif exposure:
+        overrides += (f"loss.exposure={exposure}", f"loss.exposure_target={EXPOSURE_TARGET}")
+    return overrides
+
+
+def _schedule(shards: str, steps: int, batch: int) -> tuple[str, str]:
     """Epoch settings that fit the paper's schedule (constant, then linear decay to 0) into
     ``steps``: the epoch length comes from the prepared image counts, as train computes it."""
     from pipelines.io.shards import check_prepared
     from pipelines.train.job import epoch_length
 
     domains = check_prepared(shards)["domains"]
-    per_epoch = epoch_length({name: d["written"] for name, d in domains.items()}, TINY_BATCH)
+    per_epoch = epoch_length({name: d["written"] for name, d in domains.items()}, batch)
     epochs = max(1, math.ceil(steps / per_epoch))
     constant = math.ceil(epochs / 2)
     return f"optim.epochs_constant={constant}", f"optim.epochs_decay={epochs - constant}"

@@ -30,6 +30,7 @@ from pipelines.inference.scores import luma_mean, safe_niqe
 from pipelines.inference.stages import (
     FAILED,
     PENDING,
+    TASK_CPUS,
     EnhanceActor,
     InferenceSettings,
     decoded_images,
@@ -42,6 +43,7 @@ from pipelines.io.storage import (
     write_bytes,
 )
 from pipelines.ops.ray_runtime import init_ray
+from pipelines.ops.resources import WORKER_FLAGS, Request, ensure_placeable
 from pipelines.options import STARTER_NAME, Summary, storage_of
 
 VARIANTS = ("input", "enhanced", "gamma", "histeq")
@@ -50,10 +52,13 @@ COMPARED = "compared"
 VARIANT_TITLES = {
     "input": "input",
     "enhanced": "EnlightenGAN",
-    "gamma": "gamma correction",
+    "gamma": "gamma",
     "histeq": "histogram equalisation",
     COMPARED: "second model",
 }
+# The contact sheet's columns, left to right: the input, the training-free baselines, then the
+# models, the one evaluated (--checkpoint) last, beside the one it is compared with.
+SHEET_ORDER = ("input", "gamma", "histeq", COMPARED, "enhanced")
 THUMBNAIL_SIDE = 320
 # NIQE, Table I of the EnlightenGAN paper (as transcribed in the reference document).
 PAPER_TABLE = {
@@ -138,6 +143,27 @@ def score_enhanced(batch, sample_keys: frozenset):
     return batch
 
 
+def enhancer_cpus(job: EvaluateJob, comparing: bool) -> float:
+    """CPUs of each enhancer actor: ``--cpus-per-worker``, else one, or half of one with a GPU
+    or with two pools (two pools of one CPU each would hold both cores of a 2-core machine and
+    leave none for the decode and scoring tasks: the job would wait forever)."""
+    return job.cpus_per_worker or (0.5 if job.gpus_per_worker or comparing else 1.0)
+
+
+def resource_request(job: EvaluateJob, comparing: bool) -> Request:
+    """What the job needs from the cluster: one or two pools of enhancer actors, and room for
+    one of its decode and scoring tasks beside them."""
+    return Request(
+        "evaluate",
+        task_cpus=TASK_CPUS,
+        workers=job.workers,
+        per_worker={"CPU": enhancer_cpus(job, comparing), "GPU": job.gpus_per_worker},
+        pools=2 if comparing else 1,
+        flags=WORKER_FLAGS,
+        tasks="decode and scoring tasks",
+    )
+
+
 def run_pipeline(
     keys, source, checkpoint_files, job: EvaluateJob, compared_files=None
 ) -> list[dict]:
@@ -164,11 +190,7 @@ def run_pipeline(
         torch_threads=job.threads_per_worker,
     )
 
-    # Two CPU actor pools of one CPU each would hold both cores of a 2-core machine and leave
-    # none for the decode and scoring tasks (the job waits forever): halve them.
-    actor_cpus = job.cpus_per_worker or (
-        0.5 if job.gpus_per_worker or compared_files is not None else 1.0
-    )
+    actor_cpus = enhancer_cpus(job, compared_files is not None)
 
     shared = []  # the driver keeps the checkpoints' objects until the rows are collected
 
@@ -314,21 +336,43 @@ def _contact_sheet(rows: list[dict], limit: int, titles: dict[str, str]) -> byte
     return contact_sheet_png(sheet_rows, labels, title)
 
 
+def model_titles(job: EvaluateJob) -> dict[str, str]:
+    """The contact-sheet titles of the two model columns: given, or ``starter`` for the shipped
+    starter model, ``EnlightenGAN`` / ``second model`` for any other checkpoint."""
+
+    def is_starter(uri: str | None) -> bool:
+        return uri in (None, STARTER_NAME)
+
+    return {
+        "enhanced": job.title or ("starter" if is_starter(job.checkpoint) else "EnlightenGAN"),
+        COMPARED: job.compare_title
+        or ("starter" if job.compare == STARTER_NAME else VARIANT_TITLES[COMPARED]),
+    }
+
+
+def sheet_titles(variants, titles: dict[str, str] | None = None) -> dict[str, str]:
+    """Variant -> column title, in the contact sheet's order (:data:`SHEET_ORDER`)."""
+    chosen = {**VARIANT_TITLES, **(titles or {})}
+    return {variant: chosen[variant] for variant in SHEET_ORDER if variant in variants}
+
+
 def write_results(
     rows: list[dict],
     summary: dict,
     markdown: str,
     output,
     samples: int,
-    compared_title: str = VARIANT_TITLES[COMPARED],
+    titles: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    variants = tuple(summary["means"])
-    titles = {v: compared_title if v == COMPARED else VARIANT_TITLES[v] for v in variants}
-    """Write the table (Parquet + CSV), summaries and contact sheet; returns name -> URI."""
+    """Write the table (Parquet + CSV), summaries and contact sheet; returns name -> URI.
+    ``titles``: column titles that replace :data:`VARIANT_TITLES` (e.g. the models')."""
     import pyarrow as pa
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
+    variants = tuple(summary["means"])
+    titles = sheet_titles(variants, titles)
+    summary = {**summary, "contact_sheet_columns": titles}
     columns = ["key", "status", "reason", "height", "width", "seconds"]
     columns += [f"{kind}_{v}" for v in variants for kind in ("niqe", "luma")]
     table = pa.table({name: [row.get(name) for row in rows] for name in columns})
@@ -374,6 +418,7 @@ def run_evaluate(job: EvaluateJob) -> Summary:
         print(f"dry run: would score {len(keys)} images and write into {job.output}")
         return Summary("evaluate", {"dry_run": True, "images": len(keys)})
     init_ray(job.address, job.num_cpus)
+    ensure_placeable(resource_request(job, compared is not None), wait_s=job.wait_for_resources)
     started = time.perf_counter()
     rows = run_pipeline(
         keys, source, checkpoint.files, job, None if compared is None else compared.files
@@ -388,8 +433,7 @@ def run_evaluate(job: EvaluateJob) -> Summary:
         source.uri,
         None if compared is None else compared.description,
     )
-    compared_title = "starter model" if job.compare in (None, STARTER_NAME) else "second model"
-    written = write_results(rows, summary, markdown, output, job.samples, compared_title)
+    written = write_results(rows, summary, markdown, output, job.samples, model_titles(job))
     print(markdown)
     print("written:\n" + "\n".join(f"  {name}: {uri}" for name, uri in written.items()))
     return Summary("evaluate", {**summary, "written": written})

@@ -25,12 +25,16 @@ class EvaluateJob(StorageFields, RayFields):
 
     Field names are the flags' names with underscores; see ``enlightengan evaluate --help``.
     ``cpus_per_worker`` None: one CPU per enhancer actor, half of one when two pools run.
+    ``title`` / ``compare_title`` None: the contact sheet's default column titles
+    (:func:`pipelines.evaluate.job.model_titles`).
     """
 
     input: str
     output: str = "evaluation"
     checkpoint: str | None = None
     compare: str | None = None
+    title: str | None = None
+    compare_title: str | None = None
     limit: int | None = None
     samples: int = 4
     gamma: float = 1 / 2.2
@@ -77,6 +81,18 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CHECKPOINT",
         help="score a second model beside the first, in its own contact-sheet column "
         "(same forms as --checkpoint; e.g. --compare starter)",
+    )
+    parser.add_argument(
+        "--title",
+        default=None,
+        help="contact-sheet title of the --checkpoint model's column (default: 'starter' for "
+        "the shipped starter model, else 'EnlightenGAN')",
+    )
+    parser.add_argument(
+        "--compare-title",
+        default=None,
+        help="contact-sheet title of the --compare model's column (default: 'starter' or "
+        "'second model')",
     )
     scores = parser.add_argument_group("scores")
     scores.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")

@@ -3,6 +3,7 @@ the scores it writes equal NIQE computed directly on the same pixels."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -182,6 +183,15 @@ def test_compare_scores_the_shipped_starter_model_in_its_own_column(
         assert row["niqe_enhanced"] == pytest.approx(niqe(tiny([pixels])[0]), abs=1e-4)
     summary = (output / "summary.md").read_text()
     assert "| compared |" in summary and "shipped starter model" in summary
+    # baselines first, then the model compared with, then the one evaluated
+    columns = json.loads((output / "summary.json").read_text())["contact_sheet_columns"]
+    assert list(columns.values()) == [
+        "input",
+        "gamma",
+        "histogram equalisation",
+        "starter",
+        "EnlightenGAN",
+    ]
     with Image.open(output / "contact_sheet.png") as sheet:
         assert sheet.width > 5 * 200  # five columns
 
