@@ -161,7 +161,7 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
             checkpoint_every=every,
             sample_every=every,
             overrides=overrides,
-            # fp32 everywhere: the demo's figures in the README hold on any CPU.
+            # fp32 everywhere: the demo's figures in the docs hold on any CPU.
             precision="fp32",
             # One worker on a laptop: let it use every core, not Ray's one thread per worker.
             threads_per_worker=os.cpu_count() or 1,

@@ -14,7 +14,7 @@ from pipelines.options import (
 )
 
 # Steps of each training mode when --steps is not given. Fine-tuning: the README's first
-# command (setup + demo) stays under 5 minutes on 2 cores (measured in README.md).
+# command (setup + demo) stays under 5 minutes on 2 cores (measured in docs/getting-started.md).
 FINETUNE_STEPS = 20
 SCRATCH_STEPS = 400
 SCRATCH_LR = 5e-4

@@ -96,7 +96,7 @@ def fake_cluster_config(aws: dict, gcs_port: int) -> dict:
 
 
 def ray_job_submit(dashboard_url: str, *job_argv: str) -> subprocess.CompletedProcess:
-    """``ray job submit`` as README.md shows it, from a shell without any AWS credential."""
+    """``ray job submit`` as docs/clusters/submit.md shows it, from a shell without any AWS credential."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
     env["RAY_AUTH_MODE"] = "disabled"
     ray = str(Path(sys.executable).parent / "ray")
