@@ -212,6 +212,16 @@ def add_ray_arguments(parser) -> None:
         default=None,
         help="CPUs for an in-process local Ray (default: all cores); ignored with --address",
     )
+    group.add_argument(
+        "--wait-for-resources",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="when the cluster cannot place the job's workers (and keep a CPU for its own "
+        "tasks): 0 stops at once with what to pass instead; on a cluster with an autoscaler, "
+        "wait up to SECONDS for nodes that fit (the autoscaler is asked for them; a line every "
+        "30 s). An in-process local Ray never waits",
+    )
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -282,10 +292,12 @@ class StorageFields:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RayFields:
-    """The Ray flags of a job's spec: the cluster to join, or the cores of a local Ray."""
+    """The Ray flags of a job's spec: the cluster to join, or the cores of a local Ray, and how
+    long to wait for a cluster too small for the job to grow (:mod:`pipelines.ops.resources`)."""
 
     address: str | None = None
     num_cpus: int | None = None
+    wait_for_resources: float = 0.0
 
 
 def storage_of(spec: StorageFields):

@@ -61,6 +61,7 @@ from pipelines.inference.stages import (
     NOT_DARK,
     PENDING,
     SKIPPED,
+    TASK_CPUS,
     TO_COPY,
     EnhanceActor,
     InferenceSettings,
@@ -79,6 +80,7 @@ from pipelines.io.storage import (
     resolve,
 )
 from pipelines.ops.ray_runtime import init_ray
+from pipelines.ops.resources import WORKER_FLAGS, Request, ensure_placeable
 from pipelines.options import Summary, storage_of
 
 BLOCK_BYTES = 8 * 1024 * 1024
@@ -131,6 +133,18 @@ def inference_settings(job: EnhanceJob, total_cpus: float | None = None) -> Infe
     )
 
 
+def resource_request(job: EnhanceJob) -> Request:
+    """What the job needs from the cluster: its enhancer actors (none in a dry run) and room
+    for one of its read/decode/write tasks beside them."""
+    return Request(
+        "enhance",
+        task_cpus=TASK_CPUS,
+        workers=0 if job.dry_run else job.workers,
+        per_worker={"CPU": job.cpus_per_worker, "GPU": job.gpus_per_worker},
+        flags=WORKER_FLAGS,
+    )
+
+
 def run_enhance(job: EnhanceJob) -> Summary:
     """Run the enhance job ``job`` (see the module notes); returns its summary."""
     choose_backend(job.backend, job.precision, job.device)
@@ -150,6 +164,7 @@ def run_enhance(job: EnhanceJob) -> Summary:
             loading.result()  # a checkpoint already known to be bad fails before Ray starts
         started_ray = init_ray(job.address, job.num_cpus)
         try:
+            ensure_placeable(resource_request(job), wait_s=job.wait_for_resources)
             checkpoint = loading.result()
         except BaseException:
             if started_ray:

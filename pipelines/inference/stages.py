@@ -144,13 +144,18 @@ def decoded_images(pending: list[tuple[str, str]], source, max_pixels: int, num_
     return decode_stage(dataset, source, max_pixels)
 
 
+# CPUs of one read/decode/score/encode/write task of the enhance and evaluate datasets: what must
+# stay free on some node beside the enhancer actors (pipelines.ops.resources).
+TASK_CPUS = 0.5
+
+
 def cpu_stage(dataset, fn, fn_kwargs: dict, batch_size: int | None = None):
     """Add ``fn`` to ``dataset`` as CPU tasks on numpy batches (``None``: one batch per block).
 
-    Half a CPU per task: a different request than the actors', so Ray Data keeps these stages
-    in tasks (scaling with CPUs) instead of fusing them into the actor."""
+    Half a CPU per task (:data:`TASK_CPUS`): a different request than the actors', so Ray Data
+    keeps these stages in tasks (scaling with CPUs) instead of fusing them into the actor."""
     return dataset.map_batches(
-        fn, fn_kwargs=fn_kwargs, batch_size=batch_size, batch_format="numpy", num_cpus=0.5
+        fn, fn_kwargs=fn_kwargs, batch_size=batch_size, batch_format="numpy", num_cpus=TASK_CPUS
     )
 
 

@@ -16,6 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import ray
 
+# Whether this process started an in-process local Ray (nothing can join it, so a job that does
+# not fit it never will): see :func:`started_local_ray`.
+_LOCAL = {"started": False}
+
+
+def started_local_ray() -> bool:
+    """True when :func:`init_ray` started the Ray this process uses in-process, without an
+    address: no other node can join it, so a job that does not fit it never will."""
+    return _LOCAL["started"] and ray.is_initialized()
+
 
 def init_ray(
     address: str | None = None, num_cpus: int | None = None, training: bool = False
@@ -44,6 +54,7 @@ def init_ray(
 def _start_or_join(address: str | None, num_cpus: int | None, training: bool) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
+        _LOCAL["started"] = False
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Ray reads that variable once, when it is imported (before this runs). Left True, ray.init
@@ -68,6 +79,7 @@ def _start_or_join(address: str | None, num_cpus: int | None, training: bool) ->
             # recording them takes CPU from the actors on a small machine.
             _system_config={"enable_metrics_collection": False},
         )
+    _LOCAL["started"] = True
 
 
 @contextlib.contextmanager

@@ -46,10 +46,13 @@ from pipelines.io.shards import (
     drop_rows,
 )
 from pipelines.ops.ray_runtime import init_ray
+from pipelines.ops.resources import Request, ensure_placeable
 from pipelines.options import Summary, storage_of
 from pipelines.prepare.spec import PrepareJob
 
 REJECTED = "rejected.parquet"
+# Ray Data's default request of a read/decode task and of a write task: one whole CPU.
+TASK_CPUS = 1.0
 
 
 @dataclass(frozen=True)
@@ -365,6 +368,7 @@ def run_prepare(job: PrepareJob) -> Summary:
         if storage.exists(output):
             refuse_earlier_output(output, storage.display_uri(output.uri))
     init_ray(job.address, job.num_cpus)
+    ensure_placeable(Request("prepare", task_cpus=TASK_CPUS), wait_s=job.wait_for_resources)
     try:
         manifest = prepare(job.low, job.normal, job.output, settings, options)
     except Exception as error:

@@ -35,6 +35,7 @@ from pipelines.errors import UserError
 from pipelines.io import shards, storage
 from pipelines.io.shards import DOMAINS
 from pipelines.ops.ray_runtime import init_ray
+from pipelines.ops.resources import WORKER_FLAGS, Request, ensure_placeable
 from pipelines.options import Summary, storage_of
 from pipelines.train.init_source import (
     INIT_CHECKPOINT,
@@ -54,6 +55,9 @@ RUN_CONFIG_FILE = "config.json"
 EXPERIMENT_NAME = "train"
 # Settings that may change between a run and its resumption; anything else must match.
 RESUMABLE_JOB_SETTINGS = ("total_steps", "checkpoint_every", "sample_every", "report_every")
+# Ray Data's default request of a task reading and decoding the shards: one whole CPU, which
+# must stay free beside the workers (workers holding every CPU starve it: the run hangs).
+DATA_TASK_CPUS = 1.0
 
 
 @dataclass(frozen=True)
@@ -424,11 +428,30 @@ def failure_message(plan: TrainPlan, error: Exception) -> str:
     )
 
 
+def resource_request(plan: TrainPlan) -> Request:
+    """What the run needs from the cluster: its workers (at least ``--min-workers`` of them),
+    and a CPU for Ray Data's shard-reading tasks beside them."""
+    return Request(
+        "train",
+        task_cpus=DATA_TASK_CPUS,
+        workers=plan.workers,
+        per_worker={"CPU": plan.cpus_per_worker, "GPU": 1.0 if plan.use_gpu else 0.0},
+        min_workers=plan.min_workers if plan.elastic else None,
+        one_per_node=plan.placement_strategy == "STRICT_SPREAD",
+        flags={**WORKER_FLAGS, "one_per_node": "--placement PACK"},
+        tasks="shard-reading tasks (Ray Data)",
+    )
+
+
 def run_train(job: TrainJob) -> Summary:
     """Resolve, check and write the run's config, then train (unless ``dry_run``)."""
     plan = plan_training(job)
     check_vgg_weights(plan.config)
     print(json.dumps(plan.describe(), indent=2, sort_keys=True))
+    if not job.dry_run:
+        # Before anything is written: a run the cluster cannot place leaves no trace.
+        init_ray(job.address, job.num_cpus, training=True)
+        ensure_placeable(resource_request(plan), wait_s=job.wait_for_resources)
     write_run_config(plan)
     config_uri = storage.display_uri(plan.run.child(RUN_CONFIG_FILE).uri)
     if plan.init_record is not None:
@@ -436,7 +459,6 @@ def run_train(job: TrainJob) -> Summary:
     if job.dry_run:
         print(f"dry run: config written to {config_uri}")
         return Summary("train", {"dry_run": True, "config": config_uri, **plan.describe()})
-    init_ray(job.address, job.num_cpus, training=True)
     import ray.train
 
     try:

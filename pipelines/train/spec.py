@@ -207,9 +207,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--wait-for-workers",
         type=float,
         default=600.0,
-        help="seconds to wait for the workers' resources (at the start and after a node is "
-        "lost) before the job ends with a message; with --min-workers, Ray waits below the "
-        "minimum without a deadline",
+        help="seconds to wait for the workers' resources (at the start, while other work "
+        "holds them, and after a node is lost) before the job ends with a message; with "
+        "--min-workers, Ray waits below the minimum without a deadline. A cluster too small "
+        "for the workers stops the job at once (see --wait-for-resources)",
     )
     cluster.add_argument("--max-failures", type=int, default=3, help="worker-group retries")
     parser.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 
 from enlightengan.augment import make_training_batch
@@ -221,21 +222,53 @@ def test_bad_settings_exit_2_before_any_compute(prepared_bucket, tmp_path, extra
     assert not (tmp_path / "run" / "config.json").exists()
 
 
-def test_workers_that_cannot_be_placed_end_the_job_at_the_deadline(
-    prepared_bucket, tmp_path, monkeypatch, capsys
-):
-    """Two workers of 1.5 CPUs never fit the 2-CPU local Ray: with Ray Train's start timeout
-    at 5 s, ``--wait-for-workers 10`` gives up after two tries, with one line saying what."""
-    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "5")
-    args = ["--workers", "2", "--cpus-per-worker", "1.5", "--steps", "2"]
+def test_workers_the_local_ray_cannot_place_stop_the_job_at_once(prepared_bucket, tmp_path, capsys):
+    """Two workers of 1 CPU on the 2-CPU local Ray would leave no CPU for Ray Data's shard
+    reads (the run would hang): exit 2 at once with one line, and no run folder written."""
+    args = ["--workers", "2", "--cpus-per-worker", "1", "--steps", "2"]
     started = time.monotonic()
-    code = main(
-        _train_args(prepared_bucket, str(tmp_path / "run"), *args, "--wait-for-workers", "10")
-    )
-    waited = time.monotonic() - started
-    out = capsys.readouterr().out
+    code = main(_train_args(prepared_bucket, str(tmp_path / "run"), *args))
+    assert code == 2
+    assert time.monotonic() - started < 30
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1
+    assert errors[0].startswith("enlightengan train: error: train asks for 2 workers of 1 CPU")
+    assert "1 CPU free on one node for its shard-reading tasks (Ray Data)" in errors[0]
+    assert "the cluster has 2 CPUs on 1 node" in errors[0]
+    assert "pass --cpus-per-worker 0.5 or --workers 1 instead" in errors[0]
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+@ray.remote(num_cpus=1.5)
+class _Holder:
+    """Holds CPUs of the local Ray, as another job would."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def test_workers_whose_resources_others_hold_end_the_job_at_the_deadline(
+    ray_local, prepared_bucket, tmp_path, monkeypatch, capsys
+):
+    """Two workers of 0.5 CPU fit the 2-CPU local Ray, but another job holds 1.5 CPUs: with
+    Ray Train's start timeout at 5 s, ``--wait-for-workers 10`` gives up after two tries, with
+    one line saying what."""
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "5")
+    holder = _Holder.remote()
+    ray.get(holder.ready.remote())
+    try:
+        args = ["--workers", "2", "--cpus-per-worker", "0.5", "--steps", "2"]
+        args += ["--wait-for-workers", "10"]
+        started = time.monotonic()
+        code = main(_train_args(prepared_bucket, str(tmp_path / "run"), *args))
+        waited = time.monotonic() - started
+    finally:
+        ray.kill(holder)
+    captured = capsys.readouterr()
     assert code == 1
-    assert "could not place 2 workers (1.5 CPUs each) within --wait-for-workers 10 s" in out
+    assert "train: other work holds part of the cluster now (0.5 CPU of 2 free)" in captured.err
+    out = captured.out
+    assert "could not place 2 workers (0.5 CPUs each) within --wait-for-workers 10 s" in out
     assert "run the same command again when the capacity is back" in out
     assert 10 <= waited < 120
 
