@@ -43,12 +43,12 @@ def _sha256_printed(printed: str, path: Path) -> str:
 
 def test_the_scripts_ship_command_writes_generator_and_discriminators_in_float16(tmp_path, capsys):
     networks = _networks()
-    run = tmp_path / "starter-work" / "run"
-    save_checkpoint(run / "train" / "checkpoint_00000004", config=TINY, networks=networks)
     # The ship line of scripts/train_starter.sh, with its work folder here.
     script = (REPO / "scripts" / "train_starter.sh").read_text()
     (command,) = re.findall(r"-m pipelines\.starter\.ship (.*)", script)
     argv = [arg.replace("$work", str(tmp_path / "starter-work")) for arg in shlex.split(command)]
+    run = Path(argv[argv.index("--run") + 1])
+    save_checkpoint(run / "train" / "checkpoint_00000004", config=TINY, networks=networks)
     out = tmp_path / "weights" / "starter.pt"
     assert ship.main([*argv, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
