@@ -47,6 +47,7 @@ def init_ray(
         _start_or_join(address, num_cpus, training)
         importing.result()
     plain_progress_without_terminal()
+    plain_worker_log_prefixes_without_terminal()
     spend_actor_arguments_notice()
     return True
 
@@ -170,6 +171,15 @@ def plain_progress_without_terminal() -> None:
         from ray.data import DataContext
 
         DataContext.get_current().use_ray_tqdm = False
+
+
+def plain_worker_log_prefixes_without_terminal() -> None:
+    """No colour codes around the ``(pid=..., ip=...)`` prefix Ray puts on the lines its workers
+    print, unless both stdout and stderr are terminals (a log file or a pipe gets plain text).
+    Ray's driver reads ``RAY_COLOR_PREFIX`` each time it prints such a line (0: no colour); a
+    value the user set is kept."""
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
 # Without a dashboard there is no State API, and Ray Train's placement-group cleaner warns

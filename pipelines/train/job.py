@@ -26,6 +26,7 @@ Run layout (``--output`` is a folder or an ``s3://`` prefix)::
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -89,7 +90,8 @@ class TrainPlan:
 
     def describe(self) -> dict:
         """What config.json holds: URIs as displayed, no credentials."""
-        job = {k: v for k, v in self.worker.to_dict().items() if k != "config"}
+        hidden = ("config", "ray_train_log_level")  # the model config is beside; not a setting
+        job = {k: v for k, v in self.worker.to_dict().items() if k not in hidden}
         job.update(
             data=storage.display_uri(self.data.uri),
             run=storage.display_uri(self.run.uri),
@@ -202,6 +204,7 @@ def plan_training(job: TrainJob) -> TrainPlan:
         in_memory_domains=in_memory_domains(job.data, options, min_workers, job.memory_mb),
         torch_threads=job.threads_per_worker,
         init_checkpoint=None if init_record is None else INIT_CHECKPOINT,
+        ray_train_log_level=ray_train_log_level(),
     )
     return TrainPlan(
         config,
@@ -379,6 +382,7 @@ def run_training(plan: TrainPlan):
             storage_path=plan.run.path,
             storage_filesystem=plan.run.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=plan.keep_checkpoints),
+            logging_config=ray.train.LoggingConfig(log_level=plan.worker.ray_train_log_level),
             failure_config=ray.train.FailureConfig(
                 max_failures=plan.max_failures,
                 controller_failure_limit=startup_retries(plan.wait_for_workers_s),
@@ -387,6 +391,16 @@ def run_training(plan: TrainPlan):
         datasets=datasets,
     )
     return trainer.fit()
+
+
+def ray_train_log_level() -> str:
+    """The level of Ray Train's own lines on the console: INFO with ``-v`` (debug logging),
+    else WARNING. Its INFO lines are a ``Reporting training result N: TrainingReport(...)`` of
+    several hundred characters per report, worker-group starts, device moves and checkpoint
+    paths, between the job's progress lines (the workers apply it to the report lines with
+    ``report_lines_at``); Ray Train's own system log files keep them either way. A restarted
+    worker group still shows: the workers' "resuming from" line."""
+    return "INFO" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"
 
 
 def worker_group_start_timeout() -> float:

@@ -21,6 +21,7 @@ import queue
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -76,6 +77,7 @@ class WorkerSettings:
     in_memory_domains: tuple[str, ...] = ()
     torch_threads: int | None = None
     init_checkpoint: str | None = None
+    ray_train_log_level: str = "WARNING"
 
     def __post_init__(self):
         object.__setattr__(self, "in_memory_domains", tuple(self.in_memory_domains))
@@ -322,6 +324,17 @@ def _inject_fault_once(settings: WorkerSettings, step: int, rank: int, world: in
     raise RuntimeError(f"injected fault at step {step} (fail_at_step, first attempt only)")
 
 
+def report_lines_at(level: str) -> None:
+    """Ray Train logs a line per ``ray.train.report`` in each worker ("Reporting training result
+    N: TrainingReport(...)", several hundred characters) on a logger named after its source
+    file, outside the ``ray.train`` loggers that its ``LoggingConfig`` filters (Ray 2.60): give
+    that logger the run's level for Ray Train's lines (WARNING unless ``-v``)."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    for name in (train_context.__file__, train_context.__name__):
+        logging.getLogger(name).setLevel(level)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Entry point given to ``TorchTrainer``; ``loop_config`` is ``WorkerSettings.to_dict()``."""
     settings = WorkerSettings(**loop_config)
@@ -332,6 +345,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     run = RunFiles(ray_storage.storage_filesystem, ray_storage.storage_fs_path)
     device = ray.train.torch.get_device()
     autocast = torch.bfloat16 if settings.precision == "bf16" else None
+    report_lines_at(settings.ray_train_log_level)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     if device.type == "cuda":
@@ -451,27 +465,70 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 class ProgressLine:
     """Rank 0 prints one line at most every ``interval`` seconds, and at the last step: step,
-    epoch, learning rate, the main losses, throughput and the time left."""
+    epoch, learning rate, the main losses, throughput and the time left.
 
-    def __init__(self, total_steps: int, first_step: int, interval: float = 10.0):
-        self.total_steps, self.interval = total_steps, interval
-        self.first_step, self.started = first_step, time.perf_counter()
+    This process's first step is start-up (the data pipeline's first blocks, DDP's first
+    synchronisation, allocator warm-up: tens of seconds on a small machine, where a step then
+    takes a fraction of that), so it counts in neither speed nor time left: those come from the
+    steps after it, over the last ``window`` steps (a moving average), and only once
+    :data:`ETA_AFTER_STEPS` of them are timed; until then the line says so. ``clock``: seconds,
+    as ``time.perf_counter``."""
+
+    def __init__(
+        self,
+        total_steps: int,
+        first_step: int,
+        interval: float = 10.0,
+        window: int = 50,
+        clock=time.perf_counter,
+    ):
+        self.total_steps, self.interval, self.clock = total_steps, interval, clock
+        self.first_step, self.started = first_step, clock()
         self.last_print = self.started
+        self.timed: deque[tuple[int, float]] = deque(maxlen=window + 1)
 
     def update(self, record: dict) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         step = record["step"]
+        self.timed.append((step, now))  # the first entry: the end of the start-up step
         if now - self.last_print < self.interval and step < self.total_steps:
             return
         self.last_print = now
-        rate = (step - self.first_step) / max(now - self.started, 1e-9)
-        left = (self.total_steps - step) / rate if rate > 0 else float("nan")
         # A logger, not print: Ray Train patches print to both echo and log it (two lines).
         log.info(
             f"train: step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%), "
             f"epoch {record['epoch']}, lr {record['lr']:.2e}, g_total {record['g_total']:.3f}, "
-            f"d_global {record['d_global']:.3f}, {rate:.2f} steps/s, {left:.0f} s left"
+            f"d_global {record['d_global']:.3f}, {self.pace(step, now)}"
         )
+
+    def pace(self, step: int, now: float) -> str:
+        """Speed and time left, or what the first step took while too few are timed."""
+        (first, first_end), (last, last_end) = self.timed[0], self.timed[-1]
+        timed = last - first
+        if timed < ETA_AFTER_STEPS or last_end <= first_end:
+            startup = first_end - self.started
+            if step >= self.total_steps:
+                return f"{step - self.first_step} steps in {format_duration(now - self.started)}"
+            return (
+                f"first step {startup:.1f} s (start-up); time left once "
+                f"{ETA_AFTER_STEPS} more steps are timed"
+            )
+        rate = timed / (last_end - first_end)
+        left = (self.total_steps - step) / rate
+        return f"{rate:.2f} steps/s, {format_duration(left)} left"
+
+
+# Steps timed after the first one before the progress line estimates the time left.
+ETA_AFTER_STEPS = 3
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``17 min``, ``3.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _checkpoint_and_report(

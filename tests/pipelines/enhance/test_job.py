@@ -434,6 +434,8 @@ def test_enhance_job_output_has_no_actor_arguments_line_from_ray(checkpoint_run,
     assert {p.name for p in (tmp_path / "out").glob("*.png")} == {"coffee.png", "rocket.png"}
     assert "MapBatches(EnhanceActor)" in output  # the job did run an actor pool
     assert "constructor arguments in the object store" not in output
+    # Output to a pipe, not a terminal: no colour codes around Ray's worker-line prefixes.
+    assert "(MapWorker(MapBatches(EnhanceActor)) pid=" in output and "\x1b[" not in output
     logged = [
         line
         for log in ray_dir.glob("session_2*/logs/python-core-driver-*.log")  # not session_latest
