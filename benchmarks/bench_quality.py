@@ -135,13 +135,22 @@ def darken_like_demo(rgb: np.ndarray) -> np.ndarray:
     return darken(rgb)
 
 
-def darken_like_camera(rgb: np.ndarray, key: str, seed: int = CAMERA_SEED) -> np.ndarray:
+def darken_like_camera(
+    rgb: np.ndarray,
+    key: str,
+    seed: int = CAMERA_SEED,
+    *,
+    read_noise: tuple[float, float] = (0.0005, 0.004),
+    gains: tuple[float, float] | None = None,
+) -> np.ndarray:
     """An under-exposed camera's JPEG of ``rgb``, seeded by ``seed`` and the photo's ``key``.
 
     In linear light (sRGB decoded): exposure log-uniform in [1/16, 1/8] (3-4 stops under),
-    red and blue gains in [0.92, 1.08] against green (a mild white-balance cast), Poisson shot
-    noise at 400-4000 photo-electrons for full scale (log-uniform) plus Gaussian read noise of
-    0.0005-0.004 of full scale; then sRGB encoding and JPEG at quality 85-95. Unlike the
+    red and blue gains in [0.92, 1.08] against green (a mild white-balance cast; ``gains``:
+    fixed (red, blue) gains instead), Poisson shot noise at 400-4000 photo-electrons for full
+    scale (log-uniform) plus Gaussian read noise of a standard deviation uniform in
+    ``read_noise`` (fractions of full scale); then sRGB encoding and JPEG at quality 85-95.
+    The random draws are the same whatever ``read_noise`` and ``gains`` are. Unlike the
     starter corpus's degradation there is no extra tone curve: the camera's sRGB rendering.
     """
     from pipelines.demo.sample_photos import encode
@@ -150,13 +159,15 @@ def darken_like_camera(rgb: np.ndarray, key: str, seed: int = CAMERA_SEED) -> np
     rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
     exposure = math.exp(rng.uniform(math.log(1 / 16), math.log(1 / 8)))
     red, blue = rng.uniform(0.92, 1.08, size=2)
+    if gains is not None:
+        red, blue = gains
     full_scale = math.exp(rng.uniform(math.log(400), math.log(4000)))
-    read_noise = rng.uniform(0.0005, 0.004)
+    noise = rng.uniform(*read_noise)
     quality = int(rng.integers(85, 96))
     linear = srgb_to_linear(rgb.astype(np.float64) / 255.0) * exposure
     linear = linear * np.array([red, 1.0, blue])
     linear = rng.poisson(np.clip(linear, 0, None) * full_scale) / full_scale
-    linear = linear + rng.normal(scale=read_noise, size=linear.shape)
+    linear = linear + rng.normal(scale=noise, size=linear.shape)
     pixels = np.clip(np.round(linear_to_srgb(linear) * 255.0), 0, 255).astype(np.uint8)
     jpeg = encode(pixels, "JPEG", quality=quality)
     with Image.open(io.BytesIO(jpeg)) as image:

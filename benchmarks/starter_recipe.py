@@ -47,6 +47,8 @@ from enlightengan.config import EnlightenGANConfig  # noqa: E402
 from enlightengan.metrics import niqe  # noqa: E402
 from enlightengan.starter import load_weights, save_weights  # noqa: E402
 from enlightengan.training import (  # noqa: E402
+    GANModules,
+    GANOptimizers,
     build_modules,
     build_optimizers,
     set_learning_rate,
@@ -61,6 +63,39 @@ def read_domain(shards: Path, domain: str) -> list[np.ndarray]:
         for encoded in pq.read_table(path, columns=["image"]).column("image").to_pylist():
             images.append(np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB")))
     return images
+
+
+def train_within(
+    modules: GANModules,
+    optimizers: GANOptimizers,
+    low: list[np.ndarray],
+    normal: list[np.ndarray],
+    config: EnlightenGANConfig,
+    seconds: float,
+    dtype: torch.dtype | None = None,
+    log_every: int = 100,
+) -> int:
+    """Train on random picks of ``low`` and ``normal`` photos for ``seconds`` of wall time, lr
+    ``config.optim.lr`` for the first half of the time, then decaying linearly to 0; returns
+    the number of steps done."""
+    pick_rng, step_rng = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    batch = config.optim.batch_size
+    started, step = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - started) < seconds:
+        fraction = min(1.0, 2.0 * (1.0 - elapsed / seconds))
+        set_learning_rate(optimizers, config.optim.lr * fraction)
+        low_picks = torch.randint(0, len(low), (batch,), generator=pick_rng).tolist()
+        normal_picks = torch.randint(0, len(normal), (batch,), generator=pick_rng).tolist()
+        low_batch, normal_batch = make_training_batch(
+            [low[i] for i in low_picks], [normal[i] for i in normal_picks], config.augment, pick_rng
+        )
+        losses = training_step(
+            modules, optimizers, low_batch, normal_batch, config, step_rng, dtype
+        )
+        step += 1
+        if step % log_every == 0:
+            print(f"step {step} {elapsed:.0f} s g_total {losses['g_total']:.3f}", flush=True)
+    return step
 
 
 def hsv_saturation(rgb: np.ndarray) -> float:
@@ -124,13 +159,13 @@ def main() -> None:
             parser.error(f"--init-from has generator {source_config.generator}")
         modules.generator.load_state_dict(source.state_dict())
     optimizers = build_optimizers(modules, config.optim)
-    pick_rng, step_rng = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     batch, budget = config.optim.batch_size, args.minutes * 60
     dtype = torch.bfloat16 if args.bf16 else None
     if args.probe:
         size = config.augment.crop_size
         low_batch = torch.rand(batch, 3, size, size) * 0.3 - 1
         normal_batch = torch.rand(batch, 3, size, size) * 2 - 1
+        step_rng = torch.Generator().manual_seed(1)
         training_step(modules, optimizers, low_batch, normal_batch, config, step_rng, dtype)
         started = time.perf_counter()
         for _ in range(4):
@@ -141,21 +176,12 @@ def main() -> None:
         )
         return
     low, normal = read_domain(args.data, "low"), read_domain(args.data, "normal")
-    started, step = time.perf_counter(), 0
-    while not args.score_only and (elapsed := time.perf_counter() - started) < budget:
-        fraction = min(1.0, 2.0 * (1.0 - elapsed / budget))
-        set_learning_rate(optimizers, config.optim.lr * fraction)
-        low_picks = torch.randint(0, len(low), (batch,), generator=pick_rng).tolist()
-        normal_picks = torch.randint(0, len(normal), (batch,), generator=pick_rng).tolist()
-        low_batch, normal_batch = make_training_batch(
-            [low[i] for i in low_picks], [normal[i] for i in normal_picks], config.augment, pick_rng
-        )
-        losses = training_step(
-            modules, optimizers, low_batch, normal_batch, config, step_rng, dtype
-        )
-        step += 1
-        if step % 100 == 0:
-            print(f"step {step} {elapsed:.0f} s g_total {losses['g_total']:.3f}", flush=True)
+    started = time.perf_counter()
+    step = (
+        0
+        if args.score_only
+        else train_within(modules, optimizers, low, normal, config, budget, dtype)
+    )
     seconds_per_step = (time.perf_counter() - started) / max(step, 1)
     modules.generator.eval()
     if args.save is not None:
