@@ -126,7 +126,8 @@ def add_worker_arguments(
     cpus_per_worker: float | None = 1.0,
     cpus_help: str = "CPUs each worker reserves",
 ) -> None:
-    """``--workers`` and the per-worker resources, the same for train, enhance and evaluate."""
+    """``--workers`` and the per-worker resources, the same for train, enhance and evaluate
+    (the spec checks them with :func:`check_worker_resources`)."""
     group = parser.add_argument_group("workers")
     group.add_argument("--workers", type=int, default=workers, help=what)
     group.add_argument(
@@ -142,6 +143,29 @@ def add_worker_arguments(
         default=None,
         help="torch threads in each worker (default: its share of the cores)",
     )
+    group.add_argument(
+        "--memory-per-worker",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="memory each worker reserves, in GiB (Ray's memory resource: a node runs only as "
+        "many workers as it has memory for); default: none reserved",
+    )
+
+
+GIB = 1024**3
+
+
+def check_worker_resources(spec) -> None:
+    """The per-worker resources of a spec with the :func:`add_worker_arguments` fields."""
+    memory = getattr(spec, "memory_per_worker", None)
+    if memory is not None and memory <= 0:
+        raise UserError("--memory-per-worker must be > 0 GiB (leave it out to reserve none)")
+
+
+def memory_bytes(gib: float | None) -> int | None:
+    """``--memory-per-worker`` as Ray's ``memory`` resource (bytes); None: none reserved."""
+    return None if gib is None else int(gib * GIB)
 
 
 def add_precision_arguments(parser, *, backend: str | None = "auto") -> None:

@@ -102,7 +102,11 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
     init_ray(job.address, job.num_cpus, training=True)
     started = time.perf_counter()
     photos_dir = out / "photos"
-    ray = {"address": job.address, "num_cpus": job.num_cpus}
+    ray = {
+        "address": job.address,
+        "num_cpus": job.num_cpus,
+        "wait_for_resources": job.wait_for_resources,
+    }
     if not (photos_dir / "low").is_dir():
         print(f"[demo 1/5] building an unpaired photo set from installed wheels in {photos_dir}")
         build_photo_dataset(photos_dir)

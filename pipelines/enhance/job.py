@@ -81,7 +81,7 @@ from pipelines.io.storage import (
 )
 from pipelines.ops.ray_runtime import init_ray
 from pipelines.ops.resources import WORKER_FLAGS, Request, ensure_placeable
-from pipelines.options import Summary, storage_of
+from pipelines.options import Summary, memory_bytes, storage_of
 
 BLOCK_BYTES = 8 * 1024 * 1024
 REPORTED_SETTINGS = ("workers", "batch_size", "precision", "image_format", "limit", "overwrite")
@@ -140,7 +140,11 @@ def resource_request(job: EnhanceJob) -> Request:
         "enhance",
         task_cpus=TASK_CPUS,
         workers=0 if job.dry_run else job.workers,
-        per_worker={"CPU": job.cpus_per_worker, "GPU": job.gpus_per_worker},
+        per_worker={
+            "CPU": job.cpus_per_worker,
+            "GPU": job.gpus_per_worker,
+            "memory": memory_bytes(job.memory_per_worker) or 0,
+        },
         flags=WORKER_FLAGS,
     )
 
@@ -295,6 +299,7 @@ def run_pipeline(
         batch_format="numpy",
         num_cpus=job.cpus_per_worker,
         num_gpus=job.gpus_per_worker or None,
+        memory=memory_bytes(job.memory_per_worker),
     )
     dataset = cpu_stage(
         dataset,

@@ -18,6 +18,7 @@ from pipelines.options import (
     add_ray_arguments,
     add_storage_arguments,
     add_worker_arguments,
+    check_worker_resources,
     deprecated_flag,
 )
 
@@ -42,6 +43,7 @@ class EnhanceJob(StorageFields, RayFields):
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     threads_per_worker: int | None = None
+    memory_per_worker: float | None = None
     batch_size: int = 4
     precision: str = "auto"
     backend: str = "auto"
@@ -62,6 +64,7 @@ class EnhanceJob(StorageFields, RayFields):
     report_niqe: bool = False
 
     def __post_init__(self) -> None:
+        check_worker_resources(self)
         if self.workers < 1 or self.batch_size < 1:
             raise UserError("--workers and --batch-size must be >= 1")
         if self.gpus_per_worker < 0 or self.cpus_per_worker < 0:

@@ -44,7 +44,7 @@ from pipelines.io.storage import (
 )
 from pipelines.ops.ray_runtime import init_ray
 from pipelines.ops.resources import WORKER_FLAGS, Request, ensure_placeable
-from pipelines.options import STARTER_NAME, Summary, storage_of
+from pipelines.options import STARTER_NAME, Summary, memory_bytes, storage_of
 
 VARIANTS = ("input", "enhanced", "gamma", "histeq")
 # With --compare, a second model's output is scored too, in this column.
@@ -157,7 +157,11 @@ def resource_request(job: EvaluateJob, comparing: bool) -> Request:
         "evaluate",
         task_cpus=TASK_CPUS,
         workers=job.workers,
-        per_worker={"CPU": enhancer_cpus(job, comparing), "GPU": job.gpus_per_worker},
+        per_worker={
+            "CPU": enhancer_cpus(job, comparing),
+            "GPU": job.gpus_per_worker,
+            "memory": memory_bytes(job.memory_per_worker) or 0,
+        },
         pools=2 if comparing else 1,
         flags=WORKER_FLAGS,
         tasks="decode and scoring tasks",
@@ -204,6 +208,7 @@ def run_pipeline(
             batch_size=job.batch_size,
             num_cpus=actor_cpus,
             num_gpus=job.gpus_per_worker or None,
+            memory=memory_bytes(job.memory_per_worker),
         )
 
     if compared_files is not None:

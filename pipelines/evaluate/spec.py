@@ -16,6 +16,7 @@ from pipelines.options import (
     add_ray_arguments,
     add_storage_arguments,
     add_worker_arguments,
+    check_worker_resources,
 )
 
 
@@ -43,6 +44,7 @@ class EvaluateJob(StorageFields, RayFields):
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None
     threads_per_worker: int | None = None
+    memory_per_worker: float | None = None
     batch_size: int = 1
     tile_size: int = 1024
     backend: str = "torch"
@@ -51,6 +53,7 @@ class EvaluateJob(StorageFields, RayFields):
     dry_run: bool = False
 
     def __post_init__(self) -> None:
+        check_worker_resources(self)
         if self.workers < 1 or self.batch_size < 1:
             raise UserError("--workers and --batch-size must be >= 1")
         if self.limit is not None and self.limit < 1:

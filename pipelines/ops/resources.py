@@ -38,6 +38,7 @@ UNITS = {"CPU": "CPU", "GPU": "GPU"}
 WORKER_FLAGS = {
     "CPU": "--cpus-per-worker",
     "GPU": "--gpus-per-worker",
+    "memory": "--memory-per-worker",
     "workers": "--workers",
     "min_workers": "--min-workers",
 }
@@ -340,7 +341,7 @@ def _total(nodes, name: str) -> float:
 def _quantity(name: str, value: float) -> str:
     """``2 CPUs``, ``0.5 CPU``, ``1 GPU``, ``4 GiB memory``."""
     if name == "memory":
-        return f"{value / GIB:.3g} GiB memory"
+        return f"{value / GIB:.1f} GiB memory"
     unit = UNITS.get(name, name)
     return f"{_number(value)} {unit}{'s' if value > 1 or value == 0 else ''}"
 

@@ -37,7 +37,7 @@ from pipelines.io import shards, storage
 from pipelines.io.shards import DOMAINS
 from pipelines.ops.ray_runtime import init_ray
 from pipelines.ops.resources import WORKER_FLAGS, Request, ensure_placeable
-from pipelines.options import Summary, storage_of
+from pipelines.options import Summary, memory_bytes, storage_of
 from pipelines.train.init_source import (
     INIT_CHECKPOINT,
     given_settings,
@@ -82,6 +82,7 @@ class TrainPlan:
     wait_for_workers_s: float = 600.0
     init_record: dict | None = None
     init_source: object | None = field(default=None, repr=False, compare=False)
+    memory_per_worker: float | None = None
 
     @property
     def elastic(self) -> bool:
@@ -104,6 +105,7 @@ class TrainPlan:
             domain_counts=self.domain_counts,
             min_workers=self.min_workers or self.workers,
             wait_for_workers_s=self.wait_for_workers_s,
+            memory_per_worker_gib=self.memory_per_worker,
         )
         if self.init_record is not None:
             job["init_from"] = self.init_record
@@ -223,6 +225,7 @@ def plan_training(job: TrainJob) -> TrainPlan:
         job.wait_for_workers,
         init_record,
         init_source,
+        job.memory_per_worker,
     )
 
 
@@ -367,7 +370,7 @@ def run_training(plan: TrainPlan):
         domain: shards.read_domain(plan.data.uri, domain, options=plan.options, shuffle_files=True)
         for domain in DOMAINS
     }
-    resources = {"CPU": plan.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})}
+    resources = plan_resources(plan)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=plan.worker.to_dict(),
@@ -442,6 +445,16 @@ def failure_message(plan: TrainPlan, error: Exception) -> str:
     )
 
 
+def plan_resources(plan: TrainPlan) -> dict[str, float]:
+    """Ray resources of each training worker."""
+    resources = {"CPU": plan.cpus_per_worker}
+    if plan.use_gpu:
+        resources["GPU"] = 1.0
+    if plan.memory_per_worker is not None:
+        resources["memory"] = float(memory_bytes(plan.memory_per_worker))
+    return resources
+
+
 def resource_request(plan: TrainPlan) -> Request:
     """What the run needs from the cluster: its workers (at least ``--min-workers`` of them),
     and a CPU for Ray Data's shard-reading tasks beside them."""
@@ -449,7 +462,7 @@ def resource_request(plan: TrainPlan) -> Request:
         "train",
         task_cpus=DATA_TASK_CPUS,
         workers=plan.workers,
-        per_worker={"CPU": plan.cpus_per_worker, "GPU": 1.0 if plan.use_gpu else 0.0},
+        per_worker=plan_resources(plan),
         min_workers=plan.min_workers if plan.elastic else None,
         one_per_node=plan.placement_strategy == "STRICT_SPREAD",
         flags={**WORKER_FLAGS, "one_per_node": "--placement PACK"},

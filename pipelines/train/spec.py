@@ -15,6 +15,7 @@ from pipelines.options import (
     add_ray_arguments,
     add_storage_arguments,
     add_worker_arguments,
+    check_worker_resources,
     deprecated_flag,
 )
 
@@ -47,6 +48,7 @@ class TrainJob(StorageFields, RayFields):
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None
     threads_per_worker: int | None = None
+    memory_per_worker: float | None = None
     model_config: str | None = None
     overrides: tuple[str, ...] = ()
     init_from: str | None = None
@@ -67,6 +69,7 @@ class TrainJob(StorageFields, RayFields):
     fail_at_step: int | None = None
 
     def __post_init__(self) -> None:
+        check_worker_resources(self)
         if self.workers < 1:
             raise UserError("--workers must be >= 1")
         if self.gpus_per_worker not in (0, 1):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
-from pipelines.ops.resources import WORKER_FLAGS, Request, alive_nodes, ensure_placeable
+from pipelines.ops.resources import GIB, WORKER_FLAGS, Request, alive_nodes, ensure_placeable
 from tests.fixtures.photos import darken, encode, fit_within, wheel_photo
 
 REPO = Path(__file__).resolve().parents[3]
@@ -47,25 +47,36 @@ def test_the_local_ray_fits_what_it_can_run_and_names_what_to_pass(ray_local, ca
     with pytest.raises(Exception) as refused:
         ensure_placeable(_enhance_request(2, 1.0))
     assert "pass --cpus-per-worker 0.75 or --workers 1" in str(refused.value)
+    # Memory: Ray's memory resource of the node, whole GiB quarters below it.
+    node_memory = nodes[0]["memory"] / GIB
+    huge = Request("enhance", 0.5, 1, {"CPU": 1.0, "memory": 2 * nodes[0]["memory"]},
+                   flags=WORKER_FLAGS)  # fmt: skip
+    with pytest.raises(Exception) as refused:
+        ensure_placeable(huge)
+    message = str(refused.value)
+    assert f"1 worker of 1 CPU, {2 * node_memory:.1f} GiB memory each" in message
+    assert f"the cluster has 2 CPUs, {node_memory:.1f} GiB memory on 1 node" in message
+    suggested = float(message.split("pass --memory-per-worker ")[1].split()[0])
+    assert node_memory - 0.25 < suggested <= node_memory and (suggested * 4).is_integer()
 
 
 def test_jobs_asking_too_much_of_the_local_ray_exit_2_at_once(
     ray_local, photo_dataset, tmp_path, capsys
 ):
-    """enhance, evaluate (two pools with --compare) and train each stop with exit 2 and one line
-    before any work; train writes no config.json."""
+    """enhance (too many CPUs, or more memory than the node has) and evaluate (two pools with
+    --compare) each stop with exit 2 and one line before any work (train: its own tests)."""
     photos = str(photo_dataset.low_dir)
-    runs = {
-        "enhance": ["enhance", "--input", photos, "--output", str(tmp_path / "enhanced"),
-                    "--cpus-per-worker", "2", "--threads-per-worker", "2"],
-        "evaluate": ["evaluate", "--input", photos, "--output", str(tmp_path / "scores"),
-                     "--compare", "starter", "--cpus-per-worker", "1"],
-    }  # fmt: skip
-    expected = {
-        "enhance": "pass --cpus-per-worker 1.5 instead",
-        "evaluate": "2 workers (2 pools of 1) of 1 CPU each",
-    }
-    for name, argv in runs.items():
+    enhance = ["enhance", "--input", photos, "--output", str(tmp_path / "enhanced")]
+    runs = [
+        ("enhance", [*enhance, "--cpus-per-worker", "2", "--threads-per-worker", "2"],
+         "pass --cpus-per-worker 1.5 instead"),
+        ("enhance", [*enhance, "--memory-per-worker", "100000"],
+         "1 worker of 1 CPU, 100000.0 GiB memory each"),
+        ("evaluate", ["evaluate", "--input", photos, "--output", str(tmp_path / "scores"),
+                      "--compare", "starter", "--cpus-per-worker", "1"],
+         "2 workers (2 pools of 1) of 1 CPU each"),
+    ]  # fmt: skip
+    for name, argv, expected in runs:
         started = time.monotonic()
         assert main(argv) == 2, name
         assert time.monotonic() - started < 30
@@ -73,7 +84,7 @@ def test_jobs_asking_too_much_of_the_local_ray_exit_2_at_once(
         refusal = [line for line in error if "error:" in line]
         assert len(refusal) == 1, error
         assert refusal[0].startswith(f"enlightengan {name}: error: {name} asks for"), refusal
-        assert expected[name] in refusal[0]
+        assert expected in refusal[0]
     assert not (tmp_path / "enhanced" / "_manifest").exists()
 
 
