@@ -84,6 +84,10 @@ from pipelines.ops.resources import WORKER_FLAGS, Request, ensure_placeable
 from pipelines.options import Summary, memory_bytes, storage_of
 
 BLOCK_BYTES = 8 * 1024 * 1024
+# Ray Data's repartition tasks (Dataset.repartition has no resource option, Ray 2.60) and the
+# resume index's task ask for a whole CPU, more than the stages' own tasks (TASK_CPUS): what must
+# stay free on some node beside the enhancer actors. With half a CPU left the run hung.
+WHOLE_TASK_CPUS = 1.0
 REPORTED_SETTINGS = ("workers", "batch_size", "precision", "image_format", "limit", "overwrite")
 
 
@@ -135,10 +139,10 @@ def inference_settings(job: EnhanceJob, total_cpus: float | None = None) -> Infe
 
 def resource_request(job: EnhanceJob) -> Request:
     """What the job needs from the cluster: its enhancer actors (none in a dry run) and room
-    for one of its read/decode/write tasks beside them."""
+    for the largest of its own tasks beside them (:data:`WHOLE_TASK_CPUS`)."""
     return Request(
         "enhance",
-        task_cpus=TASK_CPUS,
+        task_cpus=max(TASK_CPUS, WHOLE_TASK_CPUS),
         workers=0 if job.dry_run else job.workers,
         per_worker={
             "CPU": job.cpus_per_worker,

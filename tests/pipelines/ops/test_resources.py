@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
+from pipelines.enhance.job import resource_request
+from pipelines.enhance.spec import EnhanceJob
 from pipelines.ops.resources import GIB, WORKER_FLAGS, Request, alive_nodes, ensure_placeable
 from tests.fixtures.photos import darken, encode, fit_within, wheel_photo
 
@@ -23,12 +25,15 @@ ESCAPE = "\x1b["
 
 
 def _enhance_request(workers: int, cpus: float, gpus: float = 0.0) -> Request:
-    return Request("enhance", 0.5, workers, {"CPU": cpus, "GPU": gpus}, flags=WORKER_FLAGS)
+    """What ``enhance --workers W --cpus-per-worker C --gpus-per-worker G`` asks for."""
+    job = EnhanceJob("in", "out", workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
+    return resource_request(job)
 
 
 def test_the_local_ray_fits_what_it_can_run_and_names_what_to_pass(ray_local, capsys):
-    """The session's in-process Ray has 2 CPUs and no GPU: one 1-CPU enhancer leaves room for
-    the decode tasks; a 2-CPU one would hold every CPU (the 9-minute hang of issue 27)."""
+    """The session's in-process Ray has 2 CPUs and no GPU: one 1-CPU enhancer leaves a CPU for
+    enhance's own tasks (Ray Data's repartition tasks ask for a whole one); a 2-CPU one would
+    hold every CPU (the 9-minute hang of issue 27), and so would 1.5 (the repartition task)."""
     nodes = alive_nodes()
     assert len(nodes) == 1 and nodes[0]["CPU"] == 2
     ensure_placeable(_enhance_request(1, 1.0))  # fits: returns without a word
@@ -37,16 +42,19 @@ def test_the_local_ray_fits_what_it_can_run_and_names_what_to_pass(ray_local, ca
         ensure_placeable(_enhance_request(1, 2.0), wait_s=600)  # local: never waits
     message = str(refused.value)
     assert "\n" not in message
-    assert "1 worker of 2 CPUs each and 0.5 CPU free on one node" in message
+    assert "1 worker of 2 CPUs each and 1 CPU free on one node" in message
     assert "the cluster has 2 CPUs on 1 node" in message
-    assert "pass --cpus-per-worker 1.5 instead" in message
+    assert "pass --cpus-per-worker 1 instead" in message
+    with pytest.raises(Exception) as refused:
+        ensure_placeable(_enhance_request(1, 1.5))
+    assert "pass --cpus-per-worker 1 instead" in str(refused.value)
     with pytest.raises(Exception) as refused:
         ensure_placeable(_enhance_request(1, 1.0, gpus=1.0))
     assert "the cluster has 2 CPUs, 0 GPUs" in str(refused.value)
     assert "pass --gpus-per-worker 0 instead" in str(refused.value)
     with pytest.raises(Exception) as refused:
         ensure_placeable(_enhance_request(2, 1.0))
-    assert "pass --cpus-per-worker 0.75 or --workers 1" in str(refused.value)
+    assert "pass --cpus-per-worker 0.5 or --workers 1" in str(refused.value)
     # Memory: Ray's memory resource of the node, whole GiB quarters below it.
     node_memory = nodes[0]["memory"] / GIB
     huge = Request("enhance", 0.5, 1, {"CPU": 1.0, "memory": 2 * nodes[0]["memory"]},
@@ -69,7 +77,7 @@ def test_jobs_asking_too_much_of_the_local_ray_exit_2_at_once(
     enhance = ["enhance", "--input", photos, "--output", str(tmp_path / "enhanced")]
     runs = [
         ("enhance", [*enhance, "--cpus-per-worker", "2", "--threads-per-worker", "2"],
-         "pass --cpus-per-worker 1.5 instead"),
+         "pass --cpus-per-worker 1 instead"),
         ("enhance", [*enhance, "--memory-per-worker", "100000"],
          "1 worker of 1 CPU, 100000.0 GiB memory each"),
         ("evaluate", ["evaluate", "--input", photos, "--output", str(tmp_path / "scores"),
@@ -132,7 +140,7 @@ def test_a_fresh_command_stops_within_30_s_with_one_plain_line(tmp_path, job):
     assert len(errors) == 1, text
     if name == "enhance":
         assert "enhance asks for 1 worker of 2 CPUs each" in errors[0]
-        assert "pass --cpus-per-worker 1.5 instead" in errors[0]
+        assert "pass --cpus-per-worker 1 instead" in errors[0]
     else:
         assert "prepare asks for 1 CPU free on one node" in errors[0]
         assert "the cluster has 0 CPUs on 1 node" in errors[0]
