@@ -11,10 +11,12 @@ import importlib.resources
 from pathlib import Path
 
 # sha256 of weights/starter.pt; a changed or damaged file is refused rather than run.
-STARTER_SHA256 = "cec54f850380f73f1a36df3f82967de06b5007c82f3b97b70fa06d104c9cd08a"
+STARTER_SHA256 = "b4a4fbb961b2a4bd959d5fa9788891f531632d3b73863cb0d9f3c04a0bf6d260"
 # sha256 of weights/starter-discriminators.pt (the starter's global and patch discriminators,
 # for fine-tuning); None while no such file ships, and then the file is not read.
-STARTER_DISCRIMINATORS_SHA256: str | None = None
+STARTER_DISCRIMINATORS_SHA256: str | None = (
+    "5fd36b82289184bb833d81f834d90ef50361fece8e3567bd75cd4ef110027457"
+)
 DISCRIMINATORS_FILE_NAME = "starter-discriminators.pt"
 
 
