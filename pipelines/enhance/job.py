@@ -36,7 +36,7 @@ from pipelines.enhance.plan import (
 from pipelines.enhance.report import (
     ReportSampler,
     RunFacts,
-    SampleKeeper,
+    start_sample_keeper,
     write_report,
 )
 from pipelines.enhance.sink import (
@@ -79,7 +79,7 @@ from pipelines.io.storage import (
     display_uri,
     resolve,
 )
-from pipelines.ops.ray_runtime import init_ray
+from pipelines.ops.ray_runtime import init_ray, lost_node_failure
 from pipelines.ops.resources import WORKER_FLAGS, Request, ensure_placeable
 from pipelines.options import Summary, memory_bytes, storage_of
 
@@ -191,7 +191,7 @@ def run_enhance(job: EnhanceJob) -> Summary:
         if job.dry_run:
             return _dry_run(work, source, checkpoint.files, job, policy)
         started = time.perf_counter()
-        keeper = SampleKeeper.remote(job.report_samples)
+        keeper = start_sample_keeper(job.report_samples)
         sampler = ReportSampler(keeper, job.report_niqe) if job.report_samples else None
         run_pipeline(work, source, output, checkpoint.files, job, target, policy, sampler)
         seconds = time.perf_counter() - started
@@ -203,7 +203,8 @@ def run_enhance(job: EnhanceJob) -> Summary:
         )  # fmt: skip
         report = write_report(output, facts, summary, ray.get(keeper.sample.remote()))
     except Exception as error:
-        raise storage_failure("enhance", error) or error from None
+        failure = storage_failure("enhance", error) or lost_node_failure("enhance", error)
+        raise failure or error from None
     counts = _print_summary(summary, seconds, output, run_id, job.limit)
     print(f"  report: {report}")
     return Summary(

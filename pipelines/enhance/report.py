@@ -18,6 +18,7 @@ about ``samples * ln(images / samples)`` images are ever thumbnailed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import json
@@ -49,7 +50,8 @@ def sample_rank(key: str) -> int:
 
 @ray.remote(num_cpus=0)
 class SampleKeeper:
-    """The ``size`` offered entries of lowest rank (see :func:`sample_rank`)."""
+    """The ``size`` offered entries of lowest rank (see :func:`sample_rank`). Start it with
+    :func:`start_sample_keeper`: on the driver's node, which the job cannot lose anyway."""
 
     def __init__(self, size: int):
         self.size = size
@@ -71,6 +73,15 @@ class SampleKeeper:
         return [self.entries[rank] for rank in sorted(self.entries)]
 
 
+def start_sample_keeper(size: int):
+    """A :class:`SampleKeeper` on the driver's node when it can go there (a head node without
+    CPUs takes it: it asks for none), so that losing a worker node never loses the sample."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return SampleKeeper.options(scheduling_strategy=here).remote(size)
+
+
 @dataclass
 class ReportSampler:
     """What the decode and write tasks need to build the sample (picklable: an actor handle)."""
@@ -82,7 +93,10 @@ class ReportSampler:
     def _current_cutoff(self) -> int:
         fetched, cutoff = self._cutoff
         if time.monotonic() - fetched > CUTOFF_REFRESH_SECONDS:
-            cutoff = ray.get(self.keeper.cutoff.remote())
+            try:
+                cutoff = ray.get(self.keeper.cutoff.remote())
+            except ray.exceptions.RayActorError:
+                cutoff = 0  # the keeper is gone (its node lost): the report's sample stops here
             self._cutoff = (time.monotonic(), cutoff)
         return cutoff
 
@@ -121,7 +135,9 @@ class ReportSampler:
     def offer(self, entries: list) -> None:
         entries = [entry for entry in entries if entry is not None]
         if entries:
-            ray.get(self.keeper.offer.remote(entries))
+            # A keeper gone with its node costs the report samples, never the job its images.
+            with contextlib.suppress(ray.exceptions.RayActorError):
+                ray.get(self.keeper.offer.remote(entries))
 
     def _niqe(self, rgb: np.ndarray) -> float:
         return report_niqe(rgb) if self.niqe else math.nan

@@ -173,6 +173,49 @@ def plain_progress_without_terminal() -> None:
         DataContext.get_current().use_ray_tqdm = False
 
 
+def lost_node_failure(job: str, error: BaseException):
+    """A one-line :class:`~pipelines.errors.UserError` for a job that Ray could not carry past
+    a lost node or worker (an object, actor or task whose node went and that no retry or
+    reconstruction brought back), else ``None`` (anything else keeps its traceback)."""
+    import ray.exceptions as failures
+
+    from pipelines.errors import UserError
+
+    lost = (
+        failures.NodeDiedError,
+        failures.ObjectLostError,
+        failures.RayActorError,
+        failures.WorkerCrashedError,
+        failures.LocalRayletDiedError,
+    )
+    seen, cause, detail = set(), error, None
+    while isinstance(cause, BaseException) and id(cause) not in seen:
+        if isinstance(cause, lost):
+            first = next((line for line in str(cause).splitlines() if line.strip()), "")
+            detail = f"{type(cause).__name__}: {first.strip()}"
+            break
+        seen.add(id(cause))
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    if detail is None:
+        # A task's error that reached the driver only as text (Ray's UnserializableException).
+        names = {kind.__name__ for group in lost for kind in _with_subclasses(group)}
+        detail = next(
+            (line.strip() for line in str(error).splitlines()
+             if line.strip().split(":", 1)[0].rsplit(".", 1)[-1] in names),
+            None,
+        )  # fmt: skip
+    if detail is None:
+        return None
+    return UserError(
+        f"{job} stopped: the cluster lost a node or worker and Ray could not recover its work "
+        f"({detail[:200]}); finished work is kept, rerun the same command to complete it"
+    )
+
+
+def _with_subclasses(kind: type) -> list[type]:
+    return [kind, *(sub for child in kind.__subclasses__() for sub in _with_subclasses(child))]
+
+
 def plain_worker_log_prefixes_without_terminal() -> None:
     """No colour codes around the ``(pid=..., ip=...)`` prefix Ray puts on the lines its workers
     print, unless both stdout and stderr are terminals (a log file or a pipe gets plain text).

@@ -121,6 +121,7 @@ def test_the_api_examples_of_the_readme_and_the_docs_run_as_written(
         "README.md",
         "python-api.md",
         "python-api.md",
+        "starter.md",
     ]
     assert all(example.language == "python" for example in examples)
     Image.fromarray(photo).save(tmp_path / "photo.jpg")
@@ -131,6 +132,7 @@ def test_the_api_examples_of_the_readme_and_the_docs_run_as_written(
     for example in examples:
         exec(compile(example.code, example.where, "exec"), {})
     assert Image.open(tmp_path / "photo-enhanced.png").size == (photo.shape[1], photo.shape[0])
+    assert Image.open(tmp_path / "photo-starter.png").size == (photo.shape[1], photo.shape[0])
     assert sorted(p.name for p in (tmp_path / "photos-enhanced").glob("*.png")) == [
         "one.png",
         "two.png",
