@@ -268,6 +268,11 @@ def _summary_section(facts: RunFacts, summary: dict) -> str:
         ("images", f"{total:,}"),
         *((STATUS_WORDS.get(name, name), f"{count:,}") for name, count in _in_order(statuses)),
         ("time", f"{facts.seconds:,.1f} s ({rate:.2f} images enhanced per second)"),
+        *(
+            [("steady state", f"{steady:.2f} images per second after the first batch")]
+            if (steady := summary.get("steady_images_per_s")) is not None
+            else []
+        ),
         ("bytes written", f"{summary['output_bytes']:,}"),
         ("--only-dark", _e(facts.policy.mode if facts.policy else "off (every image enhanced)")),
         *(

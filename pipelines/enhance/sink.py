@@ -49,6 +49,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("seconds", pa.float64()),
         ("run_id", pa.string()),
         *((name, pa.float64()) for name in DARKNESS_COLUMNS),
+        ("written_at", pa.float64()),
     ]
 )
 # Keys listed per failure reason in a run's summary (the manifest has them all).
@@ -61,7 +62,7 @@ def manifest_row(key: str, output_key: str, status: str, reason: str = "", **siz
     """One manifest row; sizes default to 0 and ``reason`` is empty for a success."""
     row = dict.fromkeys(MANIFEST_SCHEMA.names, 0)
     row.update(key=key, output_key=output_key, status=status, reason=reason or None)
-    row.update(seconds=0.0, run_id="")
+    row.update(seconds=0.0, run_id="", written_at=0.0)
     row.update(dict.fromkeys(DARKNESS_COLUMNS, math.nan))
     row.update(sizes)
     return row
@@ -201,6 +202,7 @@ class _ImageWriter:
             COPIED if row["status"] == TO_COPY else ENHANCED,
             output_bytes=len(encoded),
             seconds=seconds,
+            written_at=time.time(),
             **sizes,
         )
 
@@ -247,11 +249,11 @@ class ManifestSink(Datasink):
             self.target.write(f"{ctx.task_idx:06d}", rows)
 
 
-def summarize_run(target: ManifestTarget) -> dict:
+def summarize_run(target: ManifestTarget, first_batch: int = 1) -> dict:
     """Counts by status and failure reason, the first :data:`FAILED_KEYS_KEPT` keys of each
-    reason, bytes written by this run (enhanced and copied rows) and a histogram of darkness
-    scores (:data:`DARKNESS_BINS` bins over 0-1) of one run's manifest parts, read a batch at a
-    time."""
+    reason, bytes written by this run (enhanced and copied rows), a histogram of darkness
+    scores (:data:`DARKNESS_BINS` bins over 0-1) and the run's :func:`pace` (``first_batch``:
+    the batch size) of one run's manifest parts, read a batch at a time."""
     filesystem = target.filesystem
     manifest_root = f"{target.output_root.rstrip('/')}/{MANIFEST_DIR}"
     parts = [
@@ -265,11 +267,12 @@ def summarize_run(target: ManifestTarget) -> dict:
     failed_keys: dict[str, list[str]] = {}
     darkness = np.zeros(DARKNESS_BINS, dtype=np.int64)
     output_bytes = 0
+    stamps: list[np.ndarray] = []
     if parts:
         dataset = pads.dataset(
             parts, filesystem=filesystem, format="parquet", schema=MANIFEST_SCHEMA
         )
-        columns = ["key", "status", "reason", "output_bytes", "darkness"]
+        columns = ["key", "status", "reason", "output_bytes", "darkness", "written_at"]
         for batch in dataset.to_batches(columns=columns):
             statuses.update(batch["status"].to_pylist())
             for key, status, reason in zip(
@@ -289,10 +292,27 @@ def summarize_run(target: ManifestTarget) -> dict:
             # A skipped row records the size of the object an earlier run wrote.
             written = pc.is_in(batch["status"], pa.array([ENHANCED, COPIED]))
             output_bytes += pc.sum(pc.if_else(written, batch["output_bytes"], 0)).as_py() or 0
+            enhanced = pc.equal(batch["status"], ENHANCED)
+            stamps.append(pc.filter(batch["written_at"], enhanced).to_numpy(zero_copy_only=False))
     return {
         "status": dict(statuses),
         "reasons": dict(reasons),
         "failed_keys": failed_keys,
         "darkness_histogram": darkness.tolist(),
         "output_bytes": output_bytes,
+        **pace(np.concatenate(stamps) if stamps else np.zeros(0), first_batch),
     }
+
+
+def pace(written_at: np.ndarray, first_batch: int) -> dict:
+    """When the run's first enhanced image was written (epoch seconds; None without one) and
+    its rate in steady state: images per second after the first ``first_batch`` were written,
+    so that start-up (Ray, the actors, the model load, the first batch) is not counted as
+    throughput (None when too few images follow the first batch to time)."""
+    stamps = np.sort(written_at[written_at > 0])
+    first = float(stamps[0]) if stamps.size else None
+    steady = None
+    if stamps.size > first_batch >= 1 and stamps[-1] > stamps[first_batch - 1]:
+        span = float(stamps[-1] - stamps[first_batch - 1])
+        steady = (stamps.size - first_batch) / span
+    return {"first_written_at": first, "steady_images_per_s": steady}

@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -187,14 +189,24 @@ def test_resume_after_limit_and_partial_output_redoes_only_missing(
 
     assert enhance(*common, "--dry-run") == 0
     assert "would enhance: 4" in capsys.readouterr().out
-    assert enhance(*common) == 0
+    assert enhance(*common, "--batch-size", "2") == 0
     second_summary = capsys.readouterr().out
     assert "enhanced: 4  skipped: 1  failed: 0" in second_summary
+    # Start-up apart from the steady state: the first output, then the rate after batch one.
+    paced = re.search(
+        r"images/s over ([\d.]+) s \(first output ([\d.]+) s after the start, "
+        r"then ([\d.]+) images/s\)",
+        second_summary,
+    )
+    assert paced and 0 < float(paced[2]) and float(paced[3]) > 0, second_summary
     assert (output / sorted(done_first)[1]).stat().st_mtime_ns == mtime_kept
     rows = manifest_rows(str(output))
     second_run = [row for row in rows if row not in first]
     enhanced_again = sorted(row["key"] for row in second_run if row["status"] == "enhanced")
     assert cut in enhanced_again and orphan in enhanced_again and len(enhanced_again) == 4
+    stamps = [row["written_at"] for row in second_run if row["status"] == "enhanced"]
+    assert all(time.time() - 600 < stamp <= time.time() for stamp in stamps)
+    assert [row["written_at"] for row in second_run if row["status"] == "skipped"] == [0.0]
     # Bytes written counts this run's objects, not the size of the one it skipped.
     written = sum(row["output_bytes"] for row in second_run if row["status"] == "enhanced")
     assert f", {written} bytes written" in second_summary
@@ -320,6 +332,23 @@ def test_bad_s3_checkpoint_is_a_clear_error(s3_env, inputs, tmp_path, capsys):
     )
     assert code == 2
     assert "no complete EnlightenGAN checkpoint" in capsys.readouterr().err
+
+
+def test_pace_counts_the_first_batch_as_start_up():
+    from pipelines.enhance.sink import pace
+
+    # Written at 100.0 and 100.1 (the first batch of 2), then one every 2 s; 0: not written.
+    stamps = np.array([102.1, 100.0, 0.0, 100.1, 106.1, 104.1])
+    assert pace(stamps, first_batch=2) == {
+        "first_written_at": 100.0,
+        "steady_images_per_s": pytest.approx(3 / 6.0),
+    }
+    assert pace(stamps, first_batch=1)["steady_images_per_s"] == pytest.approx(4 / 6.1)
+    assert pace(stamps[1:4], first_batch=2)["steady_images_per_s"] is None
+    assert pace(np.zeros(3), first_batch=4) == {
+        "first_written_at": None,
+        "steady_images_per_s": None,
+    }
 
 
 def test_manifest_parts_are_parquet_with_the_documented_columns(tmp_path):

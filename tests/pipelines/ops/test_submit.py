@@ -168,8 +168,25 @@ def test_submitted_prepare_train_enhance_write_their_outputs_to_the_bucket(
     pointer = json.loads(filesystem.open_input_file(f"{base}/run/latest_checkpoint.json").read())
     assert pointer["step"] == 2
 
+    # Fine-tuning that run on the cluster, with two workers.
     code, out, err = run_cli(
-        "submit", "enhance", *address, "--checkpoint", f"{uri}/run",
+        "submit", "train", *address, "--data", f"{uri}/shards", "--run", f"{uri}/finetune",
+        "--init-from", f"{uri}/run", "--workers", "2", "--cpus-per-worker", "0.5",
+        "--steps", "1", "--checkpoint-every", "1",
+    )  # fmt: skip
+    assert code == 0, out + err
+    assert f"train: initialised from {uri}/run" in out + err
+    assert "discriminators: loaded from the source" in out + err
+    config = json.loads(filesystem.open_input_file(f"{base}/finetune/config.json").read())
+    assert config["job"]["workers"] == 2
+    assert config["job"]["init_from"]["source"] == f"{uri}/run"
+    pointer = json.loads(
+        filesystem.open_input_file(f"{base}/finetune/latest_checkpoint.json").read()
+    )
+    assert pointer["step"] == 1
+
+    code, out, err = run_cli(
+        "submit", "enhance", *address, "--checkpoint", f"{uri}/finetune",
         "--input", f"{uri}/photos/low", "--output", f"{uri}/enhanced",
     )  # fmt: skip
     assert code == 0, out + err

@@ -49,13 +49,19 @@ DECAYING = tiny_config(**DECAY)
 STEPS_PER_EPOCH = 3
 
 
-def _train_args(data: str, run: str, *extra: str) -> list[str]:
-    """A tiny run: the whole of ``tiny_config()`` given as --set overrides."""
-    sets = []
+def _tiny_overrides() -> list[str]:
+    """The whole of ``tiny_config()`` as ``--set`` values."""
+    overrides = []
     for section, fields in TINY.to_dict().items():
         for name, value in fields.items() if isinstance(fields, dict) else [(None, fields)]:
             key = f"{section}.{name}" if name else section
-            sets += ["--set", f"{key}={json.dumps(value)}"]
+            overrides.append(f"{key}={json.dumps(value)}")
+    return overrides
+
+
+def _train_args(data: str, run: str, *extra: str) -> list[str]:
+    """A tiny run: the whole of ``tiny_config()`` given as --set overrides."""
+    sets = [item for value in _tiny_overrides() for item in ("--set", value)]
     # fp32: the tests compare with plain fp32 loops; `auto` would take bf16 on an AMX CPU.
     return ["train", "--data", data, "--run", run, "--precision", "fp32", *sets, *extra]
 
@@ -317,7 +323,8 @@ def _largest_difference(left: dict, right: dict) -> float:
 def finetune_run(prepared_bucket, aws_environment, tmp_path_factory):
     """``train --init-from`` a checkpoint in the bucket (tiny generator and discriminators with
     seed-7 weights, not the seed the run would draw): 3 steps; then the source is deleted and
-    the same command with ``--steps 5`` resumes. Returns what each run printed."""
+    the same job with 5 steps resumes, given through the Python API (``run_train(TrainJob)``)
+    this time. Returns what each run printed."""
     from enlightengan.discriminator import build_discriminators
     from enlightengan.generator import Generator
 
@@ -347,12 +354,25 @@ def finetune_run(prepared_bucket, aws_environment, tmp_path_factory):
             assert main(_train_args(prepared_bucket, run.uri, *args)) == 0
         return printed.getvalue()
 
+    def train_from_python(steps: int) -> str:
+        from pipelines.api import TrainJob, run_train
+
+        overrides = _tiny_overrides() + [f"{k}={v}" for k, v in FINETUNE_SCHEDULE.items()]
+        job = TrainJob(
+            data=prepared_bucket, output=run.uri, precision="fp32", overrides=tuple(overrides),
+            workers=1, steps=steps, checkpoint_every=3, sample_every=0, init_from=source.uri,
+        )  # fmt: skip
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert run_train(job).exit_code == 0
+        return printed.getvalue()
+
     first = train(3)
     first_checkpoint = _download(
         run.child("train/checkpoint_00000003"), tmp_path_factory.mktemp("3")
     )
     storage.delete_prefix(source)  # a resumed run must not need its source any more
-    resumed = train(5)
+    resumed = train_from_python(5)
     return {
         "source": source.uri,
         "source_dir": local,
