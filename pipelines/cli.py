@@ -16,6 +16,7 @@ import logging
 import sys
 
 from pipelines.errors import UserError
+from pipelines.ops.plain_text import plain_text_without_terminal
 from pipelines.options import (
     HelpFormatter,
     Summary,
@@ -175,12 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = resolve(args)
         if spec is None:
             tool = COMMANDS[args.command]
-            return int(getattr(importlib.import_module(tool.module), tool.tool)(args) or 0)
+            with plain_text_without_terminal():
+                return int(getattr(importlib.import_module(tool.module), tool.tool)(args) or 0)
         as_json = getattr(args, "json", False)
         if args.verbose and not as_json:
             print(f"{command}: {_settings_line(spec)}", file=sys.stderr)
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-            summary = run_job(args.command, spec)
+        with plain_text_without_terminal():
+            with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+                summary = run_job(args.command, spec)
         if as_json:
             print(summary.as_json(spec))
         return summary.exit_code

@@ -134,8 +134,7 @@ def ensure_placeable(
     print_to = print_to or sys.stderr
     current = nodes()
     if fits(current, request):
-        if not local:  # in a Ray this job started, only Ray's own bookkeeping holds anything
-            _note_held_resources(request, current, print_to)
+        _note_held_resources(request, current, print_to)
         return
     if local or wait_s <= 0:
         raise UserError(refusal(request, current, local=local))
