@@ -80,7 +80,7 @@ from pipelines.io.storage import (
     resolve,
 )
 from pipelines.ops.ray_runtime import init_ray, lost_node_failure
-from pipelines.ops.resources import WORKER_FLAGS, Request, ensure_placeable
+from pipelines.ops.resources import WORKER_FLAGS, Request, alive_nodes, ensure_placeable
 from pipelines.options import Summary, memory_bytes, storage_of
 
 BLOCK_BYTES = 8 * 1024 * 1024
@@ -119,12 +119,20 @@ def _parse_extensions(text: str) -> tuple[str, ...]:
     return tuple(f".{part}" for part in parts)
 
 
-def inference_settings(job: EnhanceJob, total_cpus: float | None = None) -> InferenceSettings:
+def inference_settings(
+    job: EnhanceJob, total_cpus: float | None = None, node_cpus: float | None = None
+) -> InferenceSettings:
+    """The actors' settings. Without ``--threads-per-worker``, a CPU actor runs the cluster's
+    CPUs shared among the actors as threads (all of a 2-core laptop's for the one default
+    actor), at most one node's CPUs (``node_cpus``, the largest node's): an actor's threads
+    all run on its own node."""
     if job.tile_size and job.tile_size < 64:
         raise UserError("--tile-size must be 0 (never tile) or >= 64")
     threads = job.threads_per_worker
     if threads is None and not job.gpus_per_worker and total_cpus:
         threads = max(1, int(total_cpus // max(1, job.workers)))
+        if node_cpus:
+            threads = max(1, min(threads, int(node_cpus)))
     return InferenceSettings(
         device="cuda" if job.gpus_per_worker > 0 else "cpu",
         backend=job.backend,
@@ -301,11 +309,10 @@ def run_pipeline(
 ):
     """Decode, enhance, write and record every row of ``work`` (see :func:`planned_work`);
     ``policy``: ``--only-dark``, ``sampler``: the run report's sample."""
-    import ray
     from ray.data import ActorPoolStrategy
 
-    total_cpus = ray.cluster_resources().get("CPU", 1.0)
-    settings = inference_settings(job, total_cpus)
+    node_cpus = [node.get("CPU", 0.0) for node in alive_nodes()]
+    settings = inference_settings(job, sum(node_cpus) or 1.0, max(node_cpus, default=1.0))
     dataset = work.repartition(target_num_rows_per_block=_rows_per_block(job.batch_size))
     if job.limit is not None:
         dataset = dataset.limit(job.limit)

@@ -225,3 +225,20 @@ def test_inference_settings_default_like_the_enhancer_settings():
     shared = set(ours) & set(model)
     assert shared >= {"device", "precision", "channels_last", "batch_size", "tile_size"}
     assert {name: ours[name] for name in shared} == {name: model[name] for name in shared}
+
+
+@pytest.mark.parametrize(
+    ("workers", "total", "node", "threads"),
+    [(1, 2, 2, 2), (2, 2, 2, 1), (1, 64, 16, 16), (8, 64, 16, 8), (3, 2, 2, 1)],
+)
+def test_cpu_actor_threads_share_the_cluster_and_stay_within_a_node(workers, total, node, threads):
+    from pipelines.enhance.job import inference_settings
+    from pipelines.enhance.spec import EnhanceJob
+
+    job = EnhanceJob(input="in", output="out", workers=workers)
+    assert inference_settings(job, total, node).torch_threads == threads
+    assert inference_settings(job, total, node).device == "cpu"
+    explicit = EnhanceJob(input="in", output="out", workers=workers, threads_per_worker=3)
+    assert inference_settings(explicit, total, node).torch_threads == 3
+    on_gpus = EnhanceJob(input="in", output="out", workers=workers, gpus_per_worker=1)
+    assert inference_settings(on_gpus, total, node).torch_threads is None
