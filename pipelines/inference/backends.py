@@ -51,19 +51,6 @@ class BackendChoice:
     reason: str
 
 
-def add_backend_argument(parser, default: str = "auto") -> None:
-    """``--backend``, the same for every job that runs the generator."""
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=default,
-        help="runtime of the generator's forward: torch; onnxruntime (CPU, fp32; the "
-        "checkpoint's ONNX export, made at start and cached under ~/.cache/enlightengan); "
-        "auto: torch on GPUs and on CPUs with AMX (bf16), onnxruntime on other CPUs "
-        f"(default {default})",
-    )
-
-
 def cpu_flags() -> set[str]:
     """The flags of the first CPU in /proc/cpuinfo (empty where it cannot be read)."""
     try:

@@ -54,8 +54,6 @@ from pipelines.train.worker import (
 
 RUN_CONFIG_FILE = "config.json"
 EXPERIMENT_NAME = "train"
-# Settings that may change between a run and its resumption; anything else must match.
-RESUMABLE_JOB_SETTINGS = ("total_steps", "checkpoint_every", "sample_every", "report_every")
 # Ray Data's default request of a task reading and decoding the shards: one whole CPU, which
 # must stay free beside the workers (workers holding every CPU starve it: the run hangs).
 DATA_TASK_CPUS = 1.0
