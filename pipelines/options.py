@@ -239,12 +239,13 @@ def add_ray_arguments(parser) -> None:
     group.add_argument(
         "--wait-for-resources",
         type=float,
-        default=0.0,
+        default=DEFAULT_WAIT_FOR_RESOURCES_S,
         metavar="SECONDS",
-        help="when the cluster cannot place the job's workers (and keep a CPU for its own "
-        "tasks): 0 stops at once with what to pass instead; on a cluster with an autoscaler, "
-        "wait up to SECONDS for nodes that fit (the autoscaler is asked for them; a line every "
-        "30 s). An in-process local Ray never waits",
+        help="when a joined cluster cannot place the job's workers (and keep a CPU for its own "
+        "tasks) yet: wait up to SECONDS for nodes that fit, as an autoscaler adds them (it is "
+        "asked for them; a line every 30 s), then stop with what to pass instead; 0 stops at "
+        f"once (default {DEFAULT_WAIT_FOR_RESOURCES_S:g}: clusters that scale from zero workers "
+        "need it). An in-process local Ray never waits",
     )
 
 
@@ -314,6 +315,11 @@ class StorageFields:
     region: str | None = None
 
 
+# A joined cluster short of nodes is given this long to grow (autoscalers start nodes in
+# minutes); train's --wait-for-workers has the same default.
+DEFAULT_WAIT_FOR_RESOURCES_S = 600.0
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RayFields:
     """The Ray flags of a job's spec: the cluster to join, or the cores of a local Ray, and how
@@ -321,7 +327,7 @@ class RayFields:
 
     address: str | None = None
     num_cpus: int | None = None
-    wait_for_resources: float = 0.0
+    wait_for_resources: float = DEFAULT_WAIT_FOR_RESOURCES_S
 
 
 def storage_of(spec: StorageFields):

@@ -143,7 +143,8 @@ def ensure_placeable(
     last_line = started
     print(
         f"{request.job}: waiting up to {wait_s:g} s (--wait-for-resources) for the cluster to "
-        f"grow: {_asked(request)}; {_has(current, request)}; the autoscaler was asked for it",
+        f"grow: {_asked(request)}; {_has(current, request)}; the autoscaler was asked for it "
+        "(--wait-for-resources 0 stops at once)",
         file=print_to,
         flush=True,
     )
