@@ -36,6 +36,7 @@ from pipelines.enhance.plan import (
 from pipelines.enhance.report import (
     ReportSampler,
     RunFacts,
+    kept_sample,
     start_sample_keeper,
     write_report,
 )
@@ -210,7 +211,7 @@ def run_enhance(job: EnhanceJob) -> Summary:
             seconds, policy, job.dark_threshold,
             {name: getattr(job, name) for name in REPORTED_SETTINGS},
         )  # fmt: skip
-        report = write_report(output, facts, summary, ray.get(keeper.sample.remote()))
+        report = write_report(output, facts, summary, kept_sample(keeper))
     except Exception as error:
         failure = storage_failure("enhance", error) or lost_node_failure("enhance", error)
         raise failure or error from None

@@ -74,12 +74,23 @@ class SampleKeeper:
 
 
 def start_sample_keeper(size: int):
-    """A :class:`SampleKeeper` on the driver's node when it can go there (a head node without
-    CPUs takes it: it asks for none), so that losing a worker node never loses the sample."""
+    """A :class:`SampleKeeper` on the driver's node (a head node without CPUs takes it: it asks
+    for none), so that losing a worker node never loses the sample. Pinned, not preferred: a
+    soft preference once let Ray start it on a worker node."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     return SampleKeeper.options(scheduling_strategy=here).remote(size)
+
+
+def kept_sample(keeper) -> list[dict]:
+    """The keeper's sample; empty when the keeper is gone (its node lost): the run's report
+    then shows no before/after pairs, and the images are all written anyway."""
+    try:
+        return ray.get(keeper.sample.remote())
+    except ray.exceptions.RayActorError:
+        print("enhance: the run report's sample was lost with its node: no pairs shown")
+        return []
 
 
 @dataclass
