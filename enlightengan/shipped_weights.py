@@ -10,6 +10,8 @@ import hashlib
 import importlib.resources
 from pathlib import Path
 
+# What names the shipped model wherever a checkpoint URI goes (`--checkpoint starter`).
+STARTER_NAME = "starter"
 # sha256 of weights/starter.pt; a changed or damaged file is refused rather than run.
 STARTER_SHA256 = "b4a4fbb961b2a4bd959d5fa9788891f531632d3b73863cb0d9f3c04a0bf6d260"
 # sha256 of weights/starter-discriminators.pt (the starter's global and patch discriminators,

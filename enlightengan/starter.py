@@ -27,6 +27,7 @@ from enlightengan.discriminator import build_discriminators
 from enlightengan.generator import Generator
 from enlightengan.serialization import CheckpointError, torch_bytes, write_atomic
 from enlightengan.shipped_weights import (
+    STARTER_NAME,
     STARTER_SHA256,
     StarterWeightsMissing,
     model_card_path,
@@ -36,7 +37,6 @@ from enlightengan.shipped_weights import (
     verified_bytes,
 )
 
-STARTER_NAME = "starter"
 FORMAT_NAME = "enlightengan-starter-weights"
 DISCRIMINATORS_FORMAT_NAME = "enlightengan-starter-discriminators"
 DISCRIMINATOR_NAMES = ("global_d", "patch_d")

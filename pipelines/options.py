@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from enlightengan.shipped_weights import STARTER_NAME
 from pipelines.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "torch", "onnxruntime")
-STARTER_NAME = "starter"
 PRECISION_HELP = (
     "auto: bf16 on GPUs and on CPUs with AMX (native bf16), fp32 elsewhere; bf16/fp16: "
     "autocast, weights stay fp32"

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-BACKENDS = ("auto", "torch", "onnxruntime")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from pipelines.options import BACKENDS, PRECISIONS
+
 INSTALL_HINT = "pip install onnx onnxruntime (both are dependencies of enlightengan-ray)"
 # Bump when the exported graph changes for the same checkpoint (older cache files are ignored).
 EXPORT_FORMAT = "padded-v1"
