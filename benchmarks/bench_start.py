@@ -110,7 +110,7 @@ def phases(photos: Path) -> None:
 
     build_parser()
     lap("pipelines.cli parser")
-    from pipelines.inference.checkpoints import load_checkpoint_files, stage_checkpoint
+    from pipelines.inference.checkpoints import load_checkpoint_files, staged_checkpoint
     from pipelines.inference.stages import InferenceSettings, build_enhancer
 
     checkpoint = load_checkpoint_files(None)
@@ -147,7 +147,8 @@ def phases(photos: Path) -> None:
     lap(f"decode {len(images)} photos")
     for backend in ("auto", "onnxruntime", "torch"):
         settings = InferenceSettings(backend=backend, precision="auto", torch_threads=2)
-        enhancer = build_enhancer(stage_checkpoint(checkpoint.files), settings)
+        with staged_checkpoint(checkpoint.files) as directory:
+            enhancer = build_enhancer(directory, settings)
         lap(f"build_enhancer --backend {backend} (model load + set-up)")
         enhancer(images)
         lap(f"  first forward of {len(images)} photos")

@@ -13,7 +13,6 @@ The jobs themselves are plain functions too: ``run_prepare(PrepareJob(...))``,
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 
 import numpy as np
@@ -93,7 +92,7 @@ class Enhancer:
         the package). ``backend`` and ``precision`` mean what they mean for ``enhance``;
         S3 credentials come from the environment or ``profile``, as for the jobs."""
         from pipelines.inference.backends import choose_backend
-        from pipelines.inference.checkpoints import load_checkpoint_files, stage_checkpoint
+        from pipelines.inference.checkpoints import load_checkpoint_files, staged_checkpoint
         from pipelines.inference.stages import build_enhancer
         from pipelines.io.storage import StorageOptions
 
@@ -109,12 +108,8 @@ class Enhancer:
             channels_last=channels_last,
             torch_threads=threads,
         )
-        directory = stage_checkpoint(found.files)
-        try:
+        with staged_checkpoint(found.files) as directory:
             enhancer = build_enhancer(directory, settings)
-        finally:
-            # The generator (or its onnxruntime session) is built: the staged files are spent.
-            shutil.rmtree(directory, ignore_errors=True)
         return cls(enhancer, found.description, settings)
 
     def __call__(self, images: Sequence) -> list:

@@ -53,7 +53,7 @@ from pipelines.inference.backends import choose_backend
 from pipelines.inference.checkpoints import (
     SharedCheckpoint,
     load_checkpoint_files,
-    stage_checkpoint,
+    staged_checkpoint,
 )
 from pipelines.inference.stages import (
     COPIED,
@@ -421,7 +421,8 @@ def _estimate_seconds_per_image(keys: list[str], source: Location, checkpoint_fi
     if not samples:
         return None
     on_cpu = dataclasses.replace(job, gpus_per_worker=0.0)
-    enhancer = build_enhancer(stage_checkpoint(checkpoint_files), inference_settings(on_cpu))
+    with staged_checkpoint(checkpoint_files) as directory:
+        enhancer = build_enhancer(directory, inference_settings(on_cpu))
     started = time.perf_counter()
     enhancer(samples)
     return (time.perf_counter() - started) / len(samples)

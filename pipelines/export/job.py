@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -149,14 +148,11 @@ def run_import_official(job: ImportOfficialJob) -> Summary:
 def load_source_generator(uri: str, options: StorageOptions) -> tuple[Generator, str]:
     """The generator of the checkpoint at ``uri`` and where it was found (safe to print)."""
     from enlightengan.checkpoint import load_generator
-    from pipelines.inference.checkpoints import load_checkpoint_files, stage_checkpoint
+    from pipelines.inference.checkpoints import load_checkpoint_files, staged_checkpoint
 
     found = load_checkpoint_files(uri, options)
-    directory = stage_checkpoint(found.files)
-    try:
+    with staged_checkpoint(found.files) as directory:
         generator = load_generator(directory, map_location="cpu")
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
     return generator.eval(), found.description
 
 

@@ -8,8 +8,11 @@ then travel to Ray actors through the object store as a :class:`SharedCheckpoint
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,18 +28,24 @@ STARTER_FILE = "starter.pt"
 _LASTING: dict[str, SharedCheckpoint] = {}
 
 
-def stage_checkpoint(files: dict[str, bytes]) -> Path:
-    """Write checkpoint files received through the object store into a local temp directory
-    (nothing assumes a disk shared with the driver); the starter's weights file becomes a
-    checkpoint directory like any other."""
+@contextlib.contextmanager
+def staged_checkpoint(files: dict[str, bytes]) -> Iterator[Path]:
+    """Checkpoint files received through the object store, written into a local temporary
+    directory for the block (nothing assumes a disk shared with the driver) and removed after
+    it; the starter's weights file becomes a checkpoint directory like any other. Whatever
+    the block builds from them (a generator, an onnxruntime session) outlives the files."""
     directory = Path(tempfile.mkdtemp(prefix="enlightengan-checkpoint-"))
-    if STARTER_FILE in files:
-        from enlightengan.starter import write_starter_checkpoint
+    try:
+        if STARTER_FILE in files:
+            from enlightengan.starter import write_starter_checkpoint
 
-        return write_starter_checkpoint(directory, files[STARTER_FILE])
-    for name, data in files.items():
-        (directory / name).write_bytes(data)
-    return directory
+            yield write_starter_checkpoint(directory, files[STARTER_FILE])
+        else:
+            for name, data in files.items():
+                (directory / name).write_bytes(data)
+            yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,8 @@ def load_checkpoint_files(
         files = {name: read(name) for name in CHECKPOINT_FILES_FOR_INFERENCE}
         if with_discriminators and DISCRIMINATORS_FILE in _listed_files(files):
             files[DISCRIMINATORS_FILE] = read(DISCRIMINATORS_FILE)
-        load_generator(stage_checkpoint(files), map_location="cpu")
+        with staged_checkpoint(files) as directory:
+            load_generator(directory, map_location="cpu")
     except CheckpointError as error:
         raise UserError(f"checkpoint {uri} is not usable: {error}") from None
     except OSError as error:
@@ -147,7 +157,7 @@ def _listed_files(files: dict[str, bytes]) -> dict:
 def _starter_checkpoint_files() -> CheckpointFiles:
     """The generator shipped inside the package: its one weights file, checked against the
     pinned sha256 without torch (the actors turn it into a checkpoint; see
-    :func:`stage_checkpoint`), which keeps torch's import off the driver of a default run."""
+    :func:`staged_checkpoint`), which keeps torch's import off the driver of a default run."""
     from enlightengan.shipped_weights import StarterWeightsMissing, model_card_path, starter_bytes
     from pipelines.errors import UserError
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.inference.checkpoints import SharedCheckpoint, stage_checkpoint
+from pipelines.inference.checkpoints import SharedCheckpoint, staged_checkpoint
 from pipelines.inference.darkness import DARKNESS_COLUMNS, DarkPolicy, darkness_stats, unknown_stats
 from pipelines.io.images import ImageRejected, decode_image
 from pipelines.io.retries import is_transient
@@ -212,8 +212,8 @@ class EnhanceActor:
     ``checkpoint``: the generator's files in the object store (a :class:`SharedCheckpoint`)."""
 
     def __init__(self, checkpoint: SharedCheckpoint, settings: InferenceSettings):
-        directory = stage_checkpoint(checkpoint.files())
-        self.enhancer = build_enhancer(directory, settings)
+        with staged_checkpoint(checkpoint.files()) as directory:
+            self.enhancer = build_enhancer(directory, settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         todo = [i for i, status in enumerate(batch["status"]) if status == PENDING]

@@ -68,19 +68,15 @@ def _read_file(uri: str, options) -> bytes:
 
 def _checkpoint_source(uri: str, shown: str, options):
     """A checkpoint directory or training run, discriminators included where it has them."""
-    import shutil
 
     from enlightengan.checkpoint import load_networks
     from enlightengan.finetune import checkpoint_source
-    from pipelines.inference.checkpoints import load_checkpoint_files, stage_checkpoint
+    from pipelines.inference.checkpoints import load_checkpoint_files, staged_checkpoint
 
     found = load_checkpoint_files(uri, options, with_discriminators=True)
-    directory = stage_checkpoint(found.files)
-    try:
+    with staged_checkpoint(found.files) as directory:
         # The networks only: the copy holds no optimiser, trainer or RNG state (nor needs it).
         checkpoint = load_networks(directory)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
     index = json.loads(found.files[INDEX_FILE])
     return checkpoint_source(checkpoint, shown, index, storage.display_uri(found.description))
 

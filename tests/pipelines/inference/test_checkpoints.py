@@ -13,7 +13,7 @@ from enlightengan.checkpoint import load_generator
 from enlightengan.starter import load_starter_generator
 from pipelines.errors import UserError
 from pipelines.inference import checkpoints
-from pipelines.inference.checkpoints import load_checkpoint_files, stage_checkpoint
+from pipelines.inference.checkpoints import load_checkpoint_files, staged_checkpoint
 
 
 def test_the_starter_check_loads_no_torch_in_the_driver():
@@ -34,7 +34,9 @@ def test_the_starter_check_loads_no_torch_in_the_driver():
 def test_the_staged_starter_is_the_shipped_generator():
     found = load_checkpoint_files(None)
     assert found.description.startswith("the shipped starter model")
-    staged = load_generator(stage_checkpoint(found.files), map_location="cpu")
+    with staged_checkpoint(found.files) as directory:
+        staged = load_generator(directory, map_location="cpu")
+    assert not directory.exists()  # the staged files are removed with the block
     shipped = load_starter_generator()
     for (name, ours), (_, theirs) in zip(
         staged.state_dict().items(), shipped.state_dict().items(), strict=True
