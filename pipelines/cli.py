@@ -174,25 +174,29 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         spec = resolve(args)
-        if spec is None:
-            tool = COMMANDS[args.command]
-            with plain_text_without_terminal():
-                return int(getattr(importlib.import_module(tool.module), tool.tool)(args) or 0)
-        as_json = getattr(args, "json", False)
-        if args.verbose and not as_json:
-            print(f"{command}: {_settings_line(spec)}", file=sys.stderr)
         with plain_text_without_terminal():
-            with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-                summary = run_job(args.command, spec)
-        if as_json:
-            print(summary.as_json(spec))
-        return summary.exit_code
+            return _run(command, args, spec)
     except UserError as error:
         print(f"{command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _run(command: str, args, spec) -> int:
+    """Run a tool (``spec`` None) or a job; a job's summary is printed as JSON with --json."""
+    if spec is None:
+        tool = COMMANDS[args.command]
+        return int(getattr(importlib.import_module(tool.module), tool.tool)(args) or 0)
+    as_json = getattr(args, "json", False)
+    if args.verbose and not as_json:
+        print(f"{command}: {_settings_line(spec)}", file=sys.stderr)
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        summary = run_job(args.command, spec)
+    if as_json:
+        print(summary.as_json(spec))
+    return summary.exit_code
 
 
 def _settings_line(spec) -> str:
