@@ -249,6 +249,7 @@ def build_scorers(args: argparse.Namespace) -> dict[str, Scorer]:
     import zero_dce
 
     import enlightengan.inference
+    import enlightengan.tone
 
     baselines = baseline_variants()
     scorers = {
@@ -261,7 +262,7 @@ def build_scorers(args: argparse.Namespace) -> dict[str, Scorer]:
             scorers[name] = Scorer(
                 zero_dce_variant(path), _file_hash(path) + _source_hash(zero_dce)
             )
-    model_code = _source_hash(enlightengan.inference)
+    model_code = _source_hash(enlightengan.inference, enlightengan.tone)
     if not args.no_starter:
         from enlightengan.shipped_weights import starter_weights_path
         from enlightengan.starter import load_starter_generator

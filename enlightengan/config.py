@@ -19,6 +19,8 @@ NORM_TYPES = ("batch", "sync_batch", "instance", "none")
 VGG_FLAVOURS = ("torchvision", "caffe")
 CONV_BIAS_INITS = ("pytorch", "zero")
 PATCH_OFFSETS = ("reference", "all")
+# How an Enhancer composes its output (enlightengan.inference.EnhancerSettings.tone_transfer).
+TONE_TRANSFERS = ("model", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,11 @@ class GeneratorConfig:
             conv is built, since the authors' ``weights_init`` only sets conv weights to
             N(0, 0.02) (and BatchNorm weights to N(1, 0.02), biases to 0); ``zero`` zeroes
             the conv biases too.
+        tone_transfer_strength: read by the Enhancer, not the network: ``None`` (reference)
+            returns the generator's output; a number transfers the generator's brightening
+            onto the input at that strength (:mod:`enlightengan.tone`, a deviation). Stored
+            with the weights so that a model brings the inference it was tuned for; a model
+            fine-tuned from one inherits it.
     """
 
     base_channels: int = 32
@@ -51,6 +58,7 @@ class GeneratorConfig:
     attention_skips: bool = True
     attention_output: bool = True
     conv_bias_init: str = "pytorch"
+    tone_transfer_strength: float | None = None
 
     def validate(self) -> None:
         _require(self.base_channels >= 1, "generator.base_channels must be >= 1")
@@ -63,6 +71,10 @@ class GeneratorConfig:
         _require(
             self.halve_above_width is None or self.halve_above_width >= 64,
             "generator.halve_above_width must be None or >= 64",
+        )
+        _require(
+            self.tone_transfer_strength is None or 0.0 <= self.tone_transfer_strength <= 2.0,
+            "generator.tone_transfer_strength must be None or in [0, 2]",
         )
 
 

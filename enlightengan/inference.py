@@ -58,9 +58,10 @@ from enlightengan.checkpoint import (
     load_generator,
     load_official_generator,
 )
-from enlightengan.config import GeneratorConfig
+from enlightengan.config import TONE_TRANSFERS, GeneratorConfig
 from enlightengan.generator import Generator, check_image_batch, crop_padding, pad_to_multiple
 from enlightengan.official_weights import unwrap_module
+from enlightengan.tone import ToneTransfer
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 # The generator's first convolution (the official parameter name), which sees the image.
@@ -87,6 +88,12 @@ class EnhancerSettings:
         pixel_rounding: ``round`` (default) or ``truncate`` (the reference's ``astype``).
         float32_input_layer: under bf16 / fp16, run the first convolution in float32 (see
             the module notes).
+        tone_transfer: ``model`` (default) does what the generator's config says
+            (``tone_transfer_strength``; the reference and any model trained without it: the
+            generator's output as is), ``on`` transfers the generator's brightening onto the
+            input (:mod:`enlightengan.tone`) whatever the config says, ``off`` never does.
+        tone_strength: the transfer's strength when it is on; ``None``: the config's (1 when
+            the config has none).
     """
 
     device: str = "cpu"
@@ -98,6 +105,8 @@ class EnhancerSettings:
     max_pixels_per_batch: int = 4 * 1024 * 1024
     pixel_rounding: Literal["round", "truncate"] = "round"
     float32_input_layer: bool = True
+    tone_transfer: Literal["model", "on", "off"] = "model"
+    tone_strength: float | None = None
 
     def validate(self) -> EnhancerSettings:
         try:
@@ -115,7 +124,21 @@ class EnhancerSettings:
                 raise ValueError(f"tile_size must be None or >= {MIN_TILE_SIZE}")
             if not 0 <= self.tile_overlap <= self.tile_size // 4:
                 raise ValueError("tile_overlap must be between 0 and tile_size / 4")
+        if self.tone_transfer not in TONE_TRANSFERS:
+            raise ValueError(
+                f"tone_transfer must be one of {TONE_TRANSFERS}, got {self.tone_transfer!r}"
+            )
+        if self.tone_strength is not None:
+            ToneTransfer(strength=self.tone_strength).validate()
         return self
+
+    def tone_for(self, config: GeneratorConfig) -> ToneTransfer | None:
+        """The tone transfer these settings ask for with a generator of ``config``."""
+        configured = config.tone_transfer_strength
+        if self.tone_transfer == "off" or (self.tone_transfer == "model" and configured is None):
+            return None
+        strength = self.tone_strength if self.tone_strength is not None else configured
+        return ToneTransfer(strength=1.0 if strength is None else strength).validate()
 
 
 class Enhancer:
@@ -143,6 +166,7 @@ class Enhancer:
         self.generator = generator
         self.config: GeneratorConfig = generator.config
         self.external_forward = forward
+        self.tone_transfer = self.settings.tone_for(self.config)
 
     @classmethod
     def from_checkpoint(
@@ -192,7 +216,10 @@ class Enhancer:
             for start in range(0, len(positions), chunk):
                 members = positions[start : start + chunk]
                 batch = torch.stack([_to_tensor(arrays[position]) for position in members])
-                pixels = self._to_pixels(self.enhance_tensor(batch))
+                outputs = self.enhance_tensor(batch)
+                if self.tone_transfer is not None:
+                    outputs = self._transfer_tone(batch, outputs)
+                pixels = self._to_pixels(outputs)
                 for position, image in zip(members, pixels, strict=True):
                     results[position] = image
         return results  # type: ignore[return-value]
@@ -333,6 +360,12 @@ class Enhancer:
                 canvas[0, :, rows, cols] += output * weight
                 total_weight[0, 0, rows, cols] += weight
         return crop_padding(canvas / total_weight, padding)
+
+    def _transfer_tone(self, batch: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """The generator's brightening moved onto the input batch, in the network's range."""
+        inputs = (batch.float().cpu() + 1.0) * 127.5
+        enhanced = (outputs.float().cpu().clamp(-1.0, 1.0) + 1.0) * 127.5
+        return self.tone_transfer(inputs, enhanced) / 127.5 - 1.0
 
     def _to_pixels(self, outputs: torch.Tensor) -> list[np.ndarray]:
         values = ((outputs.float().cpu() + 1.0) / 2.0 * 255.0).clamp_(0.0, 255.0)

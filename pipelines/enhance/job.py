@@ -143,6 +143,8 @@ def inference_settings(
         tile_size=job.tile_size or None,
         tile_overlap=job.tile_overlap,
         torch_threads=threads,
+        tone_transfer=job.tone_transfer,
+        tone_strength=job.tone_strength,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from enlightengan.config import TONE_TRANSFERS
 from pipelines.errors import UserError
 from pipelines.inference.darkness import DEFAULT_DARK_THRESHOLD, ONLY_DARK_MODES, DarkPolicy
 from pipelines.io.formats import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
@@ -50,6 +51,8 @@ class EnhanceJob(StorageFields, RayFields):
     channels_last: bool = True
     tile_size: int = 1024
     tile_overlap: int = 64
+    tone_transfer: str = "model"
+    tone_strength: float | None = None
     image_format: str = "same"
     jpeg_quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -71,6 +74,10 @@ class EnhanceJob(StorageFields, RayFields):
             raise UserError("--gpus-per-worker and --cpus-per-worker must be >= 0")
         if self.tile_size and self.tile_size < 64:
             raise UserError("--tile-size must be 0 (never tile) or >= 64")
+        if self.tone_transfer not in TONE_TRANSFERS:
+            raise UserError(f"--tone-transfer must be one of {', '.join(TONE_TRANSFERS)}")
+        if self.tone_strength is not None and not 0.0 <= self.tone_strength <= 2.0:
+            raise UserError("--tone-strength must be between 0 and 2")
         if self.image_format not in IMAGE_FORMATS:
             raise UserError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -121,6 +128,21 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         "--tile-size", type=int, default=1024, help="tile images with a longer side; 0: never"
     )
     model.add_argument("--tile-overlap", type=int, default=64, help="pixels between tiles")
+    model.add_argument(
+        "--tone-transfer",
+        choices=TONE_TRANSFERS,
+        default="model",
+        help="take the model's brightening onto the input's own detail and colours at large "
+        "scales (enlightengan.tone): model = as the checkpoint's config says (the starter: on, "
+        "strength 0.92; models trained here: off), on, or off (the network's output as is)",
+    )
+    model.add_argument(
+        "--tone-strength",
+        type=float,
+        default=None,
+        help="with tone transfer, how much of the model's brightening to take (0-2; default: "
+        "the checkpoint's, else 1)",
+    )
     images = parser.add_argument_group("images")
     images.add_argument(
         "--image-format",

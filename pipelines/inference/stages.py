@@ -46,6 +46,8 @@ class InferenceSettings:
     tile_size: int | None = 1024
     tile_overlap: int = 64
     torch_threads: int | None = None
+    tone_transfer: str = "model"
+    tone_strength: float | None = None
 
 
 def object_column(values, dtype=object) -> np.ndarray:
@@ -203,6 +205,8 @@ def build_enhancer(checkpoint_dir: str | os.PathLike, settings: InferenceSetting
     }
     options["tile_size"] = settings.tile_size or None
     options["tile_overlap"] = settings.tile_overlap
+    options["tone_transfer"] = settings.tone_transfer
+    options["tone_strength"] = settings.tone_strength
     return build_backend_enhancer(checkpoint_dir, settings, options)
 
 

@@ -1,0 +1,159 @@
+"""Tone transfer: the generator's brightening on the input's detail, on real photos."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage import data
+
+from enlightengan.config import tiny_config
+from enlightengan.inference import Enhancer, EnhancerSettings
+from enlightengan.tone import ToneTransfer, box_mean, guided_filter
+from tests.enlightengan.textured_generator import darken, psnr, textured_generator
+
+
+def as_batch(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
+
+
+def as_image(batch: torch.Tensor) -> np.ndarray:
+    return batch[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+@pytest.fixture(scope="module")
+def dark_coffee() -> np.ndarray:
+    return darken(data.coffee())  # 400 x 600 x 3
+
+
+def test_a_uniform_gain_is_transferred_exactly(dark_coffee):
+    inputs = as_batch(dark_coffee)
+    outputs = ((inputs + 1) * 2.5 - 1).clamp(0, 255)
+    result = ToneTransfer()(inputs, outputs)
+    unclipped = outputs < 255
+    assert torch.allclose(result[unclipped], outputs[unclipped], atol=0.6)
+
+
+def test_strength_zero_returns_the_input_and_less_than_one_brightens_less(dark_coffee):
+    inputs = as_batch(dark_coffee)
+    outputs = (inputs * 3).clamp(0, 255)
+    assert torch.allclose(ToneTransfer(strength=0.0)(inputs, outputs), inputs)
+    half = ToneTransfer(strength=0.5)(inputs, outputs).mean()
+    full = ToneTransfer(strength=1.0)(inputs, outputs).mean()
+    assert inputs.mean() < half < full
+
+
+def test_the_input_keeps_its_detail_and_loses_the_generators_texture():
+    photo = data.astronaut()
+    dark = (photo.astype(np.float32) * 0.25).round()
+    inputs = torch.from_numpy(dark).permute(2, 0, 1)[None]
+    generator = torch.Generator().manual_seed(0)
+    texture = torch.randn(inputs.shape, generator=generator) * 20
+    outputs = (inputs * 4 + texture).clamp(0, 255)
+    result = ToneTransfer()(inputs, outputs)
+    reference = torch.from_numpy(photo.astype(np.float32)).permute(2, 0, 1)[None]
+    error_out = (outputs - reference).abs().mean()
+    error_transfer = (result - reference).abs().mean()
+    assert error_transfer < error_out / 3
+
+
+def test_edges_of_the_input_bound_the_gain():
+    # A dark half and a bright half; the "generator" brightens only the dark half. A plain blur
+    # of the gain spills it across the edge; the guided filter keeps most of it on its side.
+    inputs = torch.full((1, 3, 120, 240), 200.0)
+    inputs[..., :120] = 20.0
+    outputs = inputs.clone()
+    outputs[..., :120] = 120.0
+    transfer = ToneTransfer(radius_fraction=0.2)
+    result = transfer(inputs, outputs)
+    radius = int(120 * transfer.radius_fraction)
+    blurred_gain = box_mean(torch.log1p(outputs) - torch.log1p(inputs), radius)
+    blurred = (inputs + 1) * torch.exp(blurred_gain) - 1
+    guided_spill = result[..., 120:].sub(200).abs().max()
+    blur_spill = blurred[..., 120:].sub(200).abs().max()
+    assert guided_spill < blur_spill / 4
+    assert result[..., : 120 - 2 * radius].sub(120).abs().max() < 2
+    assert result[..., 120 + 2 * radius :].sub(200).abs().max() < 2
+
+
+def test_the_fast_filter_on_large_images_follows_the_exact_one():
+    photo = torch.from_numpy(data.coffee().astype(np.float32)).permute(2, 0, 1)[None]
+    guide = torch.log1p(photo.mean(1, keepdim=True)) / np.log(256)
+    source = F.avg_pool2d(photo[:, :1], 9, stride=1, padding=4) / 255
+    exact = guided_filter(guide, source, 7, 0.01)
+    fast = guided_filter(guide, source, 32, 0.01)
+    assert exact.shape == fast.shape == source.shape
+    slow_reference = _plain_guided_filter(guide, source, 32, 0.01)
+    assert (fast - slow_reference).abs().mean() < 0.01
+
+
+def _plain_guided_filter(guide, source, radius, epsilon):
+    mean_guide, mean_source = box_mean(guide, radius), box_mean(source, radius)
+    covariance = box_mean(guide * source, radius) - mean_guide * mean_source
+    variance = box_mean(guide * guide, radius) - mean_guide**2
+    slope = covariance / (variance + epsilon)
+    offset = mean_source - slope * mean_guide
+    return box_mean(slope, radius) * guide + box_mean(offset, radius)
+
+
+def test_a_thumbnail_gets_the_same_tone_as_the_full_image(dark_coffee):
+    inputs = as_batch(dark_coffee)
+    outputs = (F.avg_pool2d(inputs, 31, stride=1, padding=15) * 3 + inputs * 0.5).clamp(0, 255)
+    full = F.avg_pool2d(ToneTransfer()(inputs, outputs), 4)
+    small = ToneTransfer()(F.avg_pool2d(inputs, 4), F.avg_pool2d(outputs, 4))
+    assert psnr(as_image(full), as_image(small)) > 30
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (ToneTransfer(strength=-0.1), "strength"),
+        (ToneTransfer(radius_fraction=0.0), "radius_fraction"),
+        (ToneTransfer(epsilon=0.0), "epsilon"),
+    ],
+)
+def test_bad_settings_name_the_field(settings, message):
+    with pytest.raises(ValueError, match=message):
+        settings.validate()
+
+
+def test_mismatched_shapes_are_refused():
+    with pytest.raises(ValueError, match="one shape"):
+        ToneTransfer()(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
+
+
+@pytest.fixture(scope="module")
+def generators():
+    plain = textured_generator(tiny_config().generator)
+    config = dataclasses.replace(plain.config, tone_transfer_strength=0.8)
+    toned = textured_generator(config)
+    return plain, toned
+
+
+def test_the_model_config_decides_by_default(generators, dark_coffee):
+    plain, toned = generators
+    assert Enhancer(plain).tone_transfer is None
+    assert Enhancer(toned).tone_transfer == ToneTransfer(strength=0.8)
+    assert Enhancer(toned, EnhancerSettings(tone_transfer="off")).tone_transfer is None
+    forced = Enhancer(plain, EnhancerSettings(tone_transfer="on", tone_strength=0.5))
+    assert forced.tone_transfer == ToneTransfer(strength=0.5)
+    assert Enhancer(plain, EnhancerSettings(tone_transfer="on")).tone_transfer.strength == 1.0
+
+
+def test_enhancer_output_is_the_transfer_of_the_generators_output(generators, dark_coffee):
+    plain, toned = generators
+    raw = Enhancer(plain, EnhancerSettings(tile_size=None))([dark_coffee])[0]
+    transferred = Enhancer(toned, EnhancerSettings(tile_size=None))([dark_coffee])[0]
+    expected = as_image(ToneTransfer(strength=0.8)(as_batch(dark_coffee), as_batch(raw)))
+    assert np.abs(transferred.astype(int) - expected).max() <= 2
+    assert psnr(transferred, raw) < 40
+
+
+def test_enhancer_settings_refuse_unknown_modes():
+    with pytest.raises(ValueError, match="tone_transfer"):
+        EnhancerSettings(tone_transfer="maybe").validate()
+    with pytest.raises(ValueError, match="strength"):
+        EnhancerSettings(tone_strength=5.0).validate()
