@@ -89,8 +89,23 @@ class ToneTransfer:
 
 
 def box_mean(values: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over the (2r+1)^2 window around each pixel, counting only pixels inside."""
-    return F.avg_pool2d(values, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+    """Mean over the (2r+1)^2 window around each pixel of (B, C, H, W) ``values``, counting
+    only pixels inside the image; running sums make it cost the same for any radius."""
+    total = _box_sum(_box_sum(values.double(), radius, -2), radius, -1)
+    ones = torch.ones((1, 1, *values.shape[-2:]), dtype=torch.float64, device=values.device)
+    count = _box_sum(_box_sum(ones, radius, -2), radius, -1)
+    return (total / count).to(values.dtype)
+
+
+def _box_sum(values: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    length = values.shape[dim]
+    shape = list(values.shape)
+    shape[dim] = 1
+    running = torch.cat([values.new_zeros(shape), values.cumsum(dim)], dim)
+    positions = torch.arange(length, device=values.device)
+    upper = (positions + radius + 1).clamp(max=length)
+    lower = (positions - radius).clamp(min=0)
+    return running.index_select(dim, upper) - running.index_select(dim, lower)
 
 
 def guided_filter(
