@@ -38,6 +38,7 @@ from pipelines.io.shards import DOMAINS
 from pipelines.ops.ray_runtime import init_ray
 from pipelines.ops.resources import WORKER_FLAGS, Request, ensure_placeable
 from pipelines.options import Summary, memory_bytes, storage_of
+from pipelines.train import faults
 from pipelines.train.init_source import (
     INIT_CHECKPOINT,
     given_settings,
@@ -200,7 +201,6 @@ def plan_training(job: TrainJob) -> TrainPlan:
         report_every=job.report_every,
         precision=training_precision(job.precision, use_gpu),
         shuffle_buffer=max(0, job.shuffle_buffer),
-        fail_at_step=job.fail_at_step,
         in_memory_domains=in_memory_domains(job.data, options, min_workers, job.memory_mb),
         torch_threads=job.threads_per_worker,
         init_checkpoint=None if init_record is None else INIT_CHECKPOINT,
@@ -384,6 +384,7 @@ def run_training(plan: TrainPlan):
             storage_filesystem=plan.run.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=plan.keep_checkpoints),
             logging_config=ray.train.LoggingConfig(log_level=plan.worker.ray_train_log_level),
+            worker_runtime_env=faults.worker_environment(),
             failure_config=ray.train.FailureConfig(
                 max_failures=plan.max_failures,
                 controller_failure_limit=startup_retries(plan.wait_for_workers_s),

@@ -66,7 +66,6 @@ class TrainJob(StorageFields, RayFields):
     wait_for_workers: float = 600.0
     max_failures: int = 3
     dry_run: bool = False
-    fail_at_step: int | None = None
 
     def __post_init__(self) -> None:
         check_worker_resources(self)
@@ -216,7 +215,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "for the workers stops the job at once (see --wait-for-resources)",
     )
     cluster.add_argument("--max-failures", type=int, default=3, help="worker-group retries")
-    parser.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)
     add_common_arguments(
         parser, dry_run="resolve and print the settings, write config.json; train nothing"
     )

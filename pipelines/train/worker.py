@@ -50,12 +50,12 @@ from pipelines import plots
 from pipelines.io import storage
 from pipelines.io.images import decode_png
 from pipelines.io.shards import DOMAINS
+from pipelines.train import faults
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint_"
 LATEST_POINTER = "latest_checkpoint.json"
-FAULT_MARKER = ".fault_injected"
 SAMPLE_COUNT = 4
 
 
@@ -73,7 +73,6 @@ class WorkerSettings:
     report_every: int = 1
     precision: str = "fp32"
     shuffle_buffer: int = 64
-    fail_at_step: int | None = None
     in_memory_domains: tuple[str, ...] = ()
     torch_threads: int | None = None
     init_checkpoint: str | None = None
@@ -316,14 +315,6 @@ def _sample_grid(generator: torch.nn.Module, low: torch.Tensor, device, autocast
     return plots.sample_grid_png({"input": list(inputs), "enhanced": list(enhanced)}, caption)
 
 
-def _inject_fault_once(settings: WorkerSettings, step: int, rank: int, world: int, run: RunFiles):
-    """Test hook: the last rank raises at ``fail_at_step``, once per run (a marker remembers)."""
-    if settings.fail_at_step != step or rank != world - 1 or run.read_text(FAULT_MARKER):
-        return
-    run.write(FAULT_MARKER, f"injected at step {step}\n".encode())
-    raise RuntimeError(f"injected fault at step {step} (fail_at_step, first attempt only)")
-
-
 def report_lines_at(level: str) -> None:
     """Ray Train logs a line per ``ray.train.report`` in each worker ("Reporting training result
     N: TrainingReport(...)", several hundred characters) on a logger named after its source
@@ -401,6 +392,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         config.augment,
         augment_rng,
     )
+    fail_step = faults.fault_step()
     current_lr = None
     progress = ProgressLine(settings.total_steps, step)
     try:
@@ -420,7 +412,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             losses = _average_over_workers(losses, world)
             elapsed = time.perf_counter() - started
             step += 1
-            _inject_fault_once(settings, step, rank, world, run)
+            faults.fail_once_at(fail_step, step, rank, world, run)
             record = {
                 "step": step,
                 "epoch": epoch,

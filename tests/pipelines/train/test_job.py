@@ -37,6 +37,7 @@ from pipelines.io import storage
 from pipelines.io.images import decode_image, decode_png
 from pipelines.ops.local_services import session_members
 from pipelines.prepare.job import prepare
+from pipelines.train.faults import FAIL_AT_STEP_ENV
 from pipelines.train.worker import augment_generator
 from tests.fixtures.seaweed import all_keys, botocore_client
 
@@ -99,9 +100,11 @@ def faulted_run(prepared_bucket, aws_environment):
     run = prepared_bucket.rsplit("/", 1)[0] + "/runs/faulted"
     args = ["--workers", "2", "--steps", "4", "--checkpoint-every", "2", "--sample-every", "2"]
     args += [item for name, value in DECAY.items() for item in ("--set", f"{name}={value}")]
-    args += ["--keep-checkpoints", "2", "--max-failures", "2", "--fail-at-step", "3"]
+    args += ["--keep-checkpoints", "2", "--max-failures", "2"]
     started = time.time()
-    assert main(_train_args(prepared_bucket, run, *args)) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FAIL_AT_STEP_ENV, "3")
+        assert main(_train_args(prepared_bucket, run, *args)) == 0
     return storage.resolve(run), started
 
 
