@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -297,12 +298,20 @@ def spec_from_args(spec_type: type, args: argparse.Namespace, job: str):
 
 def spec_as_dict(spec) -> dict[str, Any]:
     """The spec as plain JSON values, in field order (what ``--config`` reads back)."""
-    return {field.name: _plain(getattr(spec, field.name)) for field in dataclasses.fields(spec)}
+    return {field.name: json_value(getattr(spec, field.name)) for field in dataclasses.fields(spec)}
 
 
-def _plain(value):
+def json_value(value, nonfinite_as_none: bool = False):
+    """``value`` as plain JSON data: tuples and lists as lists (recursively), numpy scalars as
+    Python numbers; with ``nonfinite_as_none``, NaN and the infinities as None (JSON has none)."""
     if isinstance(value, tuple | list):
-        return [_plain(item) for item in value]
+        return [json_value(item, nonfinite_as_none) for item in value]
+    # Only an imported numpy makes numpy scalars, and the CLI imports this module without it.
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic):
+        value = value.item()
+    if nonfinite_as_none and isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 

@@ -34,6 +34,7 @@ from pipelines.inference.darkness import DarkPolicy
 from pipelines.inference.stages import ENHANCED, FAILED, object_column
 from pipelines.io.images import encode_like, resize
 from pipelines.io.storage import Location, write_bytes
+from pipelines.options import json_value
 
 REPORT_DIR = "_report"
 THUMBNAIL_SIDE = 360
@@ -200,7 +201,11 @@ def write_report(output: Location, facts: RunFacts, summary: dict, sample: list[
         "only_dark": facts.policy.mode if facts.policy else None,
         "dark_threshold": facts.threshold,
         "sample": [
-            {name: _plain(entry[name]) for name in entry if name not in ("before", "after")}
+            {
+                name: json_value(entry[name], nonfinite_as_none=True)
+                for name in entry
+                if name not in ("before", "after")
+            }
             for entry in sample
         ],
     }
@@ -210,12 +215,6 @@ def write_report(output: Location, facts: RunFacts, summary: dict, sample: list[
     index = folder.child("index.html")
     write_bytes(index, page.encode("utf-8"))
     return index.uri
-
-
-def _plain(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value.item() if isinstance(value, np.generic) else value
 
 
 STATUS_WORDS = {

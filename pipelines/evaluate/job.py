@@ -44,7 +44,7 @@ from pipelines.io.storage import (
 )
 from pipelines.ops.ray_runtime import init_ray
 from pipelines.ops.resources import WORKER_FLAGS, Request, ensure_placeable
-from pipelines.options import STARTER_NAME, Summary, memory_bytes, storage_of
+from pipelines.options import STARTER_NAME, Summary, json_value, memory_bytes, storage_of
 
 VARIANTS = ("input", "enhanced", "gamma", "histeq")
 # With --compare, a second model's output is scored too, in this column.
@@ -232,12 +232,8 @@ def _collect_rows(dataset) -> list[dict]:
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         names = list(batch)
         for index in range(len(batch["key"])):
-            rows.append({name: _plain(batch[name][index]) for name in names})
+            rows.append({name: json_value(batch[name][index]) for name in names})
     return sorted(rows, key=lambda row: row["key"])
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def paper_set_for(choice: str, input_uri: str) -> str | None:
