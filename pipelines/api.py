@@ -17,25 +17,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipelines.cli import COMMANDS
 from pipelines.demo.spec import DemoJob
 from pipelines.enhance.spec import EnhanceJob
 from pipelines.errors import UserError
 from pipelines.evaluate.spec import EvaluateJob
 from pipelines.export.spec import ExportJob, ImportOfficialJob
-from pipelines.inference.stages import FAILED, PENDING, EnhanceActor, InferenceSettings
+from pipelines.inference.stages import InferenceSettings, RowStatus, enhance_stage
 from pipelines.options import STARTER_NAME, Summary
 from pipelines.prepare.spec import PrepareJob
 from pipelines.train.spec import TrainJob
 
-# The jobs' functions, imported on first use (each pulls in its job's heavy modules).
+# The jobs' functions (the CLI's runners), imported on first use (each pulls in its job's heavy
+# modules).
 _RUNNERS = {
-    "run_prepare": "pipelines.prepare.job",
-    "run_train": "pipelines.train.job",
-    "run_enhance": "pipelines.enhance.job",
-    "run_evaluate": "pipelines.evaluate.job",
-    "run_export": "pipelines.export.job",
-    "run_import_official": "pipelines.export.job",
-    "run_demo": "pipelines.demo.job",
+    function: module
+    for module, function in (c.runner.split(":") for c in COMMANDS.values() if c.runner)
 }
 
 
@@ -156,8 +153,6 @@ def enhance_dataset(
     ``failed``) and ``enhance_reason``. Lazy, like any Dataset: nothing runs until you consume
     it. The generator runs in an actor pool of ``workers`` actors, as in ``enhance``; its files
     reach the actors through the object store and stay there as long as this driver runs."""
-    from ray.data import ActorPoolStrategy
-
     from pipelines.inference.backends import choose_backend
     from pipelines.inference.checkpoints import lasting_shared_checkpoint, load_checkpoint_files
     from pipelines.io.storage import StorageOptions
@@ -182,17 +177,13 @@ def enhance_dataset(
         batch_size=batch_size,
         num_cpus=0.5,
     )
-    enhanced = rows.map_batches(
-        EnhanceActor,
-        fn_constructor_kwargs={
-            "checkpoint": lasting_shared_checkpoint(found.files),
-            "settings": settings,
-        },
-        compute=ActorPoolStrategy(size=workers),
-        batch_size=batch_size,
-        batch_format="numpy",
-        num_cpus=cpus_per_worker,
-        num_gpus=gpus_per_worker or None,
+    enhanced = enhance_stage(
+        rows,
+        lasting_shared_checkpoint(found.files),
+        settings,
+        workers=workers,
+        cpus=cpus_per_worker,
+        gpus=gpus_per_worker,
     )
     return enhanced.map_batches(
         _from_pixel_rows,
@@ -212,12 +203,12 @@ def _to_pixel_rows(batch: dict[str, np.ndarray], column: str) -> dict[str, np.nd
     count = len(images)
     pixels = np.empty(count, dtype=object)
     heights, widths = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
-    status = np.array([PENDING] * count, dtype=object)
+    status = np.array([RowStatus.PENDING] * count, dtype=object)
     reason = np.array([""] * count, dtype=object)
     for index, image in enumerate(images):
         array = np.asarray(image)
         if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-            pixels[index], status[index] = b"", FAILED
+            pixels[index], status[index] = b"", RowStatus.FAILED
             reason[index] = f"not-rgb-uint8 {array.dtype} {tuple(array.shape)}"
             continue
         heights[index], widths[index] = array.shape[:2]
@@ -238,17 +229,14 @@ def _from_pixel_rows(batch: dict[str, np.ndarray], output_column: str) -> dict[s
     count = len(batch["status"])
     images = np.empty(count, dtype=object)
     for index in range(count):
-        if batch["status"][index] == PENDING:
+        if batch["status"][index] == RowStatus.ENHANCED:
             shape = (int(batch["height"][index]), int(batch["width"][index]), 3)
             images[index] = np.frombuffer(batch["pixels"][index], dtype=np.uint8).reshape(shape)
-    status = np.array(
-        ["enhanced" if value == PENDING else value for value in batch["status"]], dtype=object
-    )
     internal = {"pixels", "height", "width", "status", "reason", "seconds"}
     return {
         **{name: values for name, values in batch.items() if name not in internal},
         output_column: images,
-        STATUS_COLUMN: status,
+        STATUS_COLUMN: batch["status"],
         REASON_COLUMN: batch["reason"],
     }
 

@@ -56,19 +56,13 @@ from pipelines.inference.checkpoints import (
     staged_checkpoint,
 )
 from pipelines.inference.stages import (
-    COPIED,
-    ENHANCED,
-    FAILED,
-    NOT_DARK,
-    PENDING,
-    SKIPPED,
     TASK_CPUS,
-    TO_COPY,
-    EnhanceActor,
     InferenceSettings,
+    RowStatus,
     build_enhancer,
     cpu_stage,
     decode_stage,
+    enhance_stage,
 )
 from pipelines.io.images import ImageRejected, decode_image
 from pipelines.io.listing import PAGE_SIZE, ListingSource
@@ -312,8 +306,6 @@ def run_pipeline(
 ):
     """Decode, enhance, write and record every row of ``work`` (see :func:`planned_work`);
     ``policy``: ``--only-dark``, ``sampler``: the run report's sample."""
-    from ray.data import ActorPoolStrategy
-
     node_cpus = [node.get("CPU", 0.0) for node in alive_nodes()]
     settings = inference_settings(job, sum(node_cpus) or 1.0, max(node_cpus, default=1.0))
     dataset = work.repartition(target_num_rows_per_block=_rows_per_block(job.batch_size))
@@ -322,14 +314,13 @@ def run_pipeline(
     dataset = decode_stage(dataset, source, job.max_pixels, policy, sampler)
     # The driver keeps `checkpoint` (and so its object) until the run has finished.
     checkpoint = SharedCheckpoint.put(checkpoint_files)
-    dataset = dataset.map_batches(
-        EnhanceActor,
-        fn_constructor_kwargs={"checkpoint": checkpoint, "settings": settings},
-        compute=ActorPoolStrategy(size=job.workers),
-        batch_size=job.batch_size,
-        batch_format="numpy",
-        num_cpus=job.cpus_per_worker,
-        num_gpus=job.gpus_per_worker or None,
+    dataset = enhance_stage(
+        dataset,
+        checkpoint,
+        settings,
+        workers=job.workers,
+        cpus=job.cpus_per_worker,
+        gpus=job.gpus_per_worker,
         memory=memory_bytes(job.memory_per_worker),
     )
     dataset = cpu_stage(
@@ -363,23 +354,23 @@ def _dry_run(work, source: Location, checkpoint_files, job: EnhanceJob, policy=N
     for batch in work.iter_batches(batch_size=None, batch_format="numpy"):
         for key, status, reason in zip(batch["key"], batch["status"], batch["reason"], strict=True):
             statuses[status] += 1
-            if status == FAILED:
+            if status == RowStatus.FAILED:
                 failed[reason] += 1
-            elif status == PENDING and len(samples) < 5:
+            elif status == RowStatus.PENDING and len(samples) < 5:
                 samples.append(str(key))
-    pending = statuses[PENDING]
+    pending = statuses[RowStatus.PENDING]
     would = pending if job.limit is None or policy else min(pending, job.limit)
     lines = [
         f"dry run: {sum(statuses.values())} images listed under {job.input}",
         f"  would enhance: {would}"
         + (f" (--limit leaves {pending - would} for later)" if would < pending else ""),
-        f"  already done (skipped): {statuses[SKIPPED]}",
-        f"  unusable (failed): {statuses[FAILED]} {dict(failed) if failed else ''}",
+        f"  already done (skipped): {statuses[RowStatus.SKIPPED]}",
+        f"  unusable (failed): {statuses[RowStatus.FAILED]} {dict(failed) if failed else ''}",
     ]
     if policy is not None:
         lines[1] += f" (dark: darkness >= {policy.threshold})"
-        lines.insert(2, f"  would copy unchanged (not dark): {statuses[TO_COPY]}")
-        lines.insert(3, f"  would leave out (not dark): {statuses[NOT_DARK]}")
+        lines.insert(2, f"  would copy unchanged (not dark): {statuses[RowStatus.TO_COPY]}")
+        lines.insert(3, f"  would leave out (not dark): {statuses[RowStatus.NOT_DARK]}")
         if job.limit is not None:
             lines.append(f"  --limit {job.limit}: the run reads at most that many of these")
     if samples:
@@ -434,16 +425,20 @@ def _print_summary(
     summary: dict, seconds: float, first_output_s, output: Location, run_id, limit
 ) -> dict:
     statuses = Counter(summary["status"])
-    enhanced = statuses.get(ENHANCED, 0)
+    enhanced = statuses.get(RowStatus.ENHANCED, 0)
     unusable = sum(summary["reasons"].get(reason, 0) for reason in UNUSABLE_KEY_REASONS)
-    decided = statuses.get(COPIED, 0) + statuses.get(NOT_DARK, 0)
-    worked = enhanced + decided + statuses.get(FAILED, 0) - unusable
+    decided = statuses.get(RowStatus.COPIED, 0) + statuses.get(RowStatus.NOT_DARK, 0)
+    worked = enhanced + decided + statuses.get(RowStatus.FAILED, 0) - unusable
     rate = enhanced / seconds if seconds > 0 else 0.0
     lines = [
         f"enhance summary (run {run_id}): {sum(statuses.values())} images",
-        f"  enhanced: {enhanced}  skipped: {statuses.get(SKIPPED, 0)}  "
-        f"failed: {statuses.get(FAILED, 0)}"
-        + "".join(f"  {name}: {statuses[name]}" for name in (COPIED, NOT_DARK) if statuses[name])
+        f"  enhanced: {enhanced}  skipped: {statuses.get(RowStatus.SKIPPED, 0)}  "
+        f"failed: {statuses.get(RowStatus.FAILED, 0)}"
+        + "".join(
+            f"  {name}: {statuses[name]}"
+            for name in (RowStatus.COPIED, RowStatus.NOT_DARK)
+            if statuses[name]
+        )
         + (
             f"  (--limit {limit} reached: rerun to go on)"
             if limit is not None and worked >= limit

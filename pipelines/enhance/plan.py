@@ -33,15 +33,7 @@ from pyarrow import fs as pafs
 from pipelines.enhance.report import REPORT_DIR
 from pipelines.enhance.sink import MANIFEST_DIR, ManifestTarget, manifest_row, read_manifest
 from pipelines.inference.darkness import DarkPolicy
-from pipelines.inference.stages import (
-    COPIED,
-    ENHANCED,
-    FAILED,
-    NOT_DARK,
-    PENDING,
-    SKIPPED,
-    object_column,
-)
+from pipelines.inference.stages import RowStatus, object_column
 from pipelines.io.listing import UNREADABLE, ListingSource
 from pipelines.io.storage import safe_join
 
@@ -52,7 +44,7 @@ STAT_CHUNK = 32
 STAT_THREADS = 16
 CHECK_ROWS = 1000
 # Statuses of the rows that decided an output's fate; a skipped row only repeats one of them.
-DECIDING_STATUSES = (ENHANCED, COPIED, NOT_DARK)
+DECIDING_STATUSES = (RowStatus.ENHANCED, RowStatus.COPIED, RowStatus.NOT_DARK)
 NOTHING_RECORDED = ("", 0, math.nan)
 # A recorded darkness this close to 1 - luma_p95 / 255 was scored the old way (rounding: 5e-5).
 OLD_SCORE_TOLERANCE = 6e-5
@@ -277,31 +269,31 @@ def _planned(keys, rules: KeyRules, guard, resume, record) -> Iterator[dict[str,
         except UnicodeEncodeError:
             # A local file name that is not UTF-8: no object key can name it.
             shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            rows.append((shown, shown, FAILED, "undecodable-key", *NOTHING_RECORDED))
+            rows.append((shown, shown, RowStatus.FAILED, "undecodable-key", *NOTHING_RECORDED))
             continue
         if key.endswith("/"):
-            rows.append((key, key, FAILED, "unreadable-folder", *NOTHING_RECORDED))
+            rows.append((key, key, RowStatus.FAILED, "unreadable-folder", *NOTHING_RECORDED))
             continue
         output_key = output_key_for(key, rules.output_format)
         reason = rules.unusable_reason(output_key)
         if reason is None and guard is not None and not guard.claim(key, output_key):
             reason = "output-key-collision"
         if reason:
-            rows.append((key, output_key, FAILED, reason, *NOTHING_RECORDED))
+            rows.append((key, output_key, RowStatus.FAILED, reason, *NOTHING_RECORDED))
         else:
             recorded = resume.recorded(key, output_key) if resume else NOTHING_RECORDED
-            rows.append((key, output_key, PENDING, "", *recorded))
+            rows.append((key, output_key, RowStatus.PENDING, "", *recorded))
     if record is not None:
-        failed = [row for row in rows if row[2] == FAILED]
+        failed = [row for row in rows if row[2] == RowStatus.FAILED]
         if failed:
             record.write(
                 "unusable",
                 [
-                    manifest_row(k, o, FAILED, why, run_id=record.run_id)
+                    manifest_row(k, o, RowStatus.FAILED, why, run_id=record.run_id)
                     for k, o, _, why, *_ in failed
                 ],
             )
-            rows = [row for row in rows if row[2] != FAILED]
+            rows = [row for row in rows if row[2] != RowStatus.FAILED]
     if rows:
         yield _plan_columns(rows)
 
@@ -335,12 +327,12 @@ def file_infos(filesystem: pafs.FileSystem, paths: list[str]) -> list[pafs.FileI
         return [info for infos in pool.map(filesystem.get_file_info, chunks) for info in infos]
 
 
-def recorded_action(policy: DarkPolicy | None, darkness: float) -> str:
+def recorded_action(policy: DarkPolicy | None, darkness: float) -> RowStatus:
     """What this run does with an image of recorded ``darkness`` (NaN: unknown, so it is read):
     ``enhanced``, ``copied`` or ``not-dark``."""
     if policy is None or math.isnan(darkness) or policy.is_dark(darkness):
-        return ENHANCED
-    return COPIED if policy.mode == "copy" else NOT_DARK
+        return RowStatus.ENHANCED
+    return RowStatus.COPIED if policy.mode == "copy" else RowStatus.NOT_DARK
 
 
 def check_finished(
@@ -361,11 +353,11 @@ def check_finished(
     for index, (current, recorded_status, darkness) in enumerate(
         zip(status, batch["recorded_status"], batch["recorded_darkness"], strict=True)
     ):
-        if current != PENDING or not recorded_status:
+        if current != RowStatus.PENDING or not recorded_status:
             continue
         action = recorded_action(policy, darkness)
-        if action == NOT_DARK:
-            status[index] = NOT_DARK
+        if action == RowStatus.NOT_DARK:
+            status[index] = RowStatus.NOT_DARK
             not_dark.append(index)
         elif action == recorded_status and batch["recorded_bytes"][index] > 0:
             candidates.append(index)
@@ -376,15 +368,18 @@ def check_finished(
     skipped = []
     for index, info in zip(candidates, infos, strict=True):
         if info.type == pafs.FileType.File and info.size == batch["recorded_bytes"][index]:
-            status[index] = SKIPPED
+            status[index] = RowStatus.SKIPPED
             skipped.append(index)
     batch = {**batch, "status": status}
     if record is None or not (skipped or not_dark):
         return batch
-    for kind, indexes, sizes in (("skipped", skipped, True), ("not-dark", not_dark, False)):
+    for kind, indexes, sizes in (
+        (RowStatus.SKIPPED, skipped, True),
+        (RowStatus.NOT_DARK, not_dark, False),
+    ):
         if indexes:
             record.write(kind, [_decided_row(batch, index, sizes, record) for index in indexes])
-    keep = status == PENDING
+    keep = status == RowStatus.PENDING
     return {name: column[keep] for name, column in batch.items()}
 
 

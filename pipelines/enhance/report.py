@@ -31,7 +31,7 @@ import ray
 
 from pipelines.enhance.spec import REPORT_NIQE_SIDE
 from pipelines.inference.darkness import DarkPolicy
-from pipelines.inference.stages import ENHANCED, FAILED, object_column
+from pipelines.inference.stages import RowStatus, object_column
 from pipelines.io.images import encode_like, resize
 from pipelines.io.storage import Location, write_bytes
 from pipelines.options import json_value
@@ -127,10 +127,10 @@ class ReportSampler:
 
     def after(self, row: dict, written: dict) -> dict | None:
         """The sample entry of one written row (``None`` when it is not a candidate)."""
-        if not len(row.get("sample_before", b"")) or written["status"] == FAILED:
+        if not len(row.get("sample_before", b"")) or written["status"] == RowStatus.FAILED:
             return None
         after, niqe_after = b"", math.nan
-        if written["status"] == ENHANCED:
+        if written["status"] == RowStatus.ENHANCED:
             shape = (int(row["height"]), int(row["width"]), 3)
             enhanced = np.frombuffer(row["pixels"], dtype=np.uint8).reshape(shape)
             after, niqe_after = thumbnail_jpeg(enhanced), self._niqe(enhanced)
@@ -218,11 +218,11 @@ def write_report(output: Location, facts: RunFacts, summary: dict, sample: list[
 
 
 STATUS_WORDS = {
-    "enhanced": "enhanced",
-    "copied": "copied unchanged (not dark)",
-    "not-dark": "left out (not dark)",
-    "skipped": "already done (skipped)",
-    "failed": "failed",
+    RowStatus.ENHANCED: "enhanced",
+    RowStatus.COPIED: "copied unchanged (not dark)",
+    RowStatus.NOT_DARK: "left out (not dark)",
+    RowStatus.SKIPPED: "already done (skipped)",
+    RowStatus.FAILED: "failed",
 }
 _STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1180px; padding: 16px;
@@ -269,7 +269,7 @@ def _e(value) -> str:
 def _summary_section(facts: RunFacts, summary: dict) -> str:
     statuses = summary["status"]
     total = sum(statuses.values())
-    enhanced = statuses.get(ENHANCED, 0)
+    enhanced = statuses.get(RowStatus.ENHANCED, 0)
     rate = enhanced / facts.seconds if facts.seconds > 0 else 0.0
     rows = [
         ("input", f"<code>{_e(facts.input_uri)}</code>"),

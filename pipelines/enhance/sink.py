@@ -30,7 +30,7 @@ from ray.data import Datasink
 
 from pipelines.errors import UserError
 from pipelines.inference.darkness import DARKNESS_COLUMNS
-from pipelines.inference.stages import COPIED, ENHANCED, FAILED, PENDING, TO_COPY
+from pipelines.inference.stages import RowStatus
 from pipelines.io.images import encode_like
 from pipelines.io.retries import is_transient
 from pipelines.io.storage import Location, write_bytes
@@ -163,7 +163,7 @@ class _ImageWriter:
             "run_id": self.run_id,
             **{name: float(row[name]) for name in DARKNESS_COLUMNS},
         }
-        if row["status"] not in (PENDING, TO_COPY):
+        if row["status"] not in (RowStatus.ENHANCED, RowStatus.TO_COPY):
             return manifest_row(
                 row["key"],
                 row["output_key"],
@@ -174,7 +174,7 @@ class _ImageWriter:
             )
         started = time.perf_counter()
         try:
-            if row["status"] == TO_COPY:
+            if row["status"] == RowStatus.TO_COPY:
                 encoded = row["original"]
             else:
                 pixels = np.frombuffer(row["pixels"], dtype=np.uint8)
@@ -193,13 +193,13 @@ class _ImageWriter:
             reason = "write-error" if isinstance(error, OSError | UserError) else "encode-error"
             seconds = float(row["seconds"]) + time.perf_counter() - started
             return manifest_row(
-                row["key"], row["output_key"], FAILED, reason, seconds=seconds, **sizes
+                row["key"], row["output_key"], RowStatus.FAILED, reason, seconds=seconds, **sizes
             )
         seconds = float(row["seconds"]) + time.perf_counter() - started
         return manifest_row(
             row["key"],
             row["output_key"],
-            COPIED if row["status"] == TO_COPY else ENHANCED,
+            RowStatus.COPIED if row["status"] == RowStatus.TO_COPY else RowStatus.ENHANCED,
             output_bytes=len(encoded),
             seconds=seconds,
             written_at=time.time(),
@@ -281,7 +281,7 @@ def summarize_run(target: ManifestTarget, first_batch: int = 1) -> dict:
                 batch["reason"].to_pylist(),
                 strict=True,
             ):
-                if status == FAILED:
+                if status == RowStatus.FAILED:
                     reasons[reason] += 1
                     kept = failed_keys.setdefault(reason, [])
                     if len(kept) < FAILED_KEYS_KEPT:
@@ -290,9 +290,9 @@ def summarize_run(target: ManifestTarget, first_batch: int = 1) -> dict:
             scores = scores[np.isfinite(scores)]
             darkness += np.histogram(scores, bins=DARKNESS_BINS, range=(0.0, 1.0))[0]
             # A skipped row records the size of the object an earlier run wrote.
-            written = pc.is_in(batch["status"], pa.array([ENHANCED, COPIED]))
+            written = pc.is_in(batch["status"], pa.array([RowStatus.ENHANCED, RowStatus.COPIED]))
             output_bytes += pc.sum(pc.if_else(written, batch["output_bytes"], 0)).as_py() or 0
-            enhanced = pc.equal(batch["status"], ENHANCED)
+            enhanced = pc.equal(batch["status"], RowStatus.ENHANCED)
             stamps.append(pc.filter(batch["written_at"], enhanced).to_numpy(zero_copy_only=False))
     return {
         "status": dict(statuses),

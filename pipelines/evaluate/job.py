@@ -28,12 +28,11 @@ from pipelines.inference.backends import choose_backend
 from pipelines.inference.checkpoints import SharedCheckpoint, load_checkpoint_files
 from pipelines.inference.scores import luma_mean, safe_niqe
 from pipelines.inference.stages import (
-    FAILED,
-    PENDING,
     TASK_CPUS,
-    EnhanceActor,
     InferenceSettings,
+    RowStatus,
     decoded_images,
+    enhance_stage,
 )
 from pipelines.io.storage import (
     IMAGE_EXTENSIONS,
@@ -89,6 +88,11 @@ def _decoded(batch: dict[str, np.ndarray], index: int) -> np.ndarray:
     return np.frombuffer(batch["pixels"][index], dtype=np.uint8).reshape(height, width, 3)
 
 
+def _images_of(batch: dict[str, np.ndarray], status: RowStatus) -> dict[int, np.ndarray]:
+    """The decoded images of the batch's rows in ``status``, by row index."""
+    return {i: _decoded(batch, i) for i, s in enumerate(batch["status"]) if s == status}
+
+
 def _score_into(batch, variant: str, images: dict[int, np.ndarray], sample_keys) -> None:
     count = len(batch["key"])
     scores = np.full(count, math.nan)
@@ -109,7 +113,7 @@ def score_input_and_baselines(batch, sample_keys: frozenset, gamma: float):
     """CPU task before the generator: scores of the input and of each baseline."""
     from enlightengan.baselines import gamma_correction, histogram_equalization
 
-    ready = {i: _decoded(batch, i) for i, s in enumerate(batch["status"]) if s == PENDING}
+    ready = _images_of(batch, RowStatus.PENDING)
     _score_into(batch, "input", ready, sample_keys)
     _score_into(
         batch, "gamma", {i: gamma_correction(im, gamma) for i, im in ready.items()}, sample_keys
@@ -127,16 +131,20 @@ def keep_input_pixels(batch):
 
 
 def score_compared(batch, sample_keys: frozenset):
-    """CPU task after the compared model: score its output, then restore the input pixels."""
-    ready = {i: _decoded(batch, i) for i, s in enumerate(batch["status"]) if s == PENDING}
+    """CPU task after the compared model: score its output, then restore the input pixels,
+    pending again for the model evaluated."""
+    ready = _images_of(batch, RowStatus.ENHANCED)
     _score_into(batch, COMPARED, ready, sample_keys)
     batch["pixels"] = batch.pop("input_pixels")
+    status = batch["status"].astype(object)
+    status[list(ready)] = RowStatus.PENDING
+    batch["status"] = status
     return batch
 
 
 def score_enhanced(batch, sample_keys: frozenset):
     """CPU task after the generator: score its output, then drop the pixels."""
-    ready = {i: _decoded(batch, i) for i, s in enumerate(batch["status"]) if s == PENDING}
+    ready = _images_of(batch, RowStatus.ENHANCED)
     _score_into(batch, "enhanced", ready, sample_keys)
     for column in ("pixels", "icc_profile", "exif", "output_key", "format", "input_bytes"):
         batch.pop(column, None)
@@ -173,8 +181,6 @@ def run_pipeline(
 ) -> list[dict]:
     """Build and run the dataset; returns one dict per image (scores and sample thumbnails).
     ``compared_files``: a second model's checkpoint files, scored as the ``compared`` variant."""
-    from ray.data import ActorPoolStrategy
-
     # Twice the sheet's rows: some of the first keys may fail to decode.
     sample_keys = frozenset(keys[: 2 * max(0, job.samples)])
     pairs = [(key, key) for key in keys]
@@ -199,15 +205,14 @@ def run_pipeline(
     shared = []  # the driver keeps the checkpoints' objects until the rows are collected
 
     def enhance(dataset, files):
-        checkpoint = SharedCheckpoint.put(files)
-        shared.append(checkpoint)
-        return dataset.map_batches(
-            EnhanceActor,
-            fn_constructor_kwargs={"checkpoint": checkpoint, "settings": settings},
-            compute=ActorPoolStrategy(size=job.workers),
-            batch_size=job.batch_size,
-            num_cpus=actor_cpus,
-            num_gpus=job.gpus_per_worker or None,
+        shared.append(SharedCheckpoint.put(files))
+        return enhance_stage(
+            dataset,
+            shared[-1],
+            settings,
+            workers=job.workers,
+            cpus=actor_cpus,
+            gpus=job.gpus_per_worker,
             memory=memory_bytes(job.memory_per_worker),
         )
 
@@ -253,11 +258,12 @@ def summarise(rows: list[dict], variants: tuple[str, ...] = VARIANTS) -> dict:
     scored = [
         row
         for row in rows
-        if row["status"] != FAILED and all(math.isfinite(row[f"niqe_{v}"]) for v in variants)
+        if row["status"] != RowStatus.FAILED
+        and all(math.isfinite(row[f"niqe_{v}"]) for v in variants)
     ]
     failed = {}
     for row in rows:
-        if row["status"] == FAILED:
+        if row["status"] == RowStatus.FAILED:
             failed[row["reason"]] = failed.get(row["reason"], 0) + 1
     means = {
         variant: {

@@ -3,8 +3,9 @@
 
 Rows travel between stages as flat Arrow columns: decoded pixels are one ``pixels`` binary value
 (H * W * 3 bytes) plus ``height`` / ``width``, never a ragged tensor or a pickled object, so a
-block moves through the object store without per-row serialisation. A row that has already
-failed keeps ``status == "failed"`` and a ``reason`` and passes every later stage untouched.
+block moves through the object store without per-row serialisation. A row's ``status`` is a
+:class:`RowStatus`; a row that has already failed keeps ``RowStatus.FAILED`` and a ``reason``
+and passes every later stage untouched.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -20,15 +22,21 @@ from pipelines.inference.darkness import DARKNESS_COLUMNS, DarkPolicy, darkness_
 from pipelines.io.images import ImageRejected, decode_image
 from pipelines.io.retries import is_transient
 
-PENDING = "pending"
-FAILED = "failed"
-ENHANCED = "enhanced"
-SKIPPED = "skipped"
-# --only-dark: no output (not-dark), or the original bytes written unchanged (copied); rows to
-# copy travel as to-copy, with their bytes, from the decode stage to the write stage.
-NOT_DARK = "not-dark"
-COPIED = "copied"
-TO_COPY = "to-copy"
+
+class RowStatus(StrEnum):
+    """Where a row stands, in the stages and in the manifest. The values are the plain strings
+    that manifests, reports and JSON summaries hold; a member equals its value."""
+
+    PENDING = "pending"  # still to be enhanced
+    # Enhanced by an EnhanceActor; in the manifest: written, with the size its object has.
+    ENHANCED = "enhanced"
+    FAILED = "failed"  # with a reason
+    SKIPPED = "skipped"  # an earlier run's output is in place
+    # --only-dark: no output (not-dark), or the original bytes written unchanged (copied); rows
+    # to copy travel as to-copy, with their bytes, from the decode stage to the write stage.
+    NOT_DARK = "not-dark"
+    COPIED = "copied"
+    TO_COPY = "to-copy"
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ def read_and_decode(
     adds the ``before`` side of the report's sample rows."""
     rows = []
     count = len(batch["key"])
-    statuses = batch.get("status", [PENDING] * count)
+    statuses = batch.get("status", [RowStatus.PENDING] * count)
     reasons = batch.get("reason", [""] * count)
     for key, output_key, status, reason in zip(
         batch["key"], batch["output_key"], statuses, reasons, strict=True
@@ -96,7 +104,7 @@ def read_and_decode(
             "original": b"",
             **unknown_stats(),
         }
-        if status != PENDING:
+        if status != RowStatus.PENDING:
             row["seconds"] = 0.0
             rows.append(row)
             continue
@@ -106,7 +114,7 @@ def read_and_decode(
         except OSError as error:
             if is_transient(error):
                 raise  # Ray Data re-runs the task; the image is not lost for this run
-            row.update(status=FAILED, reason="unreadable")
+            row.update(status=RowStatus.FAILED, reason="unreadable")
             data = None
         if data is not None:
             row["input_bytes"] = len(data)
@@ -125,10 +133,10 @@ def read_and_decode(
                     row.update(sampler.before(key, decoded.array))
                 if policy is not None and not policy.is_dark(row["darkness"]):
                     copy = policy.mode == "copy"
-                    row.update(status=TO_COPY if copy else NOT_DARK, pixels=b"")
+                    row.update(status=RowStatus.TO_COPY if copy else RowStatus.NOT_DARK, pixels=b"")
                     row["original"] = data if copy else b""
             except ImageRejected as rejected:
-                row.update(status=FAILED, reason=rejected.reason)
+                row.update(status=RowStatus.FAILED, reason=rejected.reason)
         row["seconds"] = time.perf_counter() - started
         rows.append(row)
     return _to_columns(rows, sampler)
@@ -220,7 +228,9 @@ class EnhanceActor:
             self.enhancer = build_enhancer(directory, settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        todo = [i for i, status in enumerate(batch["status"]) if status == PENDING]
+        """Enhance the batch's pending rows: each leaves ``enhanced`` with the output's pixels,
+        or ``failed`` (``enhance-error``) without pixels."""
+        todo = [i for i, status in enumerate(batch["status"]) if status == RowStatus.PENDING]
         if not todo:
             return batch
         images = [_pixels(batch, i) for i in todo]
@@ -228,12 +238,14 @@ class EnhanceActor:
         outputs = self._enhance(images)
         share = (time.perf_counter() - started) / len(todo)
         pixels = batch["pixels"].copy()
-        status = batch["status"].copy()
-        reason = batch["reason"].copy()
+        # Object, not fixed-width text: "enhanced" is longer than "pending".
+        status = batch["status"].astype(object)
+        reason = batch["reason"].astype(object)
         for index, output in zip(todo, outputs, strict=True):
             if isinstance(output, Exception):
-                status[index], reason[index], pixels[index] = FAILED, "enhance-error", b""
+                status[index], reason[index], pixels[index] = RowStatus.FAILED, "enhance-error", b""
             else:
+                status[index] = RowStatus.ENHANCED
                 pixels[index] = np.ascontiguousarray(output, dtype=np.uint8).tobytes()
         batch.update(pixels=pixels, status=status, reason=reason, seconds=batch["seconds"] + share)
         return batch
@@ -251,6 +263,34 @@ class EnhanceActor:
                 except Exception as error:
                     results.append(error)
             return results
+
+
+def enhance_stage(
+    dataset,
+    checkpoint: SharedCheckpoint,
+    settings: InferenceSettings,
+    *,
+    workers: int,
+    cpus: float,
+    gpus: float = 0.0,
+    memory: int | None = None,
+):
+    """Add the generator to ``dataset``: :class:`EnhanceActor` in a pool of ``workers`` actors,
+    each holding ``cpus`` CPUs, ``gpus`` GPUs and ``memory`` bytes (None: no reservation), on
+    batches of ``settings.batch_size`` rows. The caller keeps ``checkpoint`` (and so its object
+    in the store) until the dataset has run."""
+    from ray.data import ActorPoolStrategy
+
+    return dataset.map_batches(
+        EnhanceActor,
+        fn_constructor_kwargs={"checkpoint": checkpoint, "settings": settings},
+        compute=ActorPoolStrategy(size=workers),
+        batch_size=settings.batch_size,
+        batch_format="numpy",
+        num_cpus=cpus,
+        num_gpus=gpus or None,
+        memory=memory,
+    )
 
 
 def _pixels(batch: dict[str, np.ndarray], index: int) -> np.ndarray:
