@@ -326,23 +326,84 @@ def report_lines_at(level: str) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+@dataclass(frozen=True)
+class WorkerPlace:
+    """Where this worker runs: its rank among ``world`` workers, the run folder and the device."""
+
+    rank: int
+    world: int
+    run: RunFiles
+    device: torch.device
+    autocast: torch.dtype | None
+
+
+@dataclass
+class TrainingState:
+    """What the step loop advances: the networks, their optimisers, the augmentation rng, the
+    steps done and (rank 0 only) the step records so far."""
+
+    config: EnlightenGANConfig
+    modules: object
+    optimizers: object
+    augment_rng: torch.Generator
+    step: int
+    history: list[dict]
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Entry point given to ``TorchTrainer``; ``loop_config`` is ``WorkerSettings.to_dict()``."""
     settings = WorkerSettings(**loop_config)
-    config = settings.model_config()
+    place = _set_up_worker(settings)
+    state = _start_or_resume(settings, place)
+    if state.step >= settings.total_steps:
+        return
+    prefetcher = _start_prefetcher(settings, place, state)
+    try:
+        _train_until_done(settings, place, state, prefetcher)
+    finally:
+        prefetcher.close()
+    if place.rank == 0:
+        curve = plots.loss_curve_png(state.history, LOSS_TERMS + tuple(OPTIONAL_LOSS_TERMS))
+        place.run.write("loss_curve.png", curve)
+
+
+def _set_up_worker(settings: WorkerSettings) -> WorkerPlace:
+    """This worker's rank, run folder and device; its torch threads and log levels."""
     context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
     ray_storage = context.get_storage()
-    run = RunFiles(ray_storage.storage_filesystem, ray_storage.storage_fs_path)
     device = ray.train.torch.get_device()
-    autocast = torch.bfloat16 if settings.precision == "bf16" else None
     report_lines_at(settings.ray_train_log_level)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    return WorkerPlace(
+        rank=context.get_world_rank(),
+        world=context.get_world_size(),
+        run=RunFiles(ray_storage.storage_filesystem, ray_storage.storage_fs_path),
+        device=device,
+        autocast=torch.bfloat16 if settings.precision == "bf16" else None,
+    )
 
-    restored = _latest_state(run)
+
+def _start_or_resume(settings: WorkerSettings, place: WorkerPlace) -> TrainingState:
+    """The networks (DDP-wrapped), optimisers and rng at step 0, or as the latest checkpoint
+    left them."""
+    config = settings.model_config()
+    restored = _latest_state(place.run)
+    modules = _build_networks(settings, config, place, restored)
+    optimizers = build_optimizers(modules, config.optim)
+    augment_rng = augment_generator(config.seed, place.rank)
+    step = 0
+    if restored is not None:
+        step = restored.step
+        augment_rng = _resume_optimizers_and_rng(restored, optimizers, config, place.rank)
+    history = place.run.load_history(step) if place.rank == 0 else []
+    return TrainingState(config, modules, optimizers, augment_rng, step, history)
+
+
+def _build_networks(settings: WorkerSettings, config, place: WorkerPlace, restored):
+    """The modules with the restored (or fine-tune starting) weights, prepared for DDP."""
     vgg = build_vgg_features(config.loss.vgg_weights, flavour=config.loss.vgg_flavour)
     torch.manual_seed(config.seed)  # identical initial weights on every rank and attempt
     modules = build_modules(config, vgg)
@@ -350,34 +411,37 @@ def train_loop_per_worker(loop_config: dict) -> None:
         for name, network in modules.trainable().items():
             network.load_state_dict(restored.network_states[name])
     elif settings.init_checkpoint:
-        loaded = load_starting_weights(modules, run, settings.init_checkpoint)
-        if rank == 0:
+        loaded = load_starting_weights(modules, place.run, settings.init_checkpoint)
+        if place.rank == 0:
             log.info(f"train: step 0 from {settings.init_checkpoint}/: {', '.join(loaded)} loaded")
-    modules.sfp.to(device)
+    modules.sfp.to(place.device)
     modules.generator = ray.train.torch.prepare_model(modules.generator)
     modules.global_d = ray.train.torch.prepare_model(modules.global_d)
     modules.patch_d = ray.train.torch.prepare_model(modules.patch_d)
-    optimizers = build_optimizers(modules, config.optim)
-    augment_rng = augment_generator(config.seed, rank)
-    step = 0
-    if restored is not None:
-        for name, optimizer in optimizers.as_dict().items():
-            optimizer.load_state_dict(restored.optimizer_states[name])
-        step = restored.step
-        rng = restored.rng_state
-        if f"augment_rank{rank}" in rng:
-            augment_rng.set_state(rng[f"augment_rank{rank}"])
-        else:  # a different worker count: a fresh stream, still reproducible from the step
-            augment_rng = augment_generator(config.seed + step, rank)
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-    history = run.load_history(step) if rank == 0 else []
-    if step >= settings.total_steps:
-        return
+    return modules
 
-    shuffle_seed = config.seed * 101 + rank * 13 + step
-    per_worker_batch = settings.per_worker_batch(world)
-    prefetcher = BatchPrefetcher(
+
+def _resume_optimizers_and_rng(restored, optimizers, config, rank: int) -> torch.Generator:
+    """Load the optimiser states and torch's rng from the checkpoint; return this rank's
+    augmentation rng as it was saved."""
+    for name, optimizer in optimizers.as_dict().items():
+        optimizer.load_state_dict(restored.optimizer_states[name])
+    rng = restored.rng_state
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if f"augment_rank{rank}" not in rng:
+        # A different worker count: a fresh stream, still reproducible from the step.
+        return augment_generator(config.seed + restored.step, rank)
+    augment_rng = augment_generator(config.seed, rank)
+    augment_rng.set_state(rng[f"augment_rank{rank}"])
+    return augment_rng
+
+
+def _start_prefetcher(settings: WorkerSettings, place: WorkerPlace, state: TrainingState):
+    """The background thread that draws and augments this worker's batches from both domains."""
+    shuffle_seed = state.config.seed * 101 + place.rank * 13 + state.step
+    per_worker_batch = settings.per_worker_batch(place.world)
+    return BatchPrefetcher(
         *(
             cycle_rows(
                 ray.train.get_dataset_shard(domain),
@@ -389,70 +453,88 @@ def train_loop_per_worker(loop_config: dict) -> None:
             for index, domain in enumerate(DOMAINS)
         ),
         per_worker_batch,
-        config.augment,
-        augment_rng,
+        state.config.augment,
+        state.augment_rng,
     )
+
+
+def _train_until_done(settings, place: WorkerPlace, state: TrainingState, prefetcher) -> None:
+    """Steps until ``total_steps``: each one recorded, sampled, checkpointed or reported as the
+    settings say."""
     fail_step = faults.fault_step()
     current_lr = None
-    progress = ProgressLine(settings.total_steps, step)
-    try:
-        while step < settings.total_steps:
-            epoch = step // settings.steps_per_epoch
-            lr = learning_rate(epoch, config.optim)
-            if lr != current_lr:
-                set_learning_rate(optimizers, lr)
-                current_lr = lr
-            started = time.perf_counter()
-            batch = prefetcher.next()
-            waited = time.perf_counter() - started
-            low = batch.low.to(device, non_blocking=True)
-            normal = batch.normal.to(device, non_blocking=True)
-            step_rng = step_generator(config.seed, step)
-            losses = training_step(modules, optimizers, low, normal, config, step_rng, autocast)
-            losses = _average_over_workers(losses, world)
-            elapsed = time.perf_counter() - started
-            step += 1
-            faults.fail_once_at(fail_step, step, rank, world, run)
-            record = {
-                "step": step,
-                "epoch": epoch,
-                "lr": lr,
-                **losses,
-                "workers": world,
-                "images_per_s": per_worker_batch * world / elapsed,
-                "step_time_s": elapsed,
-                "data_wait_share": waited / elapsed,
-                "time": time.time(),
-            }
-            if rank == 0:
-                history.append(record)
-                progress.update(record)
-            if rank == 0 and settings.sample_every and step % settings.sample_every == 0:
-                caption = f"step {step} epoch {epoch}"
-                grid = _sample_grid(modules.generator, batch.low, device, autocast, caption)
-                run.write(f"samples/step_{step:08d}.png", grid)
-            if step % settings.checkpoint_every == 0 or step == settings.total_steps:
-                rng_states = {"augment": batch.augment_state}
-                rng_state, nodes = _gather_worker_states(rng_states, world)
-                rng_state["torch"] = torch.get_rng_state()
-                _checkpoint_and_report(
-                    settings, config, modules, optimizers, record, rng_state, nodes
-                )
-                if rank == 0:
-                    run.write_history(history, settings.steps_per_epoch)
-                    pointer = {
-                        "step": step,
-                        "path": f"{settings.experiment_name}/{checkpoint_dir_name(step)}",
-                    }
-                    run.write(LATEST_POINTER, json.dumps(pointer, indent=2).encode())
-            elif step % settings.report_every == 0:
-                ray.train.report(record)
-    finally:
-        prefetcher.close()
-    if rank == 0:
-        run.write(
-            "loss_curve.png", plots.loss_curve_png(history, LOSS_TERMS + tuple(OPTIONAL_LOSS_TERMS))
+    progress = ProgressLine(settings.total_steps, state.step)
+    while state.step < settings.total_steps:
+        epoch = state.step // settings.steps_per_epoch
+        lr = learning_rate(epoch, state.config.optim)
+        if lr != current_lr:
+            set_learning_rate(state.optimizers, lr)
+            current_lr = lr
+        batch, record = _take_step(settings, place, state, prefetcher)
+        faults.fail_once_at(fail_step, state.step, place.rank, place.world, place.run)
+        record = {"step": state.step, "epoch": epoch, "lr": lr, **record}
+        if place.rank == 0:
+            state.history.append(record)
+            progress.update(record)
+            _write_sample(settings, place, state, batch, record)
+        _checkpoint_or_report(settings, place, state, batch, record)
+
+
+def _take_step(settings, place: WorkerPlace, state: TrainingState, prefetcher) -> tuple:
+    """One training step on the next batch (``state.step`` advances): the batch and the step's
+    losses averaged over the workers, with its timings."""
+    started = time.perf_counter()
+    batch = prefetcher.next()
+    waited = time.perf_counter() - started
+    low = batch.low.to(place.device, non_blocking=True)
+    normal = batch.normal.to(place.device, non_blocking=True)
+    step_rng = step_generator(state.config.seed, state.step)
+    losses = training_step(
+        state.modules, state.optimizers, low, normal, state.config, step_rng, place.autocast
+    )
+    losses = _average_over_workers(losses, place.world)
+    elapsed = time.perf_counter() - started
+    state.step += 1
+    return batch, {
+        **losses,
+        "workers": place.world,
+        "images_per_s": settings.per_worker_batch(place.world) * place.world / elapsed,
+        "step_time_s": elapsed,
+        "data_wait_share": waited / elapsed,
+        "time": time.time(),
+    }
+
+
+def _write_sample(settings, place: WorkerPlace, state: TrainingState, batch, record) -> None:
+    """Rank 0, every ``sample_every`` steps: a grid of the batch's inputs and outputs."""
+    step = record["step"]
+    if not settings.sample_every or step % settings.sample_every:
+        return
+    caption = f"step {step} epoch {record['epoch']}"
+    grid = _sample_grid(state.modules.generator, batch.low, place.device, place.autocast, caption)
+    place.run.write(f"samples/step_{step:08d}.png", grid)
+
+
+def _checkpoint_or_report(settings, place: WorkerPlace, state: TrainingState, batch, record):
+    """Every ``checkpoint_every`` steps and at the end, a checkpoint (then rank 0 writes the
+    metrics and the latest-checkpoint pointer); else every ``report_every`` steps, the metrics
+    alone. Every rank calls it at the same steps (``ray.train.report`` is a barrier)."""
+    step = record["step"]
+    if step % settings.checkpoint_every == 0 or step == settings.total_steps:
+        rng_state, nodes = _gather_worker_states({"augment": batch.augment_state}, place.world)
+        rng_state["torch"] = torch.get_rng_state()
+        _checkpoint_and_report(
+            settings, state.config, state.modules, state.optimizers, record, rng_state, nodes
         )
+        if place.rank == 0:
+            place.run.write_history(state.history, settings.steps_per_epoch)
+            pointer = {
+                "step": step,
+                "path": f"{settings.experiment_name}/{checkpoint_dir_name(step)}",
+            }
+            place.run.write(LATEST_POINTER, json.dumps(pointer, indent=2).encode())
+    elif step % settings.report_every == 0:
+        ray.train.report(record)
 
 
 class ProgressLine:
