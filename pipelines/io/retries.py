@@ -45,8 +45,8 @@ def is_transient(error: BaseException) -> bool:
 def retry_transient_task_errors(context) -> None:
     """Let Ray Data re-run a task that raised a transient storage error, and raise a stage's own
     exception rather than a ``UserCodeException`` (whose cause does not survive the trip to the
-    driver, so :func:`storage_failure` could not name it). ``context`` is the driver's
-    ``ray.data.DataContext``; set it before building the dataset, which keeps a copy."""
+    driver, so :func:`storage_failure` could not name it). ``context``: a dataset's own
+    ``DataContext`` (``dataset.context``), set before it runs; the driver's stays as it was."""
     context.retried_map_errors = list(TRANSIENT_STORAGE_ERRORS)
     context.max_map_retries = TASK_RETRIES
     context.raise_original_map_exception = True

@@ -195,12 +195,26 @@ def prepare(
     options: storage.StorageOptions | None = None,
 ) -> dict:
     """Run the whole job (Ray must be initialised); returns the manifest it wrote."""
-    import ray
-
     started = time.perf_counter()
     sources = {"low": storage.resolve(low, options), "normal": storage.resolve(normal, options)}
     output = storage.resolve(out, options)
     listed = list_inputs(sources)
+    _clear_output(output)
+    items = [{"domain": d, "key": k} for d in DOMAINS for k in listed[d]]
+    results = _write_shards(items, sources, output, settings)
+    written = _WrittenShards.of(results)
+    if settings.dedup:
+        written.drop_duplicates(output, results)
+    _write_rejected(output, written.rejected)
+    manifest = _manifest(sources, output, listed, written, settings, time.perf_counter() - started)
+    _delete_stray_shards(output, written.shards)
+    storage.write_bytes(output.child(MANIFEST), json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+def _clear_output(output: storage.Location) -> None:
+    """Check that the output is writable, then delete the manifest first (only a finished run
+    has one) and the shards of an earlier run."""
     storage.check_access(output)
     storage.check_writable(output, storage.display_uri(output.uri))
     storage.delete_file(output.child(MANIFEST))
@@ -210,18 +224,28 @@ def prepare(
         for domain in DOMAINS:
             output.filesystem.create_dir(output.child(domain).path, recursive=True)
 
-    items = [{"domain": d, "key": k} for d in DOMAINS for k in listed[d]]
+
+def _write_shards(
+    items: list[dict],
+    sources: dict[str, storage.Location],
+    output: storage.Location,
+    settings: PrepareSettings,
+) -> list[dict]:
+    """The streaming pass: read, decode and encode every listed key, write the shards; returns
+    the write tasks' results (see :class:`~pipelines.io.shards.ShardDatasink`)."""
+    import ray
+
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     # One block per shard (each write task streams its block into one file per domain), but
     # at least two blocks per CPU so small runs still use every core.
     blocks = max(math.ceil(len(items) / settings.rows_per_shard()), min(len(items), 2 * cpus))
-    retry_transient_task_errors(ray.data.DataContext.get_current())
     dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         _ProcessBatch(sources, settings),
         batch_format="pyarrow",
         batch_size=settings.images_per_task,
         zero_copy_batch=True,
     )
+    retry_transient_task_errors(dataset.context)
     # Ray Data otherwise holds half the CPUs back for the write stage, whose tasks take
     # milliseconds: on two cores that leaves one core decoding and the other idle. Set on this
     # dataset's own context: the enhance job in the same driver (the demo) runs better with the
@@ -229,21 +253,40 @@ def prepare(
     dataset.context.op_resource_reservation_enabled = False
     sink = ShardDatasink(output)
     dataset.write_datasink(sink)
+    return sink.results
 
-    written = Counter()
-    rejected_rows, image_bytes = [], 0
-    shards = {domain: [] for domain in DOMAINS}
-    for result in sink.results:
-        written.update(result["written"])
-        rejected_rows.extend(result["rejected"])
-        image_bytes += result["image_bytes"]
-        for domain, name in result["files"].items():
-            shards[domain].append(name)
-    if settings.dedup:
-        duplicates, dropped_bytes = _drop_duplicates(output, sink.results, shards)
-        written.subtract(row["domain"] for row in duplicates)
-        image_bytes -= dropped_bytes
-        rejected_rows.extend(duplicates)
+
+@dataclass
+class _WrittenShards:
+    """What the write tasks reported: rows written per domain, rejected rows, image bytes and
+    the shard file names per domain."""
+
+    written: Counter
+    rejected: list[dict]
+    image_bytes: int
+    shards: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, results: list[dict]) -> _WrittenShards:
+        written = cls(Counter(), [], 0, {domain: [] for domain in DOMAINS})
+        for result in results:
+            written.written.update(result["written"])
+            written.rejected.extend(result["rejected"])
+            written.image_bytes += result["image_bytes"]
+            for domain, name in result["files"].items():
+                written.shards[domain].append(name)
+        return written
+
+    def drop_duplicates(self, output: storage.Location, results: list[dict]) -> None:
+        """Remove the duplicates from the shards; they count as ``duplicate`` rejections."""
+        duplicates, dropped_bytes = _drop_duplicates(output, results, self.shards)
+        self.written.subtract(row["domain"] for row in duplicates)
+        self.image_bytes -= dropped_bytes
+        self.rejected.extend(duplicates)
+
+
+def _write_rejected(output: storage.Location, rejected_rows: list[dict]) -> None:
+    """``rejected.parquet``: key, domain, reason and detail of every row left out."""
     rejected_table = pa.Table.from_pylist(
         sorted(rejected_rows, key=lambda row: (row["domain"], row["key"])),
         schema=pa.schema([(n, pa.string()) for n in ("key", "domain", "reason", "detail")]),
@@ -251,43 +294,50 @@ def prepare(
     with storage.open_output(output.child(REJECTED)) as stream:
         pq.write_table(rejected_table, stream)
 
-    duration = time.perf_counter() - started
-    reasons = Counter(row["reason"] for row in rejected_rows)
+
+def _manifest(
+    sources: dict[str, storage.Location],
+    output: storage.Location,
+    listed: dict[str, list[str]],
+    written: _WrittenShards,
+    settings: PrepareSettings,
+    duration: float,
+) -> dict:
+    """The contents of ``manifest.json``: inputs, per-domain counts and shards, settings."""
+    images_in = sum(len(keys) for keys in listed.values())
+    reasons = Counter(row["reason"] for row in written.rejected)
     per_domain = {}
     for domain in DOMAINS:
-        domain_rows = [row for row in rejected_rows if row["domain"] == domain]
+        domain_rows = [row for row in written.rejected if row["domain"] == domain]
         per_domain[domain] = {
             "found": len(listed[domain]),
-            "written": written[domain],
+            "written": written.written[domain],
             "rejected": sum(row["reason"] != "duplicate" for row in domain_rows),
             "duplicates": sum(row["reason"] == "duplicate" for row in domain_rows),
-            "shards": sorted(shards[domain]),
+            "shards": sorted(written.shards[domain]),
         }
-    manifest = {
+    return {
         "status": "complete",
         "format_version": 1,
         "inputs": {domain: storage.display_uri(sources[domain].uri) for domain in DOMAINS},
         "output": storage.display_uri(output.uri),
         "domains": per_domain,
-        "images_in": len(items),
-        "images_written": sum(written.values()),
+        "images_in": images_in,
+        "images_written": sum(written.written.values()),
         "rejected": {
             "total": sum(n for reason, n in reasons.items() if reason != "duplicate"),
             "by_reason": {r: n for r, n in sorted(reasons.items()) if r != "duplicate"},
         },
         "duplicates": reasons.get("duplicate", 0),
-        "image_bytes_written": image_bytes,
+        "image_bytes_written": written.image_bytes,
         "columns": list(SHARD_COLUMNS),
         "image_encoding": "png",
         "settings": {**asdict(settings), "policy": asdict(settings.policy)},
         "versions": _versions(),
         "duration_s": round(duration, 3),
-        "images_per_s": round(len(items) / duration, 3) if duration else None,
+        "images_per_s": round(images_in / duration, 3) if duration else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _delete_stray_shards(output, shards)
-    storage.write_bytes(output.child(MANIFEST), json.dumps(manifest, indent=2).encode())
-    return manifest
 
 
 def _drop_duplicates(

@@ -153,6 +153,25 @@ def test_upscale_setting_keeps_small_images(ray_local, mixed_source, tmp_path):
     assert (row["width"], row["height"]) == (481, 320)
 
 
+def test_prepare_leaves_the_drivers_data_context_as_it_was(ray_local, mixed_source, tmp_path):
+    """Task retries and the write stage's reservation are settings of prepare's own dataset:
+    the next job of the same driver starts from the DataContext it had before."""
+    from ray.data import DataContext
+
+    def settings() -> tuple:
+        context = DataContext.get_current()
+        return (
+            context.max_map_retries,
+            context.retried_map_errors,
+            context.raise_original_map_exception,
+            context.op_resource_reservation_enabled,
+        )
+
+    before = settings()
+    prepare(str(mixed_source / "normal"), str(mixed_source / "normal"), str(tmp_path))
+    assert settings() == before
+
+
 def test_unreadable_and_oversized_objects_become_rejected_rows(s3_env, tmp_path):
     bucket = s3_env.make_bucket("unreadable")
     location = storage.resolve(f"s3://{bucket}/low")
