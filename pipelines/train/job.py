@@ -178,14 +178,7 @@ def plan_training(job: TrainJob) -> TrainPlan:
     min_workers = job.workers if job.min_workers is None else job.min_workers
     global_batch = global_batch_size(config.optim.batch_size, min_workers, job.workers)
     data = storage.check_access(storage.resolve(job.data, options))
-    manifest = shards.check_prepared(job.data, options)
-    counts = {domain: int(manifest["domains"][domain]["written"]) for domain in DOMAINS}
-    for domain, count in counts.items():
-        if count < job.workers:
-            raise UserError(
-                f"the {domain} domain has {count} images, fewer than --workers "
-                f"{job.workers}: every worker needs at least one"
-            )
+    counts = domain_counts(job, options)
     steps_per_epoch = epoch_length(counts, global_batch)
     epochs = job.epochs if job.epochs is not None else config.optim.total_epochs
     total_steps = job.steps if job.steps is not None else epochs * steps_per_epoch
@@ -225,6 +218,19 @@ def plan_training(job: TrainJob) -> TrainPlan:
         init_source,
         job.memory_per_worker,
     )
+
+
+def domain_counts(job: TrainJob, options) -> dict[str, int]:
+    """The images prepare wrote per domain; every worker needs at least one of each."""
+    manifest = shards.check_prepared(job.data, options)
+    counts = {domain: int(manifest["domains"][domain]["written"]) for domain in DOMAINS}
+    for domain, count in counts.items():
+        if count < job.workers:
+            raise UserError(
+                f"the {domain} domain has {count} images, fewer than --workers "
+                f"{job.workers}: every worker needs at least one"
+            )
+    return counts
 
 
 def training_precision(precision: str, use_gpu: bool) -> str:
