@@ -152,9 +152,10 @@ def enhance_dataset(
     enhanced image, or None where it failed, plus ``enhance_status`` (``enhanced`` or
     ``failed``) and ``enhance_reason``. Lazy, like any Dataset: nothing runs until you consume
     it. The generator runs in an actor pool of ``workers`` actors, as in ``enhance``; its files
-    reach the actors through the object store and stay there as long as this driver runs."""
+    reach the actors through the object store and stay there as long as the returned dataset
+    (which holds their reference) is kept."""
     from pipelines.inference.backends import choose_backend
-    from pipelines.inference.checkpoints import lasting_shared_checkpoint, load_checkpoint_files
+    from pipelines.inference.checkpoints import SharedCheckpoint, load_checkpoint_files
     from pipelines.io.storage import StorageOptions
 
     if workers < 1 or batch_size < 1:
@@ -179,7 +180,7 @@ def enhance_dataset(
     )
     enhanced = enhance_stage(
         rows,
-        lasting_shared_checkpoint(found.files),
+        SharedCheckpoint.put(found.files),
         settings,
         workers=workers,
         cpus=cpus_per_worker,

@@ -24,8 +24,6 @@ CHECKPOINT_FILES_FOR_INFERENCE = ("checkpoint.json", "config.json", "generator.p
 DISCRIMINATORS_FILE = "discriminators.pt"
 # The starter model travels as its one shipped weights file under this name instead.
 STARTER_FILE = "starter.pt"
-# lasting_shared_checkpoint's values, by digest: their objects stay in the store for this driver.
-_LASTING: dict[str, SharedCheckpoint] = {}
 
 
 @contextlib.contextmanager
@@ -71,20 +69,6 @@ class SharedCheckpoint:
         import ray
 
         return ray.get(self.ref)
-
-
-def lasting_shared_checkpoint(files: dict[str, bytes]) -> SharedCheckpoint:
-    """A :class:`SharedCheckpoint` of ``files`` kept for as long as this driver runs (for a
-    lazy Dataset, whose actors start after the caller returns); one per checkpoint."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(name.encode() + b"\0" + files[name])
-    key = digest.hexdigest()
-    if key not in _LASTING:
-        _LASTING[key] = SharedCheckpoint.put(files)
-    return _LASTING[key]
 
 
 @dataclass(frozen=True)
