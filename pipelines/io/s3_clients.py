@@ -22,8 +22,10 @@ travel as keys, because a worker's environment need not hold them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -92,26 +94,16 @@ def _configured_endpoint(session) -> str | None:
     return provider.provide()
 
 
-def resolve_access(
-    endpoint_url: str | None = None, profile: str | None = None, region: str | None = None
-) -> S3Access:
-    """Resolve the chain once on the driver, so that a missing profile, absent or incomplete
-    credentials, an expired SSO session or a failing ``credential_process`` are one
-    :class:`UserError` before any work starts."""
+@contextlib.contextmanager
+def _explained_resolution_errors(
+    shown: str, config_file: str | None, credentials_file: str | None
+) -> Iterator[None]:
+    """botocore's errors while resolving the chain, each as one :class:`UserError` line that
+    says what to fix (for profile ``shown``)."""
     from botocore import exceptions
 
-    config_file = os.environ.get("AWS_CONFIG_FILE")
-    credentials_file = os.environ.get("AWS_SHARED_CREDENTIALS_FILE")
-    shown = profile or os.environ.get("AWS_PROFILE") or "default"
     try:
-        session = _session(profile, config_file, credentials_file)
-        credentials = session.get_credentials()
-        frozen = credentials.get_frozen_credentials() if credentials is not None else None
-        endpoint = endpoint_url or _configured_endpoint(session)
-        resolved_region = (
-            region or os.environ.get("AWS_REGION") or session.get_config_variable("region")
-        )
-        ca_bundle = session.get_config_variable("ca_bundle")
+        yield
     except exceptions.ProfileNotFound:
         raise UserError(
             f"AWS profile {shown!r} is not in {config_file or '~/.aws/config'} or "
@@ -137,6 +129,26 @@ def resolve_access(
         ) from None
     except exceptions.BotoCoreError as error:
         raise UserError(f"cannot resolve AWS credentials: {type(error).__name__}") from None
+
+
+def resolve_access(
+    endpoint_url: str | None = None, profile: str | None = None, region: str | None = None
+) -> S3Access:
+    """Resolve the chain once on the driver, so that a missing profile, absent or incomplete
+    credentials, an expired SSO session or a failing ``credential_process`` are one
+    :class:`UserError` before any work starts."""
+    config_file = os.environ.get("AWS_CONFIG_FILE")
+    credentials_file = os.environ.get("AWS_SHARED_CREDENTIALS_FILE")
+    shown = profile or os.environ.get("AWS_PROFILE") or "default"
+    with _explained_resolution_errors(shown, config_file, credentials_file):
+        session = _session(profile, config_file, credentials_file)
+        credentials = session.get_credentials()
+        frozen = credentials.get_frozen_credentials() if credentials is not None else None
+        endpoint = endpoint_url or _configured_endpoint(session)
+        resolved_region = (
+            region or os.environ.get("AWS_REGION") or session.get_config_variable("region")
+        )
+        ca_bundle = session.get_config_variable("ca_bundle")
     if frozen is None or not frozen.access_key:
         raise UserError(
             "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a "
