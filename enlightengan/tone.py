@@ -13,7 +13,7 @@ TPAMI 2013, eqs. 7-8: within every window the smoothed map is an affine function
 both averaged over the windows that cover a pixel) whose guide is the input's log luminance, so
 the gain follows the input's edges without carrying the generator's fine texture. The result::
 
-    T_c = clip((I_c + 1) * exp(strength * q_c) - 1, 0, 255)
+    T_c = clip(I_c * exp(strength * q_c), 0, 255)
 
 keeps the input's detail at every scale below the filter's window and takes the generator's
 brightening and colour balance above it. The window's radius is a fraction of the image's
@@ -85,7 +85,8 @@ class ToneTransfer:
         log_gain = torch.log1p(outputs) - torch.log1p(inputs)
         radius = max(1, int(min(inputs.shape[-2:]) * self.radius_fraction))
         smoothed = guided_filter(guide, log_gain, radius, self.epsilon)
-        return ((inputs + 1.0) * torch.exp(self.strength * smoothed) - 1.0).clamp_(0.0, 255.0)
+        # The gain multiplies I, not I + 1: black stays black, as in the scene.
+        return (inputs * torch.exp(self.strength * smoothed)).clamp_(0.0, 255.0)
 
 
 def box_mean(values: torch.Tensor, radius: int) -> torch.Tensor:
