@@ -6,7 +6,9 @@ the run's latest complete checkpoint (or a checkpoint directory), stores the gen
 outputs on the demo's photos fall below ``--min-psnr`` dB (45) of the fp32 checkpoint's. When the
 checkpoint holds the two discriminators (a training checkpoint does), they go into
 ``starter-discriminators.pt`` beside the generator's file, in the same ``--dtype``
-(:func:`enlightengan.starter.discriminator_weights_bytes`), for fine-tuning. It prints each
+(:func:`enlightengan.starter.discriminator_weights_bytes`), for fine-tuning.
+``--tone-strength S`` stores ``generator.tone_transfer_strength = S`` in the shipped config, so
+that the starter enhances with tone transfer (:mod:`enlightengan.tone`) by default. It prints each
 file's sha256, to pin in :mod:`enlightengan.shipped_weights` (``STARTER_SHA256`` and
 ``STARTER_DISCRIMINATORS_SHA256``), and the PSNR it measured.
 """
@@ -46,7 +48,8 @@ def _check_images() -> list[np.ndarray]:
 def stored_weights_psnr(generator, stored) -> float:
     """Lowest PSNR (dB) of the stored generator's outputs against the fp32 generator's."""
     images = _check_images()
-    settings = EnhancerSettings(batch_size=1)
+    # The storage precision is what is checked: both generators' own outputs.
+    settings = EnhancerSettings(batch_size=1, tone_transfer="off")
     reference = Enhancer(generator, settings)(images)
     candidate = Enhancer(stored, settings)(images)
     return min(psnr(a, b) for a, b in zip(candidate, reference, strict=True))
@@ -85,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float16")
     parser.add_argument("--min-psnr", type=float, default=45.0, help="dB against fp32")
+    parser.add_argument(
+        "--tone-strength",
+        type=float,
+        default=None,
+        help="ship with tone transfer at this strength (generator.tone_transfer_strength); "
+        "default: as the run's config says",
+    )
     return parser
 
 
@@ -101,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     checkpoint = load_checkpoint(directory)
     generator = checkpoint.build_generator()
-    data = weights_bytes(generator, checkpoint.config, args.dtype)
+    config = checkpoint.config
+    if args.tone_strength is not None:
+        config = config.with_overrides({"generator.tone_transfer_strength": args.tone_strength})
+    data = weights_bytes(generator, config, args.dtype)
     stored, _ = weights_from_bytes(data)
     measured = stored_weights_psnr(generator, stored)
     print(

@@ -71,7 +71,8 @@ def test_the_scripts_ship_command_writes_generator_and_discriminators_in_float16
 
     generator_digest = _sha256_printed(printed, out)
     generator, generator_config = load_weights(out, expected_sha256=generator_digest)
-    assert generator_config == TINY
+    strength = float(argv[argv.index("--tone-strength") + 1])
+    assert generator_config == TINY.with_overrides({"generator.tone_transfer_strength": strength})
     expected = networks["generator"].state_dict()
     for key, value in generator.state_dict().items():
         if value.is_floating_point():
@@ -102,3 +103,17 @@ def test_output_is_refused_with_the_flags_to_use(tmp_path, capsys):
         capsys.readouterr().err
     )
     assert ship.main(["--run", str(tmp_path / "nothing")]) == 2
+
+
+def test_tone_strength_is_stored_and_turns_tone_transfer_on(tmp_path, capsys):
+    from enlightengan.inference import Enhancer
+    from enlightengan.tone import ToneTransfer
+
+    directory = save_checkpoint(
+        tmp_path / "exported", config=TINY, networks={"generator": _networks()["generator"]}
+    )
+    plain, toned = tmp_path / "plain.pt", tmp_path / "toned.pt"
+    assert ship.main(["--run", str(directory), "--out", str(plain)]) == 0
+    assert ship.main(["--run", str(directory), "--out", str(toned), "--tone-strength", "0.8"]) == 0
+    assert Enhancer(load_weights(plain)[0]).tone_transfer is None
+    assert Enhancer(load_weights(toned)[0]).tone_transfer == ToneTransfer(strength=0.8)
