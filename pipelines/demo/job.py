@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,26 +88,51 @@ def run_demo(job: DemoJob) -> Summary:
         stop_process(store.pid, str(out / "s3"))
 
 
+@dataclass(frozen=True)
+class _TrainedRun:
+    """The demo's training run: its folder name (one per setting), location and title."""
+
+    name: str
+    folder: str
+    title: str
+
+
 def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
     """The five steps with every job's data under ``base`` (``out`` itself, or a bucket);
     the evaluation report and a copy of the enhanced images always land in ``out``."""
-    from pipelines.demo.sample_photos import build_photo_dataset, upload_folder
-    from pipelines.enhance.job import run_enhance
-    from pipelines.evaluate.job import run_evaluate
-    from pipelines.io import storage
     from pipelines.ops.ray_runtime import init_ray
-    from pipelines.prepare.job import run_prepare
-    from pipelines.train.job import run_train
 
     # One Ray for all five steps, started as training needs it (the first step would not).
     init_ray(job.address, job.num_cpus, training=True)
     started = time.perf_counter()
-    photos_dir = out / "photos"
-    ray = {
+    shared = {
         "address": job.address,
         "num_cpus": job.num_cpus,
         "wait_for_resources": job.wait_for_resources,
     }
+    photos_dir = out / "photos"
+    photos = _photos_step(photos_dir, base, out)
+    shards = _prepare_step(photos, f"{base}/shards", shared)
+    run = _train_step(job, shards, base, shared)
+    enhanced = f"{base}/enhanced/{run.name}"
+    enhanced_dir = out / "enhanced" / run.name
+    _enhance_step(photos, enhanced, run, shared)
+    if base != str(out):
+        _download(enhanced, enhanced_dir)
+    evaluation = out / "evaluation"
+    _evaluate_step(photos, evaluation, run, shared)
+    summary = _demo_summary(job, run, photos_dir / "low", enhanced_dir, evaluation)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _print_results(summary, run, enhanced, evaluation, out, time.perf_counter() - started)
+    return Summary("demo", summary)
+
+
+def _photos_step(photos_dir: Path, base: str, out: Path) -> str:
+    """Step 1: the photo set in ``photos_dir`` (built once), uploaded when ``base`` is a
+    bucket; returns where the jobs read it."""
+    from pipelines.demo.sample_photos import build_photo_dataset, upload_folder
+    from pipelines.io import storage
+
     if not (photos_dir / "low").is_dir():
         print(f"[demo 1/5] building an unpaired photo set from installed wheels in {photos_dir}")
         build_photo_dataset(photos_dir)
@@ -118,32 +144,39 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
         if not storage.list_files(bucket.child("low")):
             upload_folder(photos_dir, bucket.filesystem, bucket.path)
             print(f"[demo 1/5] uploaded the photos to {photos}")
+    return photos
 
-    shards = f"{base}/shards"
-    if not storage.exists(storage.resolve(shards).child("manifest.json")):
-        print("[demo 2/5] prepare: photos -> Parquet shards")
-        _step(
-            run_prepare,
-            # Shards without a manifest are an interrupted earlier prepare: replace them.
-            PrepareJob(
-                low=f"{photos}/low",
-                normal=f"{photos}/normal",
-                output=shards,
-                overwrite=True,
-                **ray,
-            ),
-        )
-    else:
+
+def _prepare_step(photos: str, shards: str, shared: dict) -> str:
+    """Step 2: the photos as training shards in ``shards``, unless a finished prepare left them."""
+    from pipelines.io import storage
+    from pipelines.prepare.job import run_prepare
+
+    if storage.exists(storage.resolve(shards).child("manifest.json")):
         print(f"[demo 2/5] reusing shards in {shards}")
+        return shards
+    print("[demo 2/5] prepare: photos -> Parquet shards")
+    # Shards without a manifest are an interrupted earlier prepare: replace them.
+    job = PrepareJob(
+        low=f"{photos}/low", normal=f"{photos}/normal", output=shards, overwrite=True, **shared
+    )
+    _step(run_prepare, job)
+    return shards
+
+
+def _train_step(job: DemoJob, shards: str, base: str, shared: dict) -> _TrainedRun:
+    """Step 3: fine-tune the starter (or train the tiny model from scratch); resumes a run of
+    the same settings."""
+    from pipelines.train.job import run_train
 
     steps = job.train_steps
     overrides = _overrides(job, shards)
     # One run folder per setting, so a rerun with other --steps/--lr/--exposure or the other
     # mode trains anew instead of being refused as a changed run, and the same settings resume.
     tag = hashlib.sha256(repr((steps, job.from_scratch, overrides)).encode()).hexdigest()[:8]
-    run_name = f"{_mode(job)}-{steps}-steps-{tag}"
-    run_dir = f"{base}/{run_name}"
-    model_title = f"{steps}-step model from scratch" if job.from_scratch else FINETUNED_TITLE
+    name = f"{_mode(job)}-{steps}-steps-{tag}"
+    title = f"{steps}-step model from scratch" if job.from_scratch else FINETUNED_TITLE
+    run = _TrainedRun(name, f"{base}/{name}", title)
     if job.from_scratch:
         print(
             f"[demo 3/5] train: {steps} steps of a tiny model from random weights on CPU "
@@ -159,7 +192,7 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
         run_train,
         TrainJob(
             data=shards,
-            output=run_dir,
+            output=run.folder,
             init_from=None if job.from_scratch else STARTER_NAME,
             steps=steps,
             checkpoint_every=every,
@@ -169,70 +202,87 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
             precision="fp32",
             # One worker on a laptop: let it use every core, not Ray's one thread per worker.
             threads_per_worker=os.cpu_count() or 1,
-            **ray,
+            **shared,
         ),
     )
+    return run
+
+
+def _enhance_step(photos: str, enhanced: str, run: _TrainedRun, shared: dict) -> None:
+    """Step 4: the low-light photos enhanced by the trained model into ``enhanced``."""
+    from pipelines.enhance.job import run_enhance
 
     # One folder per run: a rerun with other settings must not skip images another model made.
-    enhanced = f"{base}/enhanced/{run_name}"
     print(f"[demo 4/5] enhance: {photos}/low -> {enhanced}")
     _step(
         run_enhance,
         EnhanceJob(
             input=f"{photos}/low",
             output=enhanced,
-            checkpoint=run_dir,
+            checkpoint=run.folder,
             image_format="png",
             precision="fp32",
-            **ray,
+            **shared,
         ),
     )
-    enhanced_dir = out / "enhanced" / run_name
-    if base != str(out):
-        _download(storage.resolve(enhanced), enhanced_dir)
 
-    evaluation = out / "evaluation"
+
+def _evaluate_step(photos: str, evaluation: Path, run: _TrainedRun, shared: dict) -> None:
+    """Step 5: NIQE and the contact sheet of the inputs, baselines, starter and trained model."""
+    from pipelines.evaluate.job import run_evaluate
+
     print(
         f"[demo 5/5] evaluate: NIQE of the inputs, baselines, the shipped starter model and the "
-        f"{model_title} -> {evaluation}"
+        f"{run.title} -> {evaluation}"
     )
     _step(
         run_evaluate,
         EvaluateJob(
             input=f"{photos}/low",
             output=str(evaluation),
-            checkpoint=run_dir,
+            checkpoint=run.folder,
             compare=STARTER_NAME,
-            title=model_title,
+            title=run.title,
             compare_title=STARTER_TITLE,
             samples=5,
             precision="fp32",
-            **ray,
+            **shared,
         ),
     )
 
-    summary = _brightness_summary(photos_dir / "low", enhanced_dir)
+
+def _demo_summary(
+    job: DemoJob, run: _TrainedRun, inputs: Path, enhanced_dir: Path, evaluation: Path
+) -> dict:
+    """Brightness of the inputs and outputs, and the evaluation's NIQE means per variant."""
+    summary = _brightness_summary(inputs, enhanced_dir)
     evaluated = json.loads((evaluation / "summary.json").read_text())
     scores = evaluated["means"]
-    columns = list(evaluated["contact_sheet_columns"].values())
     summary.update(
         mode="from scratch" if job.from_scratch else "fine-tuned from the starter",
-        model=model_title,
-        steps=steps,
-        run=run_dir,
-        contact_sheet_columns=columns,
+        model=run.title,
+        steps=job.train_steps,
+        run=run.folder,
+        contact_sheet_columns=list(evaluated["contact_sheet_columns"].values()),
         niqe={variant: values["niqe"] for variant, values in scores.items()},
         starter_mean_luma=scores["compared"]["luma"],
     )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    niqe = summary["niqe"]
+    return summary
+
+
+def _print_results(
+    summary: dict, run: _TrainedRun, enhanced: str, evaluation: Path, out: Path, seconds: float
+) -> None:
+    """The closing paragraph: brightness, NIQE, and where each result is."""
+    niqe, title, run_dir = summary["niqe"], run.title, run.folder
+    columns = summary["contact_sheet_columns"]
     print(
-        f"\nDemo finished in {time.perf_counter() - started:.0f} s. Mean luminance (0-255) of the "
+        f"\nDemo finished in {seconds:.0f} s. Mean luminance (0-255) of the "
         f"low-light inputs {summary['input_mean_luma']:.1f} -> starter "
-        f"{summary['starter_mean_luma']:.1f}, {model_title} {summary['enhanced_mean_luma']:.1f}. "
+        f"{summary['starter_mean_luma']:.1f}, {title} {summary['enhanced_mean_luma']:.1f}. "
         f"NIQE (lower is better): input {_fmt(niqe['input'])}, gamma {_fmt(niqe['gamma'])}, "
         f"histogram equalisation {_fmt(niqe['histeq'])}, starter {_fmt(niqe['compared'])}, "
-        f"{model_title} {_fmt(niqe['enhanced'])}.\n"
+        f"{title} {_fmt(niqe['enhanced'])}.\n"
         f"  contact sheet:   {evaluation / 'contact_sheet.png'} ({' | '.join(columns)})\n"
         f"  NIQE table:      {evaluation / 'summary.md'} (per image: scores.csv)\n"
         f"  loss curve:      {run_dir}/loss_curve.png\n"
@@ -240,7 +290,6 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
         f"  metrics:         {run_dir}/metrics.jsonl\n  samples:         {run_dir}/samples\n"
         f"  summary:         {out / 'summary.json'}"
     )
-    return Summary("demo", summary)
 
 
 def _mode(job: DemoJob) -> str:
@@ -278,10 +327,11 @@ def _schedule(shards: str, steps: int, batch: int) -> tuple[str, str]:
     return f"optim.epochs_constant={constant}", f"optim.epochs_decay={epochs - constant}"
 
 
-def _download(location, folder: Path) -> None:
+def _download(uri: str, folder: Path) -> None:
     """Copy the enhanced images (not the manifest) from the bucket into ``folder``."""
     from pipelines.io import storage
 
+    location = storage.resolve(uri)
     for key in storage.list_files(location, extensions=None):
         if key.split("/", 1)[0] != "_manifest":
             target = folder / key
