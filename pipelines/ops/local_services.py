@@ -191,11 +191,47 @@ def start_ray_head(
     if len(str(temp_dir)) > LONGEST_RAY_TEMP_DIR:
         raise UserError(f"Ray temp dir {temp_dir} is too long for Ray's sockets: use a short path")
     temp_dir.mkdir(parents=True, exist_ok=True)
+    ports = _head_ports(gcs_port)
+    env = _head_environment(ports, timeout, extra_env)
+    command = _ray_start_command(ports, num_cpus, temp_dir, extra_args)
+    log = temp_dir / "ray-start.log"
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    head = RayHead(
+        pid=process.pid,
+        gcs_address=f"127.0.0.1:{ports[0]}",
+        dashboard_url=f"http://127.0.0.1:{ports[1]}",
+        temp_dir=str(temp_dir),
+    )
+    _wait_for_http(f"{head.dashboard_url}/api/version", process, "ray head", log, timeout)
+    _wait_for_job_agent(head, process, log, timeout)
+    return head
+
+
+def _head_ports(gcs_port: int | None) -> list[int]:
+    """Eleven free ports for the head's listeners: GCS (``gcs_port`` when given), dashboard,
+    client server, agent (listen, gRPC), runtime-env agent, metrics export, node manager,
+    object manager, and the autoscaler's and dashboard's metrics."""
     ports = free_ports(11)
     while gcs_port is not None and gcs_port in ports:
         ports = free_ports(11)
     if gcs_port is not None:
         ports[0] = gcs_port
+    return ports
+
+
+def _head_environment(
+    ports: list[int], timeout: float, extra_env: dict[str, str] | None
+) -> dict[str, str]:
+    """The head's environment: this one without AWS and Ray settings, then the head's own,
+    then ``extra_env``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
     env.update(
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
@@ -213,7 +249,14 @@ def start_ray_head(
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     )
     env.update(extra_env or {})
-    command = [
+    return env
+
+
+def _ray_start_command(
+    ports: list[int], num_cpus: int, temp_dir: Path, extra_args: list[str] | None
+) -> list[str]:
+    """``ray start --head --block`` with every listener on 127.0.0.1 at ``ports``."""
+    return [
         _executable("ray"),
         "start",
         "--head",
@@ -234,25 +277,6 @@ def start_ray_head(
         "--disable-usage-stats",
         *(extra_args or []),
     ]
-    log = temp_dir / "ray-start.log"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    head = RayHead(
-        pid=process.pid,
-        gcs_address=f"127.0.0.1:{ports[0]}",
-        dashboard_url=f"http://127.0.0.1:{ports[1]}",
-        temp_dir=str(temp_dir),
-    )
-    _wait_for_http(f"{head.dashboard_url}/api/version", process, "ray head", log, timeout)
-    _wait_for_job_agent(head, process, log, timeout)
-    return head
 
 
 def _wait_for_job_agent(head: RayHead, process: subprocess.Popen, log: Path, timeout: float):
