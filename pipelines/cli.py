@@ -17,6 +17,7 @@ import sys
 
 from pipelines.errors import UserError
 from pipelines.ops.plain_text import plain_text_without_terminal
+from pipelines.ops.ray_internals import keep_local_ray_on_loopback
 from pipelines.options import (
     HelpFormatter,
     Summary,
@@ -157,7 +158,9 @@ def resolve(args: argparse.Namespace):
 
 
 def run_job(name: str, spec) -> Summary:
-    """Run the job ``name`` on its spec (imports the job's heavy modules now)."""
+    """Run the job ``name`` on its spec (imports the job's heavy modules now, Ray among them:
+    a job without an address has it start on loopback only)."""
+    keep_local_ray_on_loopback(getattr(spec, "address", None))
     module_name, function = COMMANDS[name].runner.split(":")
     return getattr(importlib.import_module(module_name), function)(spec)
 

@@ -11,6 +11,10 @@ import pytest
 from tests.fixtures.photos import PhotoDataset, build_photo_dataset
 from tests.fixtures.seaweed import SeaweedServer, start_seaweed
 
+# Before any test module imports ray: the in-process Ray of the tests listens on loopback only
+# (pipelines.ops.ray_internals.keep_local_ray_on_loopback; the CLI does the same for its jobs).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 
 def _cuda_available() -> bool:
     try:

@@ -7,7 +7,6 @@ it joins the cluster; a submitted Ray Job finds ``RAY_ADDRESS`` set and must cal
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import sys
@@ -15,6 +14,14 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
+
+from pipelines.errors import UserError
+from pipelines.ops.ray_internals import (
+    DASHBOARD_CHECK_LOGGERS,
+    LOOPBACK_VARIABLE,
+    loopback_refusal,
+    spend_actor_arguments_notice,
+)
 
 # Whether this process started an in-process local Ray (nothing can join it, so a job that does
 # not fit it never will): see :func:`started_local_ray`.
@@ -57,110 +64,25 @@ def _start_or_join(address: str | None, num_cpus: int | None, training: bool) ->
         ray.init(address=address, log_to_driver=True)
         _LOCAL["started"] = False
         return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    # Ray reads that variable once, when it is imported (before this runs). Left True, ray.init
-    # turns _node_ip_address="127.0.0.1" into the machine's routable address and its GCS,
-    # raylet, workers and agents listen on every interface (tests/reliability/test_security.py).
-    from ray._private import ray_constants
-
-    enable_cluster = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("1", "true")
-    ray_constants.ENABLE_RAY_CLUSTER = enable_cluster
+    # Loopback only: see pipelines.ops.ray_internals (Ray's processes inherit the variable).
+    os.environ.setdefault(LOOPBACK_VARIABLE, "0")
+    refusal = loopback_refusal()
+    if refusal:
+        raise UserError(refusal)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     temp_dir = os.environ.get("ENLIGHTENGAN_RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray-")
     setup = {"worker_process_setup_hook": "pipelines.ops.ray_runtime.quiet_dashboard_checks"}
-    with _without_api_server():
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            _temp_dir=temp_dir,
-            _node_ip_address="127.0.0.1",
-            configure_logging=False,
-            runtime_env=setup if training else None,
-            # Nothing scrapes a process-local Ray's metrics (no dashboard, no Prometheus), and
-            # recording them takes CPU from the actors on a small machine.
-            _system_config={"enable_metrics_collection": False},
-        )
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        configure_logging=False,
+        runtime_env=setup if training else None,
+        # Nothing scrapes a process-local Ray's metrics (no dashboard, no Prometheus), and
+        # recording them takes CPU from the actors on a small machine.
+        _system_config={"enable_metrics_collection": False},
+    )
     _LOCAL["started"] = True
-
-
-@contextlib.contextmanager
-def _without_api_server():
-    """Keep ``ray.init`` from starting Ray's API server, for the in-process local Ray only.
-
-    Ray starts that Python process on every head node, even with the dashboard off, when all it
-    then serves is usage statistics. Its start is on ray.init's critical path (the raylet
-    starts after it) and costs most of a CPU-second, which on 2 cores delays a run's first
-    output. Nothing of ours needs it: no dashboard, and no job is submitted to a process-local
-    Ray. ENLIGHTENGAN_RAY_API_SERVER=1 keeps it; on a Ray without this internal method the
-    process starts as before."""
-    from ray._private import node
-
-    original = getattr(node.Node, "start_api_server", None)
-    if original is None or os.environ.get("ENLIGHTENGAN_RAY_API_SERVER") == "1":
-        yield
-        return
-    node.Node.start_api_server = _no_api_server
-    try:
-        yield
-    finally:
-        node.Node.start_api_server = original
-
-
-def _no_api_server(self, **_) -> None:
-    return None
-
-
-# Ray core logs this at error level, once per process, when an actor with max_restarts != 0 gets
-# a constructor argument through the object store (CoreWorker::CreateActor in core_worker.cc,
-# RAY_LOG_ONCE_PER_PROCESS; ray-project/ray#53727: such an argument may be gone when the actor
-# restarts). Ray Data starts every actor-pool worker that way: its DataContext and the map
-# function arrive as ObjectRefs from ray.put (ActorPoolMapOperator._start_actor, Ray 2.60), with
-# max_restarts=-1 by default (ray-project/ray#57733). Those objects are owned by this driver and
-# referenced by the running operator, so a worker restarted during the run finds them; so is the
-# checkpoint inside our own arguments (inference.checkpoints.SharedCheckpoint, held by the driver
-# until the run ends). So the line only alarms users of every enhance and evaluate job. Ray has
-# no switch for it (RAY_BACKEND_LOG_LEVEL would hide every error), so the driver spends the once
-# on an actor of its own while fd 2 goes to a temporary file, and passes on anything else
-# written there meanwhile. Ray's driver log file (python-core-driver-*.log) keeps
-# the line, naming this class.
-ACTOR_ARGUMENTS_NOTICE = b"has constructor arguments in the object store and max_restarts > 0"
-# A resource no node has: the notice is logged when the actor is created, so it never needs a
-# worker process (placed, it took one of the workers Ray starts with, which then exited).
-NEVER_SCHEDULED = "enlightengan-never-scheduled"
-
-
-class RayDataActorArgumentsNotice:
-    """The actor whose creation spends Ray's once-per-process notice (see above)."""
-
-    def __init__(self, argument):
-        del argument
-
-
-def spend_actor_arguments_notice() -> None:
-    """Create and kill a :class:`RayDataActorArgumentsNotice` with an object-store argument and
-    restarts allowed, keeping Ray's line about it off this process's standard error."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        return
-    sys.stderr.flush()
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            notice = (
-                ray.remote(RayDataActorArgumentsNotice)
-                .options(num_cpus=0, max_restarts=1, resources={NEVER_SCHEDULED: 1})
-                .remote(ray.put(None))
-            )
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        ray.kill(notice, no_restart=True)
-        caught.seek(0)
-        for line in caught.read().splitlines(keepends=True):
-            if ACTOR_ARGUMENTS_NOTICE not in line:
-                os.write(2, line)
 
 
 def plain_progress_without_terminal() -> None:
@@ -178,8 +100,6 @@ def lost_node_failure(job: str, error: BaseException):
     a lost node or worker (an object, actor or task whose node went and that no retry or
     reconstruction brought back), else ``None`` (anything else keeps its traceback)."""
     import ray.exceptions as failures
-
-    from pipelines.errors import UserError
 
     lost = (
         failures.NodeDiedError,
@@ -223,11 +143,6 @@ def plain_worker_log_prefixes_without_terminal() -> None:
     value the user set is kept."""
     if not (sys.stdout.isatty() and sys.stderr.isatty()):
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-
-
-# Without a dashboard there is no State API, and Ray Train's placement-group cleaner warns
-# about that once a second for the whole run (129 of the demo's 782 output lines).
-DASHBOARD_CHECK_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
 
 
 def quiet_dashboard_checks() -> None:

@@ -413,13 +413,13 @@ def ray_train_log_level() -> str:
 
 def worker_group_start_timeout() -> float:
     """Seconds Ray Train waits for one worker group's resources (its own setting)."""
-    from ray.train.v2._internal.constants import (
+    from pipelines.ops.ray_internals import (
         DEFAULT_WORKER_GROUP_START_TIMEOUT_S,
-        WORKER_GROUP_START_TIMEOUT_S_ENV_VAR,
+        WORKER_GROUP_START_TIMEOUT_VARIABLE,
     )
 
     return float(
-        os.environ.get(WORKER_GROUP_START_TIMEOUT_S_ENV_VAR, DEFAULT_WORKER_GROUP_START_TIMEOUT_S)
+        os.environ.get(WORKER_GROUP_START_TIMEOUT_VARIABLE, DEFAULT_WORKER_GROUP_START_TIMEOUT_S)
     )
 
 
@@ -432,10 +432,10 @@ def startup_retries(wait_for_workers_s: float) -> int:
 
 def failure_message(plan: TrainPlan, error: Exception) -> str:
     """One line on why training stopped, with what to do."""
-    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    from pipelines.ops.ray_internals import is_worker_group_start_timeout
 
     run = storage.display_uri(plan.run.uri)
-    if isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):
+    if is_worker_group_start_timeout(getattr(error, "controller_failure", None)):
         wanted = plan.workers if not plan.elastic else f"{plan.min_workers}-{plan.workers}"
         return (
             f"train: the cluster could not place {wanted} workers "

@@ -320,9 +320,9 @@ def report_lines_at(level: str) -> None:
     N: TrainingReport(...)", several hundred characters) on a logger named after its source
     file, outside the ``ray.train`` loggers that its ``LoggingConfig`` filters (Ray 2.60): give
     that logger the run's level for Ray Train's lines (WARNING unless ``-v``)."""
-    from ray.train.v2._internal.execution import context as train_context
+    from pipelines.ops.ray_internals import report_logger_names
 
-    for name in (train_context.__file__, train_context.__name__):
+    for name in report_logger_names():
         logging.getLogger(name).setLevel(level)
 
 
