@@ -17,7 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import ray
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback: before ray
+
+import ray  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

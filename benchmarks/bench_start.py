@@ -104,6 +104,7 @@ def phases(photos: Path) -> None:
         print(f"  {name:48s} {now - clock[0]:6.2f} s", flush=True)
         clock[0] = now
 
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback: before ray
     import ray
 
     from pipelines.cli import build_parser
