@@ -13,7 +13,7 @@ from pathlib import Path
 # What names the shipped model wherever a checkpoint URI goes (`--checkpoint starter`).
 STARTER_NAME = "starter"
 # sha256 of weights/starter.pt; a changed or damaged file is refused rather than run.
-STARTER_SHA256 = "b4a4fbb961b2a4bd959d5fa9788891f531632d3b73863cb0d9f3c04a0bf6d260"
+STARTER_SHA256 = "c744b5d39b1c601669bf9d0ee5aa9c46e2b3a53d63c776e44ea5c8d2c2703ee2"
 # sha256 of weights/starter-discriminators.pt (the starter's global and patch discriminators,
 # for fine-tuning); None while no such file ships, and then the file is not read.
 STARTER_DISCRIMINATORS_SHA256: str | None = (

@@ -132,9 +132,10 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         "--tone-transfer",
         choices=TONE_TRANSFERS,
         default="model",
-        help="take the model's brightening onto the input's own detail and colours at large "
-        "scales (enlightengan.tone): model = as the checkpoint's config says (the starter: on, "
-        "strength 0.92; models trained here: off), on, or off (the network's output as is)",
+        help="apply the model's brightening and colour balance to the input's own detail "
+        "(enlightengan.tone): model = as the checkpoint's config says (the starter and models "
+        "fine-tuned from it: on; models trained from scratch: off), on, or off (the network's "
+        "output as is: better on noisy high-ISO photos, which the network smooths)",
     )
     model.add_argument(
         "--tone-strength",
