@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=int, default=4, help="how many sample photos")
     args = parser.parse_args(argv)
     photos = [rgb for _, rgb in demo_originals()][: args.photos]
-    sheet = before_after(photos, Enhancer.from_starter())
+    sheet = before_after(photos, Enhancer.from_pretrained("starter"))
     sheet.save(args.output, quality=85, optimize=True, progressive=True)
     print(f"written {args.output} ({args.output.stat().st_size // 1024} KB)")
     return 0

@@ -61,6 +61,7 @@ from enlightengan.checkpoint import (
 from enlightengan.config import TONE_TRANSFERS, GeneratorConfig
 from enlightengan.generator import Generator, check_image_batch, crop_padding, pad_to_multiple
 from enlightengan.official_weights import unwrap_module
+from enlightengan.shipped_weights import STARTER_NAME, model_card_path
 from enlightengan.tone import ToneTransfer
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -142,10 +143,12 @@ class EnhancerSettings:
 
 
 class Enhancer:
-    """Enhance uint8 RGB images (H, W, 3) or float batches with a generator in eval mode.
+    """Enhance uint8 RGB images (H, W, 3), PIL images or float batches with a generator in
+    eval mode.
 
-    The generator is moved to ``settings.device`` (and to channels_last when asked) and put in
-    eval mode; the Enhancer owns it from then on.
+    Load one with :meth:`from_pretrained`, or build it from a generator: the generator is moved
+    to ``settings.device`` (and to channels_last when asked) and put in eval mode; the Enhancer
+    owns it from then on. ``description`` says where the generator came from.
 
     ``forward``: run this instead of the generator (see the module notes on its contract); the
     generator then only supplies the config, and ``device``, ``precision`` and
@@ -157,6 +160,7 @@ class Enhancer:
         generator: Generator,
         settings: EnhancerSettings | None = None,
         forward: ForwardFunction | None = None,
+        description: str = "a generator passed in",
     ) -> None:
         self.settings = (settings or EnhancerSettings()).validate()
         self.device = torch.device(self.settings.device)
@@ -167,46 +171,56 @@ class Enhancer:
         self.config: GeneratorConfig = generator.config
         self.external_forward = forward
         self.tone_transfer = self.settings.tone_for(self.config)
+        self.description = description
 
     @classmethod
-    def from_checkpoint(
-        cls, directory: str | os.PathLike, settings: EnhancerSettings | None = None
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike = STARTER_NAME,
+        settings: EnhancerSettings | None = None,
     ) -> Enhancer:
-        """From a local checkpoint directory, or a run directory holding checkpoints (the
-        complete one with the highest step is used)."""
-        directory = Path(directory)
-        if not (directory / INDEX_FILE).exists():
-            latest = find_latest_checkpoint(directory)
+        """The one way to load a generator from somewhere: ``source`` is ``"starter"`` (the
+        model shipped in the package, :mod:`enlightengan.starter`), a local checkpoint
+        directory, a directory holding checkpoints such as a training run (the complete one
+        with the highest step), or the authors' released generator file (e.g.
+        ``200_net_G_A.pth``). Local paths only: ``pipelines.api.load_enhancer`` resolves
+        ``s3://`` URIs and chooses the onnxruntime or torch backend, then builds this class.
+        """
+        text = os.fspath(source)
+        if text == STARTER_NAME:
+            from enlightengan.starter import load_starter_generator
+
+            description = f"the shipped starter model (model card: {model_card_path()})"
+            return cls(load_starter_generator(), settings, description=description)
+        if "://" in text:
+            raise CheckpointError(
+                f"{text} is a URI: enlightengan loads local paths only; "
+                "pipelines.api.load_enhancer resolves s3:// URIs"
+            )
+        path = Path(text)
+        if path.is_file():
+            generator = load_official_generator(path)
+            return cls(generator, settings, description=f"{path} (the authors' weights)")
+        if not (path / INDEX_FILE).exists():
+            latest = find_latest_checkpoint(path)
             if latest is None:
                 raise CheckpointError(
-                    f"no complete checkpoint in or under {directory}: pass a checkpoint "
+                    f"no complete checkpoint in or under {path}: pass a checkpoint "
                     "directory written by training (it holds checkpoint.json)"
                 )
-            directory = latest
-        return cls(load_generator(directory, map_location="cpu"), settings)
+            path = latest
+        return cls(load_generator(path, map_location="cpu"), settings, description=str(path))
 
-    @classmethod
-    def from_starter(cls, settings: EnhancerSettings | None = None) -> Enhancer:
-        """With the starter generator shipped in the package (``enlightengan.starter``)."""
-        from enlightengan.starter import load_starter_generator
+    def __call__(self, images: Sequence | np.ndarray) -> list:
+        """Enhance images; returns one output per input, same size and kind: a uint8
+        (H, W, 3) array for an array, an RGB PIL image for a PIL image.
 
-        return cls(load_starter_generator(), settings)
-
-    @classmethod
-    def from_official_weights(
-        cls, path: str | os.PathLike, settings: EnhancerSettings | None = None
-    ) -> Enhancer:
-        """From the authors' released generator file (e.g. ``200_net_G_A.pth``)."""
-        return cls(load_official_generator(path), settings)
-
-    def __call__(self, images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
-        """Enhance uint8 RGB images; returns one uint8 (H, W, 3) array per input, same size.
-
-        ``images``: one (H, W, 3) array, an (N, H, W, 3) array, or a sequence of (H, W, 3)
-        arrays of any sizes. Grayscale, RGBA and non-uint8 inputs raise ValueError: convert
-        to 8-bit RGB first.
+        ``images``: one (H, W, 3) array, an (N, H, W, 3) array, one PIL image, or a sequence
+        of (H, W, 3) arrays and PIL images of any sizes (a PIL image of any mode is converted
+        to RGB first). Grayscale, RGBA and non-uint8 arrays raise ValueError: convert to 8-bit
+        RGB first; anything else raises :class:`ImageTypeError`.
         """
-        arrays = _as_image_list(images)
+        arrays, from_pil = _as_image_list(images)
         results: list[np.ndarray | None] = [None] * len(arrays)
         groups: dict[tuple[int, int], list[int]] = {}
         for position, array in enumerate(arrays):
@@ -221,7 +235,7 @@ class Enhancer:
                     outputs = self._transfer_tone(batch, outputs)
                 pixels = self._to_pixels(outputs)
                 for position, image in zip(members, pixels, strict=True):
-                    results[position] = image
+                    results[position] = _to_pil(image) if from_pil[position] else image
         return results  # type: ignore[return-value]
 
     def enhance_tensor(self, batch: torch.Tensor) -> torch.Tensor:
@@ -403,25 +417,38 @@ def blend_window(start: int, tile: int, length: int, overlap: int) -> torch.Tens
     return weights
 
 
-def _as_image_list(images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+class ImageTypeError(TypeError, ValueError):
+    """An input that is neither a numpy array nor a PIL image (a ValueError too, as every other
+    bad input is)."""
+
+
+def _as_image_list(images: Sequence | np.ndarray) -> tuple[list[np.ndarray], list[bool]]:
+    """The inputs as uint8 RGB arrays, and which of them were PIL images."""
     if isinstance(images, np.ndarray):
-        if images.ndim == 4:
-            candidates = list(images)
-        else:
-            candidates = [images]
+        candidates = list(images) if images.ndim == 4 else [images]
+    elif _is_pil(images):
+        candidates = [images]
     elif isinstance(images, Sequence) and not isinstance(images, str | bytes):
         candidates = list(images)
     else:
         raise ValueError(f"expected numpy images, got {type(images).__name__}")
-    for position, image in enumerate(candidates):
+    from_pil = [_is_pil(image) for image in candidates]
+    arrays = [
+        np.asarray(image.convert("RGB")) if pil else image
+        for image, pil in zip(candidates, from_pil, strict=True)
+    ]
+    for position, image in enumerate(arrays):
         _check_pixels(image, position)
-    return candidates
+    return arrays, from_pil
 
 
 def _check_pixels(image: object, position: int) -> None:
     where = f"image {position}"
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"{where}: expected a numpy array, got {type(image).__name__}")
+        raise ImageTypeError(
+            f"{where}: expected a numpy array, got {type(image).__name__}: pass uint8 "
+            "(H, W, 3) numpy arrays or PIL images"
+        )
     if image.ndim == 2:
         raise ValueError(f"{where}: grayscale (H, W) image; convert it to RGB (H, W, 3) first")
     if image.ndim != 3 or image.shape[2] != 3:
@@ -431,6 +458,17 @@ def _check_pixels(image: object, position: int) -> None:
         raise ValueError(f"{where}: empty image of shape {image.shape}")
     if image.dtype != np.uint8:
         raise ValueError(f"{where}: dtype {image.dtype}; expected uint8 pixels")
+
+
+def _is_pil(image: object) -> bool:
+    """A PIL image, recognised without importing PIL (not a dependency of this package)."""
+    return type(image).__module__.startswith("PIL.")
+
+
+def _to_pil(array: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(array, mode="RGB")
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -1,9 +1,13 @@
 """The Python API: a trained generator from any checkpoint URI, for arrays and PIL images in
 your own code, and the enhance job's stages for a ``ray.data.Dataset`` in your own Ray program.
 
->>> from pipelines.api import Enhancer
->>> enhancer = Enhancer.from_pretrained("s3://bucket/runs/exp1")   # or a folder, or "starter"
->>> brighter = enhancer([photo])                                    # uint8 (H, W, 3) or PIL
+>>> from pipelines.api import load_enhancer
+>>> enhancer = load_enhancer("s3://bucket/runs/exp1")   # or a folder, or "starter"
+>>> brighter = enhancer([photo])                        # uint8 (H, W, 3) or PIL
+
+``load_enhancer`` resolves the URI to a local checkpoint and builds the model package's one
+:class:`enlightengan.inference.Enhancer` (re-exported here) on the backend it chooses; for
+local paths and ``"starter"`` alone, ``Enhancer.from_pretrained`` loads it without Ray or S3.
 
 The jobs themselves are plain functions too: ``run_prepare(PrepareJob(...))``,
 ``run_train(TrainJob(...))``, ``run_enhance(EnhanceJob(...))``, ``run_evaluate(EvaluateJob(
@@ -13,7 +17,7 @@ The jobs themselves are plain functions too: ``run_prepare(PrepareJob(...))``,
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +31,9 @@ from pipelines.inference.stages import InferenceSettings, RowStatus, enhance_sta
 from pipelines.options import STARTER_NAME, Summary
 from pipelines.prepare.spec import PrepareJob
 from pipelines.train.spec import TrainJob
+
+if TYPE_CHECKING:
+    from enlightengan.inference import Enhancer
 
 # The jobs' functions (the CLI's runners), imported on first use (each pulls in its job's heavy
 # modules).
@@ -47,6 +54,7 @@ __all__ = [
     "Summary",
     "TrainJob",
     "enhance_dataset",
+    "load_enhancer",
     *_RUNNERS,
 ]
 
@@ -55,79 +63,48 @@ STATUS_COLUMN = "enhance_status"
 REASON_COLUMN = "enhance_reason"
 
 
-class Enhancer:
-    """A generator loaded once, enhancing uint8 RGB arrays or PIL images.
+def load_enhancer(
+    uri: str | os.PathLike | None = STARTER_NAME,
+    *,
+    device: str = "cpu",
+    backend: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 4,
+    tile_size: int | None = 1024,
+    channels_last: bool = True,
+    threads: int | None = None,
+    endpoint_url: str | None = None,
+    profile: str | None = None,
+    region: str | None = None,
+) -> Enhancer:
+    """The :class:`enlightengan.inference.Enhancer` of the generator at ``uri``: a checkpoint
+    directory, a training run (its latest complete checkpoint), an ``s3://`` URI of either, or
+    ``"starter"`` (the model shipped in the package). ``backend`` and ``precision`` mean what
+    they mean for ``enhance``; S3 credentials come from the environment or ``profile``, as for
+    the jobs. Its ``description`` says which checkpoint it loaded. Calling it with a list
+    returns a list of the same length and kinds: a numpy array (H, W, 3) for an array, an RGB
+    PIL image for a PIL image; sizes may differ within a call."""
+    from pipelines.inference.backends import choose_backend
+    from pipelines.inference.checkpoints import load_checkpoint_files, staged_checkpoint
+    from pipelines.inference.stages import build_enhancer
+    from pipelines.io.storage import StorageOptions
 
-    Build it with :meth:`from_pretrained`. Calling it with a list returns a list of the same
-    length and kinds: a numpy array (H, W, 3) for an array, an RGB PIL image for a PIL image
-    (any mode is converted to RGB first). Sizes may differ within a call.
-    """
-
-    def __init__(self, enhancer, description: str, settings: InferenceSettings) -> None:
-        self._enhancer = enhancer
-        self.description = description
-        self.settings = settings
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        uri: str | os.PathLike | None = STARTER_NAME,
-        *,
-        device: str = "cpu",
-        backend: str = "auto",
-        precision: str = "auto",
-        batch_size: int = 4,
-        tile_size: int | None = 1024,
-        channels_last: bool = True,
-        threads: int | None = None,
-        endpoint_url: str | None = None,
-        profile: str | None = None,
-        region: str | None = None,
-    ) -> Enhancer:
-        """Load the generator at ``uri``: a checkpoint directory, a training run (its latest
-        complete checkpoint), an ``s3://`` URI of either, or ``"starter"`` (the model shipped in
-        the package). ``backend`` and ``precision`` mean what they mean for ``enhance``;
-        S3 credentials come from the environment or ``profile``, as for the jobs."""
-        from pipelines.inference.backends import choose_backend
-        from pipelines.inference.checkpoints import load_checkpoint_files, staged_checkpoint
-        from pipelines.inference.stages import build_enhancer
-        from pipelines.io.storage import StorageOptions
-
-        choose_backend(backend, precision, device)
-        options = StorageOptions(endpoint_url=endpoint_url, profile=profile, region=region)
-        found = load_checkpoint_files(None if uri is None else os.fspath(uri), options)
-        settings = InferenceSettings(
-            device=device,
-            backend=backend,
-            precision=precision,
-            batch_size=batch_size,
-            tile_size=tile_size or None,
-            channels_last=channels_last,
-            torch_threads=threads,
-        )
-        with staged_checkpoint(found.files) as directory:
-            enhancer = build_enhancer(directory, settings)
-        return cls(enhancer, found.description, settings)
-
-    def __call__(self, images: Sequence) -> list:
-        arrays, kinds = [], []
-        for position, image in enumerate(images):
-            if _is_pil(image):
-                arrays.append(np.asarray(image.convert("RGB")))
-                kinds.append("pil")
-            elif isinstance(image, np.ndarray):
-                arrays.append(image)
-                kinds.append("array")
-            else:
-                raise TypeError(
-                    f"image {position} is a {type(image).__name__}: pass uint8 (H, W, 3) numpy "
-                    "arrays or PIL images"
-                )
-        outputs = self._enhancer(arrays) if arrays else []
-        return [
-            _to_pil(output) if kind == "pil" else output
-            for output, kind in zip(outputs, kinds, strict=True)
-        ]
+    choose_backend(backend, precision, device)
+    options = StorageOptions(endpoint_url=endpoint_url, profile=profile, region=region)
+    found = load_checkpoint_files(None if uri is None else os.fspath(uri), options)
+    settings = InferenceSettings(
+        device=device,
+        backend=backend,
+        precision=precision,
+        batch_size=batch_size,
+        tile_size=tile_size or None,
+        channels_last=channels_last,
+        torch_threads=threads,
+    )
+    with staged_checkpoint(found.files) as directory:
+        enhancer = build_enhancer(directory, settings)
+    enhancer.description = found.description
+    return enhancer
 
 
 def enhance_dataset(
@@ -242,17 +219,11 @@ def _from_pixel_rows(batch: dict[str, np.ndarray], output_column: str) -> dict[s
     }
 
 
-def _is_pil(image) -> bool:
-    return type(image).__module__.startswith("PIL.")
-
-
-def _to_pil(array: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(array, mode="RGB")
-
-
 def __getattr__(name: str):
+    if name == "Enhancer":  # the model package's; imported on first use (it imports torch)
+        from enlightengan.inference import Enhancer
+
+        return Enhancer
     if name in _RUNNERS:
         import importlib
 

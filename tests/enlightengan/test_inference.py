@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage import data
 
-from enlightengan.checkpoint import CheckpointError, save_checkpoint
+from enlightengan.checkpoint import CheckpointError, save_checkpoint, save_official_generator
 from enlightengan.config import GeneratorConfig, tiny_config
 from enlightengan.inference import Enhancer, EnhancerSettings, blend_window, tile_starts
 from tests.enlightengan.textured_generator import darken, psnr, textured_generator
@@ -145,7 +145,7 @@ def test_truncation_matches_the_reference_conversion(generator, dark_coffee):
     assert np.array_equal(truncated, reference)
 
 
-def test_from_checkpoint_accepts_a_run_directory(tmp_path, generator, dark_coffee):
+def test_from_pretrained_accepts_a_run_directory(tmp_path, generator, dark_coffee):
     config = tiny_config()
     other = textured_generator(config.generator, seed=9)
     for step, network in ((10, other), (30, generator)):
@@ -156,12 +156,23 @@ def test_from_checkpoint_accepts_a_run_directory(tmp_path, generator, dark_coffe
             trainer_state={"step": step},
         )
     crop = np.ascontiguousarray(dark_coffee[:40, :64])
-    from_run = Enhancer.from_checkpoint(tmp_path)([crop])[0]
+    from_run = Enhancer.from_pretrained(tmp_path)([crop])[0]
     assert np.array_equal(from_run, Enhancer(generator)([crop])[0])
-    from_dir = Enhancer.from_checkpoint(tmp_path / "run" / "checkpoint_010")([crop])[0]
+    from_dir = Enhancer.from_pretrained(tmp_path / "run" / "checkpoint_010")([crop])[0]
     assert not np.array_equal(from_dir, from_run)
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
-        Enhancer.from_checkpoint(tmp_path / "run" / "missing")
+        Enhancer.from_pretrained(tmp_path / "run" / "missing")
+
+
+def test_from_pretrained_loads_the_authors_file_and_refuses_uris(tmp_path, dark_coffee):
+    reference = textured_generator(GeneratorConfig(), seed=3)
+    path = save_official_generator(reference, tmp_path / "200_net_G_A.pth")
+    crop = np.ascontiguousarray(dark_coffee[:32, :48])
+    loaded = Enhancer.from_pretrained(path, UNTILED)
+    assert "authors" in loaded.description
+    assert np.array_equal(loaded([crop])[0], Enhancer(reference, UNTILED)([crop])[0])
+    with pytest.raises(CheckpointError, match="load_enhancer"):
+        Enhancer.from_pretrained("s3://bucket/runs/exp1")
 
 
 @pytest.mark.parametrize(

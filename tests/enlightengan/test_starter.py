@@ -95,7 +95,7 @@ def test_shipped_starter_loads_with_its_pinned_hash_and_model_card():
 def test_shipped_starter_brightens_and_beats_gamma_on_a_darkened_photo():
     original = fit_within(wheel_photo("coffee"), 600, 400)
     dark = darken(original)
-    enhanced = Enhancer.from_starter()([dark])[0]
+    enhanced = Enhancer.from_pretrained("starter")([dark])[0]
     assert enhanced.shape == dark.shape and enhanced.dtype == np.uint8
     assert enhanced.mean() > 3 * dark.mean()
     assert psnr(enhanced, original) > psnr(gamma_correction(dark), original)

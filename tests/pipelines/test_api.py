@@ -12,9 +12,8 @@ from PIL import Image
 
 from enlightengan.checkpoint import find_latest_checkpoint, load_generator, save_checkpoint
 from enlightengan.config import tiny_config
-from enlightengan.inference import Enhancer as ModelEnhancer
-from enlightengan.inference import EnhancerSettings
-from pipelines.api import Enhancer, enhance_dataset
+from enlightengan.inference import Enhancer, EnhancerSettings
+from pipelines.api import enhance_dataset, load_enhancer
 from pipelines.demo.sample_photos import upload_folder
 from pipelines.errors import UserError
 from tests.docs.examples import all_examples
@@ -44,11 +43,11 @@ def photo() -> np.ndarray:
 
 def reference(run_folder: Path, images) -> list[np.ndarray]:
     generator = load_generator(find_latest_checkpoint(run_folder))
-    return ModelEnhancer(generator, EnhancerSettings())(images)
+    return Enhancer(generator, EnhancerSettings())(images)
 
 
 def test_a_run_folder_loads_its_latest_checkpoint(run_folder, photo):
-    enhancer = Enhancer.from_pretrained(run_folder, backend="torch", precision="fp32")
+    enhancer = load_enhancer(run_folder, backend="torch", precision="fp32")
     assert "checkpoint_000002" in enhancer.description
     output = enhancer([photo])[0]
     assert output.shape == photo.shape and output.dtype == np.uint8
@@ -57,7 +56,7 @@ def test_a_run_folder_loads_its_latest_checkpoint(run_folder, photo):
 
 
 def test_pil_images_come_back_as_pil_and_sizes_may_differ(run_folder, photo):
-    enhancer = Enhancer.from_pretrained(run_folder, backend="torch", precision="fp32")
+    enhancer = load_enhancer(run_folder, backend="torch", precision="fp32")
     grey = Image.fromarray(photo).convert("L")
     small = photo[:64, :80]
     outputs = enhancer([Image.fromarray(photo), grey, small])
@@ -71,20 +70,18 @@ def test_pil_images_come_back_as_pil_and_sizes_may_differ(run_folder, photo):
 def test_a_bucket_uri_loads_the_same_model(s3_env, run_folder, photo):
     bucket = s3_env.make_bucket("api")
     upload_folder(run_folder, s3_env.filesystem(), f"{bucket}/runs/a")
-    from_bucket = Enhancer.from_pretrained(
-        f"s3://{bucket}/runs/a", backend="torch", precision="fp32"
-    )
-    local = Enhancer.from_pretrained(run_folder, backend="torch", precision="fp32")
+    from_bucket = load_enhancer(f"s3://{bucket}/runs/a", backend="torch", precision="fp32")
+    local = load_enhancer(run_folder, backend="torch", precision="fp32")
     assert "(step 2)" in from_bucket.description
     assert np.array_equal(from_bucket([photo])[0], local([photo])[0])
 
 
 def test_starter_and_bad_uris(tmp_path, photo):
-    assert "starter" in Enhancer.from_pretrained("starter", backend="torch").description
+    assert "starter" in load_enhancer("starter", backend="torch").description
     with pytest.raises(UserError, match="does not exist"):
-        Enhancer.from_pretrained(tmp_path / "nowhere")
+        load_enhancer(tmp_path / "nowhere")
     with pytest.raises(UserError, match="--backend must be one of"):
-        Enhancer.from_pretrained("starter", backend="tensorrt")
+        load_enhancer("starter", backend="tensorrt")
 
 
 def test_enhance_dataset_maps_a_users_dataset_with_the_job_stages(ray_local, run_folder, photo):
