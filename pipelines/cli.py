@@ -19,9 +19,11 @@ from pipelines.errors import UserError
 from pipelines.ops.plain_text import plain_text_without_terminal
 from pipelines.ops.ray_internals import keep_local_ray_on_loopback
 from pipelines.options import (
+    DeprecatedAlias,
     HelpFormatter,
     Summary,
     add_verbosity_arguments,
+    default_flag,
     load_config_file,
     spec_from_args,
 )
@@ -150,11 +152,29 @@ def spec_type_of(name: str) -> type | None:
 
 
 def resolve(args: argparse.Namespace):
-    """The sub-command's validated spec (a job) or None (a tool)."""
+    """The sub-command's validated spec (a job) or None (a tool); a bad setting, from a flag or
+    the ``--config`` file, is an error naming the flag."""
     spec_type = spec_type_of(args.command)
     if spec_type is None:
         return None
-    return spec_from_args(spec_type, args, args.command)
+    flags = flags_of(args.command)
+    return spec_from_args(
+        spec_type, args, args.command, lambda field: flags.get(field) or default_flag(field)
+    )
+
+
+def flags_of(name: str) -> dict[str, str]:
+    """The flag that sets each destination of the sub-command ``name`` (``overrides``:
+    ``--set``), deprecated spellings left out."""
+    command = COMMANDS[name]
+    parser = argparse.ArgumentParser(add_help=False)
+    getattr(importlib.import_module(command.module), command.adder)(parser)
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        spellings = [option for option in action.option_strings if option.startswith("--")]
+        if spellings and not isinstance(action, DeprecatedAlias):
+            flags.setdefault(action.dest, spellings[0])
+    return flags
 
 
 def run_job(name: str, spec) -> Summary:

@@ -19,12 +19,13 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from enlightengan.shipped_weights import STARTER_NAME
 from pipelines.errors import UserError
+from pipelines.specs import Spec, SpecError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -161,7 +162,7 @@ def check_worker_resources(spec) -> None:
     """The per-worker resources of a spec with the :func:`add_worker_arguments` fields."""
     memory = getattr(spec, "memory_per_worker", None)
     if memory is not None and memory <= 0:
-        raise UserError("--memory-per-worker must be > 0 GiB (leave it out to reserve none)")
+        raise SpecError("{memory_per_worker} must be > 0 GiB (leave it out to reserve none)")
 
 
 def memory_bytes(gib: float | None) -> int | None:
@@ -273,9 +274,17 @@ def load_config_file(path: str) -> dict[str, Any]:
     return {str(key).replace("-", "_"): value for key, value in data.items()}
 
 
-def spec_from_args(spec_type: type, args: argparse.Namespace, job: str):
+def spec_from_args(
+    spec_type: type,
+    args: argparse.Namespace,
+    job: str,
+    flag_of: Callable[[str], str] | None = None,
+):
     """The frozen spec ``spec_type`` from parsed arguments (fields by name); a field without
-    a default that is still unset is a one-line error naming the flag."""
+    a default that is still unset, or a bad value (:class:`~pipelines.specs.SpecError`), is a
+    one-line error naming the flag (``flag_of(field)``; default ``--`` and the name with
+    dashes)."""
+    flag_of = flag_of or default_flag
     values = {}
     for field in dataclasses.fields(spec_type):
         value = getattr(args, field.name, None)
@@ -283,7 +292,7 @@ def spec_from_args(spec_type: type, args: argparse.Namespace, job: str):
             field.default_factory is dataclasses.MISSING
         )
         if value is None and required:
-            flag = "--" + field.name.replace("_", "-")
+            flag = flag_of(field.name)
             raise UserError(f"{job} needs {flag} (or `{field.name}:` in a --config file)")
         if value is None and not required:
             continue
@@ -292,8 +301,15 @@ def spec_from_args(spec_type: type, args: argparse.Namespace, job: str):
         values[field.name] = value
     try:
         return spec_type(**values)
+    except SpecError as error:
+        raise UserError(error.render(flag_of)) from None
     except TypeError as error:
         raise UserError(f"{job}: {error}") from None
+
+
+def default_flag(field: str) -> str:
+    """The flag of a spec field: ``--`` and its name with dashes (``--batch-size``)."""
+    return "--" + field.replace("_", "-")
 
 
 def spec_as_dict(spec) -> dict[str, Any]:
@@ -316,7 +332,7 @@ def json_value(value, nonfinite_as_none: bool = False):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class StorageFields:
+class StorageFields(Spec):
     """The object-storage flags of a job's spec (never credentials)."""
 
     endpoint_url: str | None = None
@@ -330,7 +346,7 @@ DEFAULT_WAIT_FOR_RESOURCES_S = 600.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RayFields:
+class RayFields(Spec):
     """The Ray flags of a job's spec: the cluster to join, or the cores of a local Ray, and how
     long to wait for a cluster too small for the job to grow (:mod:`pipelines.ops.resources`)."""
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from pipelines.errors import UserError
 from pipelines.options import (
     RayFields,
     add_common_arguments,
     add_output_argument,
     add_ray_arguments,
 )
+from pipelines.specs import SpecError
 
 # Steps of each training mode when --steps is not given. Fine-tuning: the README's first
 # command (setup + demo) stays under 5 minutes on 2 cores (measured in docs/getting-started.md).
@@ -40,13 +40,13 @@ class DemoJob(RayFields):
     s3: bool = False
     dry_run: bool = False
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.steps is not None and self.steps < 1:
-            raise UserError("--steps must be >= 1")
+            raise SpecError("{steps} must be >= 1")
         if (self.lr is not None and not self.lr > 0) or (
             self.exposure is not None and self.exposure < 0
         ):
-            raise UserError("--lr must be > 0 and --exposure >= 0")
+            raise SpecError("{lr} must be > 0 and {exposure} >= 0")
 
     @property
     def train_steps(self) -> int:

@@ -6,10 +6,11 @@ import argparse
 from dataclasses import dataclass
 
 from enlightengan.config import TONE_TRANSFERS
-from pipelines.errors import UserError
 from pipelines.inference.darkness import DEFAULT_DARK_THRESHOLD, ONLY_DARK_MODES, DarkPolicy
 from pipelines.io.formats import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from pipelines.options import (
+    BACKENDS,
+    PRECISIONS,
     RayFields,
     StorageFields,
     add_checkpoint_argument,
@@ -22,6 +23,7 @@ from pipelines.options import (
     check_worker_resources,
     deprecated_flag,
 )
+from pipelines.specs import SpecError, choice
 
 IMAGE_FORMATS = ("same", "png", "jpeg")
 DEFAULT_REPORT_SAMPLES = 24
@@ -46,14 +48,14 @@ class EnhanceJob(StorageFields, RayFields):
     threads_per_worker: int | None = None
     memory_per_worker: float | None = None
     batch_size: int = 4
-    precision: str = "auto"
-    backend: str = "auto"
+    precision: str = choice(PRECISIONS, "auto")
+    backend: str = choice(BACKENDS, "auto")
     channels_last: bool = True
     tile_size: int = 1024
     tile_overlap: int = 64
-    tone_transfer: str = "model"
+    tone_transfer: str = choice(TONE_TRANSFERS, "model")
     tone_strength: float | None = None
-    image_format: str = "same"
+    image_format: str = choice(IMAGE_FORMATS, "same")
     jpeg_quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
     extensions: str = DEFAULT_EXTENSIONS
@@ -61,41 +63,35 @@ class EnhanceJob(StorageFields, RayFields):
     overwrite: bool = False
     dry_run: bool = False
     manifest_rows: int = 256
-    only_dark: str | None = None
+    only_dark: str | None = choice(ONLY_DARK_MODES, None)
     dark_threshold: float = DEFAULT_DARK_THRESHOLD
     report_samples: int = DEFAULT_REPORT_SAMPLES
     report_niqe: bool = False
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_worker_resources(self)
         if self.workers < 1 or self.batch_size < 1:
-            raise UserError("--workers and --batch-size must be >= 1")
+            raise SpecError("{workers} and {batch_size} must be >= 1")
         if self.gpus_per_worker < 0 or self.cpus_per_worker < 0:
-            raise UserError("--gpus-per-worker and --cpus-per-worker must be >= 0")
+            raise SpecError("{gpus_per_worker} and {cpus_per_worker} must be >= 0")
         if self.tile_size and self.tile_size < 64:
-            raise UserError("--tile-size must be 0 (never tile) or >= 64")
-        if self.tone_transfer not in TONE_TRANSFERS:
-            raise UserError(f"--tone-transfer must be one of {', '.join(TONE_TRANSFERS)}")
+            raise SpecError("{tile_size} must be 0 (never tile) or >= 64")
         if self.tone_strength is not None and not 0.0 <= self.tone_strength <= 2.0:
-            raise UserError("--tone-strength must be between 0 and 2")
-        if self.image_format not in IMAGE_FORMATS:
-            raise UserError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}")
+            raise SpecError("{tone_strength} must be between 0 and 2")
         if not 1 <= self.jpeg_quality <= 100:
-            raise UserError("--jpeg-quality must be between 1 and 100")
+            raise SpecError("{jpeg_quality} must be between 1 and 100")
         if self.manifest_rows < 1:
-            raise UserError("--manifest-rows must be >= 1")
+            raise SpecError("{manifest_rows} must be >= 1")
         if self.limit is not None and self.limit < 0:
-            raise UserError("--limit must be >= 0")
+            raise SpecError("{limit} must be >= 0")
         if self.report_samples < 0:
-            raise UserError("--report-samples must be >= 0")
+            raise SpecError("{report_samples} must be >= 0")
         if not 0.0 <= self.dark_threshold <= 1.0:
-            raise UserError("--dark-threshold must be between 0 and 1 (a darkness score)")
-        if self.only_dark not in (None, *ONLY_DARK_MODES):
-            raise UserError(f"--only-dark must be one of {', '.join(ONLY_DARK_MODES)}")
+            raise SpecError("{dark_threshold} must be between 0 and 1 (a darkness score)")
         if self.only_dark == "copy" and self.image_format != "same":
-            raise UserError(
-                "--only-dark copy keeps the original bytes, which --image-format would put "
-                "under a key with another extension: use --image-format same, or --only-dark skip"
+            raise SpecError(
+                "{only_dark} copy keeps the original bytes, which {image_format} would put "
+                "under a key with another extension: use {image_format} same, or {only_dark} skip"
             )
 
     @property

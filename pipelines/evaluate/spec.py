@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from pipelines.errors import UserError
 from pipelines.io.formats import DEFAULT_MAX_PIXELS
 from pipelines.options import (
+    BACKENDS,
+    PRECISIONS,
     RayFields,
     StorageFields,
     add_checkpoint_argument,
@@ -18,6 +19,7 @@ from pipelines.options import (
     add_worker_arguments,
     check_worker_resources,
 )
+from pipelines.specs import SpecError, choice
 
 
 @dataclass(frozen=True)
@@ -47,25 +49,25 @@ class EvaluateJob(StorageFields, RayFields):
     memory_per_worker: float | None = None
     batch_size: int = 1
     tile_size: int = 1024
-    backend: str = "torch"
-    precision: str = "auto"
+    backend: str = choice(BACKENDS, "torch")
+    precision: str = choice(PRECISIONS, "auto")
     max_pixels: int = DEFAULT_MAX_PIXELS
     dry_run: bool = False
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_worker_resources(self)
         if self.workers < 1 or self.batch_size < 1:
-            raise UserError("--workers and --batch-size must be >= 1")
+            raise SpecError("{workers} and {batch_size} must be >= 1")
         if self.limit is not None and self.limit < 1:
-            raise UserError("--limit must be >= 1")
+            raise SpecError("{limit} must be >= 1")
         if not self.gamma > 0:
-            raise UserError("--gamma must be > 0")
+            raise SpecError("{gamma} must be > 0")
         if self.samples < 0:
-            raise UserError("--samples must be >= 0")
+            raise SpecError("{samples} must be >= 0")
         if self.tile_size and self.tile_size < 64:
-            raise UserError("--tile-size must be 0 (never tile) or >= 64")
+            raise SpecError("{tile_size} must be 0 (never tile) or >= 64")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
-            raise UserError("--cpus-per-worker must be > 0")
+            raise SpecError("{cpus_per_worker} must be > 0")
 
     @property
     def device(self) -> str:

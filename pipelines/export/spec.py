@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from pipelines.errors import UserError
 from pipelines.io.formats import (
     DEFAULT_ONNX_OPSET,
     EXPORT_FORMATS,
@@ -19,6 +18,7 @@ from pipelines.options import (
     add_storage_arguments,
     deprecated_flag,
 )
+from pipelines.specs import Spec, choice
 
 
 @dataclass(frozen=True)
@@ -29,23 +29,17 @@ class ExportJob(StorageFields):
     """
 
     checkpoint: str
-    export_format: str
+    export_format: str = choice(EXPORT_FORMATS)
     output: str
     opset: int = DEFAULT_ONNX_OPSET
-    exporter: str = "dynamo"
+    exporter: str = choice(ONNX_EXPORTERS, "dynamo")
     check: bool = True
     overwrite: bool = False
     dry_run: bool = False
 
-    def __post_init__(self) -> None:
-        if self.export_format not in EXPORT_FORMATS:
-            raise UserError(f"--export-format must be one of {', '.join(EXPORT_FORMATS)}")
-        if self.exporter not in ONNX_EXPORTERS:
-            raise UserError(f"--exporter must be one of {', '.join(ONNX_EXPORTERS)}")
-
 
 @dataclass(frozen=True)
-class ImportOfficialJob:
+class ImportOfficialJob(Spec):
     """Turn the authors' released generator file ``weights`` into a checkpoint at ``output``."""
 
     weights: str

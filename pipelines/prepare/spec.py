@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from pipelines.errors import UserError
 from pipelines.io.formats import DEFAULT_MAX_PIXELS
 from pipelines.options import (
     RayFields,
@@ -15,6 +14,7 @@ from pipelines.options import (
     add_ray_arguments,
     add_storage_arguments,
 )
+from pipelines.specs import SpecError, choice
 
 SMALL_IMAGE_RULES = ("reject", "upscale")
 
@@ -32,7 +32,7 @@ class PrepareJob(StorageFields, RayFields):
     max_long: int = 600
     max_short: int = 400
     min_side: int = 320
-    small: str = "reject"
+    small: str = choice(SMALL_IMAGE_RULES, "reject")
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_mb: float = 512.0
     dedup: bool = True
@@ -41,13 +41,11 @@ class PrepareJob(StorageFields, RayFields):
     overwrite: bool = False
     dry_run: bool = False
 
-    def __post_init__(self) -> None:
-        if self.small not in SMALL_IMAGE_RULES:
-            raise UserError(f"--small must be one of {', '.join(SMALL_IMAGE_RULES)}")
+    def validate(self) -> None:
         if self.images_per_task < 1 or self.shard_size_mb <= 0 or self.max_pixels < 1:
-            raise UserError("--images-per-task, --shard-size-mb and --max-pixels must be positive")
+            raise SpecError("{images_per_task}, {shard_size_mb} and {max_pixels} must be positive")
         if self.max_file_mb <= 0:
-            raise UserError("--max-file-mb must be positive")
+            raise SpecError("{max_file_mb} must be positive")
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from pipelines.errors import UserError
 from pipelines.options import (
     PRECISIONS,
     RayFields,
@@ -18,6 +17,7 @@ from pipelines.options import (
     check_worker_resources,
     deprecated_flag,
 )
+from pipelines.specs import SpecError, choice
 
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
 # Top-level keys of an EnlightenGANConfig file: such a file given as --config is a model config.
@@ -58,43 +58,43 @@ class TrainJob(StorageFields, RayFields):
     keep_checkpoints: int = 3
     sample_every: int = 500
     report_every: int = 50
-    precision: str = "auto"
+    precision: str = choice(PRECISIONS, "auto")
     shuffle_buffer: int = 64
     memory_mb: float = 1024.0
-    placement: str = "PACK"
+    placement: str = choice(PLACEMENTS, "PACK")
     min_workers: int | None = None
     wait_for_workers: float = 600.0
     max_failures: int = 3
     dry_run: bool = False
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_worker_resources(self)
         if self.workers < 1:
-            raise UserError("--workers must be >= 1")
+            raise SpecError("{workers} must be >= 1")
         if self.gpus_per_worker not in (0, 1):
-            raise UserError("train runs one process per GPU: --gpus-per-worker is 0 or 1")
-        if self.precision not in PRECISIONS or self.precision == "fp16":
-            raise UserError("train's --precision is auto, fp32 or bf16")
-        if self.placement not in PLACEMENTS:
-            raise UserError(f"--placement must be one of {', '.join(PLACEMENTS)}")
+            raise SpecError("train runs one process per GPU: {gpus_per_worker} is 0 or 1")
+        if self.precision == "fp16":
+            raise SpecError("train's {precision} is auto, fp32 or bf16")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
-            raise UserError("--cpus-per-worker must be > 0")
+            raise SpecError("{cpus_per_worker} must be > 0")
         if (self.steps is not None and self.steps < 1) or (
             self.epochs is not None and self.epochs < 1
         ):
-            raise UserError("--steps and --epochs must be >= 1")
+            raise SpecError("{steps} and {epochs} must be >= 1")
         if self.steps is not None and self.epochs is not None:
-            raise UserError("give --steps or --epochs, not both")
+            raise SpecError("give {steps} or {epochs}, not both")
         for name in ("checkpoint_every", "keep_checkpoints", "report_every"):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be positive")
+                raise SpecError("{" + name + "} must be positive")
         if self.max_failures < 0:
-            raise UserError("--max-failures must be >= 0")
+            raise SpecError("{max_failures} must be >= 0")
         min_workers = self.workers if self.min_workers is None else self.min_workers
         if not 1 <= min_workers <= self.workers:
-            raise UserError(f"--min-workers must be between 1 and --workers ({self.workers})")
+            raise SpecError(
+                "{min_workers} must be between 1 and {workers} ({count})", count=self.workers
+            )
         if self.wait_for_workers <= 0:
-            raise UserError("--wait-for-workers must be > 0 seconds")
+            raise SpecError("{wait_for_workers} must be > 0 seconds")
 
     @property
     def use_gpu(self) -> bool:

@@ -10,7 +10,7 @@ import pipelines
 
 ROOT = Path(pipelines.__file__).parent
 JOBS = ("prepare", "train", "enhance", "evaluate", "export")
-SHARED = ("io", "inference", "errors", "plots", "options")
+SHARED = ("io", "inference", "errors", "plots", "options", "specs")
 # Built on the jobs: the demo runs them in turn, the starter's tools build its corpus and ship
 # it, ops starts and joins clusters, submits and checks resources; api and cli front them all.
 TOOLING = ("demo", "starter", "ops", "api", "cli")
