@@ -168,23 +168,7 @@ def run_enhance(job: EnhanceJob) -> Summary:
     output = check_access(resolve(job.output, options))
     if source.filesystem.get_file_info(source.path).type != pafs.FileType.Directory:
         raise UserError(f"input {job.input} is not a folder or prefix with images")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # The checkpoint check (torch's import, a model load) runs while Ray starts, which is
-        # mostly waiting for Ray's own processes: seconds off the time to the first output.
-        loading = pool.submit(load_checkpoint_files, job.checkpoint, options)
-        rules = key_rules(source, output, job)
-        listing = ListingSource.of(source)
-        if loading.done():
-            loading.result()  # a checkpoint already known to be bad fails before Ray starts
-        started_ray = init_ray(job.address, job.num_cpus)
-        try:
-            ensure_placeable(resource_request(job), wait_s=job.wait_for_resources)
-            checkpoint = loading.result()
-        except BaseException:
-            if started_ray:
-                ray.shutdown()  # a refused run leaves no Ray behind
-            raise
-    print(f"enhance: checkpoint {checkpoint.description}", file=sys.stderr)
+    rules, listing, checkpoint = _start(job, source, output, options)
     if not job.dry_run:
         check_writable(output.child(MANIFEST_DIR), job.output)
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -216,11 +200,43 @@ def run_enhance(job: EnhanceJob) -> Summary:
         first_output_s = summary["first_written_at"] - job_started
     counts = _print_summary(summary, seconds, first_output_s, output, run_id, job.limit)
     print(f"  report: {report}")
+    return _job_summary(
+        run_id, checkpoint.description, counts, summary, seconds, first_output_s, output, report
+    )
+
+
+def _start(job: EnhanceJob, source, output, options):
+    """Start (or join) Ray and check the checkpoint meanwhile: the key rules, the listing and
+    the checkpoint's files. A refused run (a bad checkpoint, a request the cluster cannot
+    place) leaves no Ray of its own behind."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The checkpoint check (torch's import, a model load) runs while Ray starts, which is
+        # mostly waiting for Ray's own processes: seconds off the time to the first output.
+        loading = pool.submit(load_checkpoint_files, job.checkpoint, options)
+        rules = key_rules(source, output, job)
+        listing = ListingSource.of(source)
+        if loading.done():
+            loading.result()  # a checkpoint already known to be bad fails before Ray starts
+        started_ray = init_ray(job.address, job.num_cpus)
+        try:
+            ensure_placeable(resource_request(job), wait_s=job.wait_for_resources)
+            checkpoint = loading.result()
+        except BaseException:
+            if started_ray:
+                ray.shutdown()
+            raise
+    print(f"enhance: checkpoint {checkpoint.description}", file=sys.stderr)
+    return rules, listing, checkpoint
+
+
+def _job_summary(
+    run_id, checkpoint, counts, summary, seconds, first_output_s, output, report
+) -> Summary:
     return Summary(
         "enhance",
         {
             "run_id": run_id,
-            "checkpoint": checkpoint.description,
+            "checkpoint": checkpoint,
             "statuses": counts,
             "failures_by_reason": dict(summary["reasons"]),
             "output_bytes": summary["output_bytes"],

@@ -89,57 +89,73 @@ def read_and_decode(
         batch["key"], batch["output_key"], statuses, reasons, strict=True
     ):
         started = time.perf_counter()
-        row = {
-            "key": key,
-            "output_key": output_key,
-            "status": status,
-            "reason": reason or "",
-            "input_bytes": 0,
-            "height": 0,
-            "width": 0,
-            "format": "",
-            "icc_profile": b"",
-            "exif": b"",
-            "pixels": b"",
-            "original": b"",
-            **unknown_stats(),
-        }
-        if status != RowStatus.PENDING:
-            row["seconds"] = 0.0
-            rows.append(row)
-            continue
-        try:
-            with input_filesystem.open_input_file(f"{input_root.rstrip('/')}/{key}") as stream:
-                data = stream.read()
-        except OSError as error:
-            if is_transient(error):
-                raise  # Ray Data re-runs the task; the image is not lost for this run
-            row.update(status=RowStatus.FAILED, reason="unreadable")
-            data = None
-        if data is not None:
-            row["input_bytes"] = len(data)
-            try:
-                decoded = decode_image(data, max_pixels=max_pixels)
-                row.update(
-                    height=decoded.array.shape[0],
-                    width=decoded.array.shape[1],
-                    format=decoded.format or "",
-                    icc_profile=_rgb_icc_profile(decoded.icc_profile),
-                    exif=decoded.exif or b"",
-                    pixels=decoded.array.tobytes(),
-                    **darkness_stats(decoded.array),
-                )
-                if sampler is not None:
-                    row.update(sampler.before(key, decoded.array))
-                if policy is not None and not policy.is_dark(row["darkness"]):
-                    copy = policy.mode == "copy"
-                    row.update(status=RowStatus.TO_COPY if copy else RowStatus.NOT_DARK, pixels=b"")
-                    row["original"] = data if copy else b""
-            except ImageRejected as rejected:
-                row.update(status=RowStatus.FAILED, reason=rejected.reason)
-        row["seconds"] = time.perf_counter() - started
+        row = _blank_row(key, output_key, status, reason)
+        if status == RowStatus.PENDING:
+            data = _read_object(input_filesystem, input_root, key, row)
+            if data is not None:
+                _decode_into(row, data, max_pixels, policy, sampler)
+        row["seconds"] = time.perf_counter() - started if status == RowStatus.PENDING else 0.0
         rows.append(row)
     return _to_columns(rows, sampler)
+
+
+def _blank_row(key: str, output_key: str, status: str, reason: str) -> dict:
+    return {
+        "key": key,
+        "output_key": output_key,
+        "status": status,
+        "reason": reason or "",
+        "input_bytes": 0,
+        "height": 0,
+        "width": 0,
+        "format": "",
+        "icc_profile": b"",
+        "exif": b"",
+        "pixels": b"",
+        "original": b"",
+        **unknown_stats(),
+    }
+
+
+def _read_object(input_filesystem, input_root: str, key: str, row: dict) -> bytes | None:
+    """The object's bytes, or None with ``row`` marked failed (``unreadable``); a transient
+    storage fault is raised, so Ray Data re-runs the task and the image is not lost."""
+    try:
+        with input_filesystem.open_input_file(f"{input_root.rstrip('/')}/{key}") as stream:
+            data = stream.read()
+    except OSError as error:
+        if is_transient(error):
+            raise
+        row.update(status=RowStatus.FAILED, reason="unreadable")
+        return None
+    row["input_bytes"] = len(data)
+    return data
+
+
+def _decode_into(row: dict, data: bytes, max_pixels: int, policy, sampler) -> None:
+    """Decode ``data`` into ``row`` (pixels, size, format, profiles, darkness); a rejected
+    image marks the row failed with its reason, a photo that is not dark under ``policy``
+    leaves without pixels (its bytes kept for ``--only-dark copy``)."""
+    try:
+        decoded = decode_image(data, max_pixels=max_pixels)
+    except ImageRejected as rejected:
+        row.update(status=RowStatus.FAILED, reason=rejected.reason)
+        return
+    row.update(
+        height=decoded.array.shape[0],
+        width=decoded.array.shape[1],
+        format=decoded.format or "",
+        icc_profile=_rgb_icc_profile(decoded.icc_profile),
+        exif=decoded.exif or b"",
+        pixels=decoded.array.tobytes(),
+        **darkness_stats(decoded.array),
+    )
+    if sampler is not None:
+        row.update(sampler.before(row["key"], decoded.array))
+    if policy is not None and not policy.is_dark(row["darkness"]):
+        copy = policy.mode == "copy"
+        row.update(status=RowStatus.TO_COPY if copy else RowStatus.NOT_DARK, pixels=b"")
+        row["original"] = data if copy else b""
 
 
 def decoded_images(pending: list[tuple[str, str]], source, max_pixels: int, num_blocks: int):
