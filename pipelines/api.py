@@ -84,14 +84,9 @@ def load_enhancer(
     the jobs. Its ``description`` says which checkpoint it loaded. Calling it with a list
     returns a list of the same length and kinds: a numpy array (H, W, 3) for an array, an RGB
     PIL image for a PIL image; sizes may differ within a call."""
-    from pipelines.inference.backends import choose_backend
-    from pipelines.inference.checkpoints import load_checkpoint_files, staged_checkpoint
+    from pipelines.inference.checkpoints import staged_checkpoint
     from pipelines.inference.stages import build_enhancer
-    from pipelines.io.storage import StorageOptions
 
-    choose_backend(backend, precision, device)
-    options = StorageOptions(endpoint_url=endpoint_url, profile=profile, region=region)
-    found = load_checkpoint_files(None if uri is None else os.fspath(uri), options)
     settings = InferenceSettings(
         device=device,
         backend=backend,
@@ -101,10 +96,28 @@ def load_enhancer(
         channels_last=channels_last,
         torch_threads=threads,
     )
+    found = _checked_checkpoint(
+        None if uri is None else os.fspath(uri),
+        settings,
+        endpoint_url=endpoint_url,
+        profile=profile,
+        region=region,
+    )
     with staged_checkpoint(found.files) as directory:
         enhancer = build_enhancer(directory, settings)
     enhancer.description = found.description
     return enhancer
+
+
+def _checked_checkpoint(uri: str | None, settings: InferenceSettings, **storage):
+    """The checkpoint's files at ``uri`` (``storage``: StorageOptions' fields), once
+    ``settings``' backend and precision are known to fit its device; one-line errors."""
+    from pipelines.inference.backends import choose_backend
+    from pipelines.inference.checkpoints import load_checkpoint_files
+    from pipelines.io.storage import StorageOptions
+
+    choose_backend(settings.backend, settings.precision, settings.device)
+    return load_checkpoint_files(uri, StorageOptions(**storage))
 
 
 def enhance_dataset(
@@ -131,22 +144,19 @@ def enhance_dataset(
     it. The generator runs in an actor pool of ``workers`` actors, as in ``enhance``; its files
     reach the actors through the object store and stay there as long as the returned dataset
     (which holds their reference) is kept."""
-    from pipelines.inference.backends import choose_backend
-    from pipelines.inference.checkpoints import SharedCheckpoint, load_checkpoint_files
-    from pipelines.io.storage import StorageOptions
+    from pipelines.inference.checkpoints import SharedCheckpoint
 
     if workers < 1 or batch_size < 1:
         raise UserError("workers and batch_size must be >= 1")
-    device = "cuda" if gpus_per_worker > 0 else "cpu"
-    choose_backend(backend, precision, device)
-    options = StorageOptions(endpoint_url=endpoint_url, profile=profile, region=region)
-    found = load_checkpoint_files(checkpoint, options)
     settings = InferenceSettings(
-        device=device,
+        device="cuda" if gpus_per_worker > 0 else "cpu",
         backend=backend,
         precision=precision,
         batch_size=batch_size,
         tile_size=tile_size or None,
+    )
+    found = _checked_checkpoint(
+        checkpoint, settings, endpoint_url=endpoint_url, profile=profile, region=region
     )
     rows = dataset.map_batches(
         _to_pixel_rows,

@@ -106,30 +106,23 @@ def convert(name: str, value: Any, hint: Any) -> Any:
 _BAD = object()
 
 
-def _int(value: Any) -> Any:
-    if isinstance(value, bool):
-        return _BAD
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, str):
+def _number(kind: type, abstract: type) -> Callable[[Any], Any]:
+    """A converter to ``kind`` (int or float) that takes what the flag's ``type=kind`` takes:
+    numbers of the ``abstract`` kind and strings that parse; never a bool."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, abstract | str):
+            return _BAD
         try:
-            return int(value)
+            return kind(value)
         except ValueError:
             return _BAD
-    return _BAD
+
+    return convert
 
 
-def _float(value: Any) -> Any:
-    if isinstance(value, bool):
-        return _BAD
-    if isinstance(value, numbers.Real):
-        return value if type(value) is float else float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return _BAD
-    return _BAD
+_int = _number(int, numbers.Integral)
+_float = _number(float, numbers.Real)
 
 
 def _bool(value: Any) -> Any:

@@ -195,15 +195,7 @@ def start_ray_head(
     env = _head_environment(ports, timeout, extra_env)
     command = _ray_start_command(ports, num_cpus, temp_dir, extra_args)
     log = temp_dir / "ray-start.log"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
+    process = _start_logged(command, log, env)
     head = RayHead(
         pid=process.pid,
         gcs_address=f"127.0.0.1:{ports[0]}",
@@ -319,6 +311,20 @@ class ObjectStore:
         }
 
 
+def _start_logged(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start ``command`` in its own session (so stopping it by PID takes its children too),
+    stdin closed, stdout and stderr into ``log``."""
+    with open(log, "wb") as log_file:
+        return subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+
+
 def write_private(path: Path, text: str) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
@@ -388,15 +394,9 @@ def start_object_store(directory: Path, timeout: float = 30.0) -> ObjectStore:
     write_private(secret_file, secret_key)
     command, s3 = seaweed_command(directory, config_path)
     log = directory / "logs" / "weed.out"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-            start_new_session=True,
-        )
+    process = _start_logged(
+        command, log, {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    )
     store = ObjectStore(
         pid=process.pid,
         endpoint_url=f"http://127.0.0.1:{s3}",

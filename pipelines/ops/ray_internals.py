@@ -34,16 +34,17 @@ def keep_local_ray_on_loopback(address: str | None = None) -> None:
     os.environ.setdefault(LOOPBACK_VARIABLE, "0")
 
 
-def loopback_refusal() -> str | None:
+def loopback_refusal(address: str | None = None) -> str | None:
     """Just before an in-process Ray starts: why it must not (``ray`` was imported in cluster
-    mode, so it would listen on every interface), else ``None``. Asked through the public
-    ``ray.util.get_node_ip_address``, which before ``ray.init`` gives the address ray.init will
-    give the local Ray. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` set by the user allows it."""
+    mode, so it would listen on every interface), else ``None``. ``address``: the one the local
+    Ray would get; by default asked through the public ``ray.util.get_node_ip_address``, which
+    before ``ray.init`` gives the address ray.init will give the local Ray.
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` set by the user allows it."""
     import ray.util
 
     if os.environ.get(LOOPBACK_VARIABLE, "").lower() in ("1", "true"):
         return None
-    address = ray.util.get_node_ip_address()
+    address = address or ray.util.get_node_ip_address()
     if address in ("127.0.0.1", "::1", "localhost"):
         return None
     return (
