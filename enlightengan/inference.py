@@ -95,6 +95,9 @@ class EnhancerSettings:
             input (:mod:`enlightengan.tone`) whatever the config says, ``off`` never does.
         tone_strength: the transfer's strength when it is on; ``None``: the config's (1 when
             the config has none).
+        tone_max_luma: the transfer's exposure ceiling, a mean luma in (0, 255]
+            (:class:`~enlightengan.tone.ToneTransfer` ``max_mean_luma``); ``None``: the
+            config's (``tone_transfer_max_luma``); 255 lifts any ceiling.
     """
 
     device: str = "cpu"
@@ -108,6 +111,7 @@ class EnhancerSettings:
     float32_input_layer: bool = True
     tone_transfer: Literal["model", "on", "off"] = "model"
     tone_strength: float | None = None
+    tone_max_luma: float | None = None
 
     def validate(self) -> EnhancerSettings:
         try:
@@ -129,8 +133,10 @@ class EnhancerSettings:
             raise ValueError(
                 f"tone_transfer must be one of {TONE_TRANSFERS}, got {self.tone_transfer!r}"
             )
-        if self.tone_strength is not None:
-            ToneTransfer(strength=self.tone_strength).validate()
+        ToneTransfer(
+            strength=1.0 if self.tone_strength is None else self.tone_strength,
+            max_mean_luma=self.tone_max_luma,
+        ).validate()
         return self
 
     def tone_for(self, config: GeneratorConfig) -> ToneTransfer | None:
@@ -139,7 +145,11 @@ class EnhancerSettings:
         if self.tone_transfer == "off" or (self.tone_transfer == "model" and configured is None):
             return None
         strength = self.tone_strength if self.tone_strength is not None else configured
-        return ToneTransfer(strength=1.0 if strength is None else strength).validate()
+        ceiling = self.tone_max_luma if self.tone_max_luma is not None else config.tone_transfer_max_luma
+        return ToneTransfer(
+            strength=1.0 if strength is None else strength,
+            max_mean_luma=None if ceiling == 255.0 else ceiling,
+        ).validate()
 
 
 class Enhancer:

@@ -117,3 +117,17 @@ def test_tone_strength_is_stored_and_turns_tone_transfer_on(tmp_path, capsys):
     assert ship.main(["--run", str(directory), "--out", str(toned), "--tone-strength", "0.8"]) == 0
     assert Enhancer(load_weights(plain)[0]).tone_transfer is None
     assert Enhancer(load_weights(toned)[0]).tone_transfer == ToneTransfer(strength=0.8)
+
+
+def test_tone_max_luma_is_stored_as_the_exposure_ceiling(tmp_path, capsys):
+    from enlightengan.inference import Enhancer
+    from enlightengan.tone import ToneTransfer
+
+    directory = save_checkpoint(
+        tmp_path / "exported", config=TINY, networks={"generator": _networks()["generator"]}
+    )
+    capped = tmp_path / "capped.pt"
+    argv = ["--run", str(directory), "--out", str(capped), "--tone-strength", "1"]
+    assert ship.main([*argv, "--tone-max-luma", "118"]) == 0
+    tone = Enhancer(load_weights(capped)[0]).tone_transfer
+    assert tone == ToneTransfer(strength=1.0, max_mean_luma=118.0)
