@@ -9,7 +9,6 @@ job runs, so ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib
 import logging
@@ -208,18 +207,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(command: str, args, spec) -> int:
-    """Run a tool (``spec`` None) or a job; a job's summary is printed as JSON with --json."""
+    """Run a tool (``spec`` None) or a job, then print the job's result on stdout: its text,
+    or with --json the spec and the summary as JSON (the job itself prints only progress, on
+    stderr, so stdout holds the result alone)."""
     if spec is None:
         tool = COMMANDS[args.command]
         return int(getattr(importlib.import_module(tool.module), tool.tool)(args) or 0)
     as_json = getattr(args, "json", False)
     if args.verbose and not as_json:
         print(f"{command}: {_settings_line(spec)}", file=sys.stderr)
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        summary = run_job(args.command, spec)
+    summary = run_job(args.command, spec)
+    print_result(summary, spec, as_json=as_json)
+    return summary.exit_code
+
+
+def print_result(summary: Summary, spec, *, as_json: bool) -> None:
+    """A job's result on stdout: ``summary.text``, or the spec and summary as JSON."""
     if as_json:
         print(summary.as_json(spec))
-    return summary.exit_code
+    elif summary.text:
+        print(summary.text)
 
 
 def _settings_line(spec) -> str:

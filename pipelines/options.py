@@ -365,11 +365,14 @@ def storage_of(spec: StorageFields):
 @dataclasses.dataclass
 class Summary:
     """What a job returns to Python callers and the CLI: its exit code (0: done; 1: done, with
-    failures reported in ``data``) and the figures it printed, as plain JSON values."""
+    failures reported in ``data``), its figures as plain JSON values, and ``text``, the same
+    result written for people, which the CLI prints (``--json`` prints ``data`` instead). A job
+    prints nothing on stdout itself; its progress goes to stderr."""
 
     job: str
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
     exit_code: int = 0
+    text: str = dataclasses.field(default="", repr=False)
 
     def as_json(self, spec=None) -> str:
         document = {"job": self.job, "exit_code": self.exit_code, "summary": self.data}

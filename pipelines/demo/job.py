@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ from pipelines.evaluate.spec import EvaluateJob
 from pipelines.options import STARTER_NAME, Summary
 from pipelines.prepare.spec import PrepareJob
 from pipelines.train.spec import TrainJob
+
+logger = logging.getLogger(__name__)
 
 DEMO_BUCKET = "enlightengan-demo"
 EXPOSURE_TARGET = 0.5
@@ -63,22 +66,27 @@ def run_demo(job: DemoJob) -> Summary:
             "enhance": f"{base}/enhanced/{run_name}",
             "evaluate": f"{out}/evaluation",
         }
-        for number, (step, where) in enumerate(steps.items(), start=1):
-            print(f"[demo {number}/5] {step} -> {where}")
-        return Summary("demo", {"dry_run": True, "steps": steps})
+        lines = [
+            f"[demo {number}/5] {step} -> {where}"
+            for number, (step, where) in enumerate(steps.items(), start=1)
+        ]
+        return Summary("demo", {"dry_run": True, "steps": steps}, text="\n".join(lines))
+    transcript = _Transcript()
     if not job.s3:
-        return _run_steps(job, out, str(out))
+        return _run_steps(job, out, str(out), transcript)
     from pipelines.ops.local_services import create_bucket, start_object_store, stop_process
 
-    print(f"[demo] starting a local SeaweedFS S3 server on 127.0.0.1, data in {out / 's3'}")
+    transcript.note(
+        f"[demo] starting a local SeaweedFS S3 server on 127.0.0.1, data in {out / 's3'}"
+    )
     store = start_object_store(out / "s3")
     saved = {name: os.environ.get(name) for name in (*store.environment(), "AWS_PROFILE")}
     try:
         create_bucket(store, DEMO_BUCKET)
         os.environ.pop("AWS_PROFILE", None)
         os.environ.update(store.environment())
-        print(f"[demo] bucket s3://{DEMO_BUCKET} at {store.endpoint_url}")
-        return _run_steps(job, out, f"s3://{DEMO_BUCKET}")
+        transcript.note(f"[demo] bucket s3://{DEMO_BUCKET} at {store.endpoint_url}")
+        return _run_steps(job, out, f"s3://{DEMO_BUCKET}", transcript)
     finally:
         for name, value in saved.items():
             if value is None:
@@ -86,6 +94,30 @@ def run_demo(job: DemoJob) -> Summary:
             else:
                 os.environ[name] = value
         stop_process(store.pid, str(out / "s3"))
+
+
+@dataclass
+class _Transcript:
+    """What the demo says as it goes: each step's line, logged at once as progress, and the
+    result texts of the jobs it runs; the demo's summary text is the whole of it."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def note(self, line: str) -> None:
+        logger.info("%s", line)
+        self.lines.append(line)
+
+    def run(self, runner, job) -> None:
+        """Run one of the demo's jobs; its result text joins the transcript."""
+        summary = runner(job)
+        if summary.text:
+            self.lines.append(summary.text)
+        if summary.exit_code != 0:
+            raise UserError(f"demo step {summary.job} failed with exit code {summary.exit_code}")
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
 
 
 @dataclass(frozen=True)
@@ -97,7 +129,7 @@ class _TrainedRun:
     title: str
 
 
-def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
+def _run_steps(job: DemoJob, out: Path, base: str, transcript: _Transcript) -> Summary:
     """The five steps with every job's data under ``base`` (``out`` itself, or a bucket);
     the evaluation report and a copy of the enhanced images always land in ``out``."""
     from pipelines.ops.ray_runtime import init_ray
@@ -111,60 +143,65 @@ def _run_steps(job: DemoJob, out: Path, base: str) -> Summary:
         "wait_for_resources": job.wait_for_resources,
     }
     photos_dir = out / "photos"
-    photos = _photos_step(photos_dir, base, out)
-    shards = _prepare_step(photos, f"{base}/shards", shared)
-    run = _train_step(job, shards, base, shared)
+    photos = _photos_step(photos_dir, base, out, transcript)
+    shards = _prepare_step(photos, f"{base}/shards", shared, transcript)
+    run = _train_step(job, shards, base, shared, transcript)
     enhanced = f"{base}/enhanced/{run.name}"
     enhanced_dir = out / "enhanced" / run.name
-    _enhance_step(photos, enhanced, run, shared)
+    _enhance_step(photos, enhanced, run, shared, transcript)
     if base != str(out):
         _download(enhanced, enhanced_dir)
     evaluation = out / "evaluation"
-    _evaluate_step(photos, evaluation, run, shared)
+    _evaluate_step(photos, evaluation, run, shared, transcript)
     summary = _demo_summary(job, run, photos_dir / "low", enhanced_dir, evaluation)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _print_results(summary, run, enhanced, evaluation, out, time.perf_counter() - started)
-    return Summary("demo", summary)
+    closing = _results(summary, run, enhanced, evaluation, out, time.perf_counter() - started)
+    transcript.lines.append(closing)
+    return Summary("demo", summary, text=transcript.text)
 
 
-def _photos_step(photos_dir: Path, base: str, out: Path) -> str:
+def _photos_step(photos_dir: Path, base: str, out: Path, transcript: _Transcript) -> str:
     """Step 1: the photo set in ``photos_dir`` (built once), uploaded when ``base`` is a
     bucket; returns where the jobs read it."""
     from pipelines.demo.sample_photos import build_photo_dataset, upload_folder
     from pipelines.io import storage
 
     if not (photos_dir / "low").is_dir():
-        print(f"[demo 1/5] building an unpaired photo set from installed wheels in {photos_dir}")
+        transcript.note(
+            f"[demo 1/5] building an unpaired photo set from installed wheels in {photos_dir}"
+        )
         build_photo_dataset(photos_dir)
     else:
-        print(f"[demo 1/5] reusing photos in {photos_dir}")
+        transcript.note(f"[demo 1/5] reusing photos in {photos_dir}")
     photos = f"{base}/photos"
     if base != str(out):
         bucket = storage.resolve(photos)
         if not storage.list_files(bucket.child("low")):
             upload_folder(photos_dir, bucket.filesystem, bucket.path)
-            print(f"[demo 1/5] uploaded the photos to {photos}")
+            transcript.note(f"[demo 1/5] uploaded the photos to {photos}")
     return photos
 
 
-def _prepare_step(photos: str, shards: str, shared: dict) -> str:
+def _prepare_step(photos: str, shards: str, shared: dict, transcript: _Transcript) -> str:
     """Step 2: the photos as training shards in ``shards``, unless a finished prepare left them."""
     from pipelines.io import storage
     from pipelines.prepare.job import run_prepare
 
     if storage.exists(storage.resolve(shards).child("manifest.json")):
-        print(f"[demo 2/5] reusing shards in {shards}")
+        transcript.note(f"[demo 2/5] reusing shards in {shards}")
         return shards
-    print("[demo 2/5] prepare: photos -> Parquet shards")
+    transcript.note("[demo 2/5] prepare: photos -> Parquet shards")
     # Shards without a manifest are an interrupted earlier prepare: replace them.
     job = PrepareJob(
         low=f"{photos}/low", normal=f"{photos}/normal", output=shards, overwrite=True, **shared
     )
-    _step(run_prepare, job)
+    transcript.run(run_prepare, job)
     return shards
 
 
-def _train_step(job: DemoJob, shards: str, base: str, shared: dict) -> _TrainedRun:
+def _train_step(
+    job: DemoJob, shards: str, base: str, shared: dict, transcript: _Transcript
+) -> _TrainedRun:
     """Step 3: fine-tune the starter (or train the tiny model from scratch); resumes a run of
     the same settings."""
     from pipelines.train.job import run_train
@@ -178,17 +215,17 @@ def _train_step(job: DemoJob, shards: str, base: str, shared: dict) -> _TrainedR
     title = f"{steps}-step model from scratch" if job.from_scratch else FINETUNED_TITLE
     run = _TrainedRun(name, f"{base}/{name}", title)
     if job.from_scratch:
-        print(
+        transcript.note(
             f"[demo 3/5] train: {steps} steps of a tiny model from random weights on CPU "
             "(resumes if already done)"
         )
     else:
-        print(
+        transcript.note(
             f"[demo 3/5] train: fine-tune the shipped starter model on these photos, {steps} "
             "steps on CPU (resumes if already done)"
         )
     every = max(1, steps // 2)
-    _step(
+    transcript.run(
         run_train,
         TrainJob(
             data=shards,
@@ -208,13 +245,15 @@ def _train_step(job: DemoJob, shards: str, base: str, shared: dict) -> _TrainedR
     return run
 
 
-def _enhance_step(photos: str, enhanced: str, run: _TrainedRun, shared: dict) -> None:
+def _enhance_step(
+    photos: str, enhanced: str, run: _TrainedRun, shared: dict, transcript: _Transcript
+) -> None:
     """Step 4: the low-light photos enhanced by the trained model into ``enhanced``."""
     from pipelines.enhance.job import run_enhance
 
     # One folder per run: a rerun with other settings must not skip images another model made.
-    print(f"[demo 4/5] enhance: {photos}/low -> {enhanced}")
-    _step(
+    transcript.note(f"[demo 4/5] enhance: {photos}/low -> {enhanced}")
+    transcript.run(
         run_enhance,
         EnhanceJob(
             input=f"{photos}/low",
@@ -227,15 +266,17 @@ def _enhance_step(photos: str, enhanced: str, run: _TrainedRun, shared: dict) ->
     )
 
 
-def _evaluate_step(photos: str, evaluation: Path, run: _TrainedRun, shared: dict) -> None:
+def _evaluate_step(
+    photos: str, evaluation: Path, run: _TrainedRun, shared: dict, transcript: _Transcript
+) -> None:
     """Step 5: NIQE and the contact sheet of the inputs, baselines, starter and trained model."""
     from pipelines.evaluate.job import run_evaluate
 
-    print(
+    transcript.note(
         f"[demo 5/5] evaluate: NIQE of the inputs, baselines, the shipped starter model and the "
         f"{run.title} -> {evaluation}"
     )
-    _step(
+    transcript.run(
         run_evaluate,
         EvaluateJob(
             input=f"{photos}/low",
@@ -270,13 +311,13 @@ def _demo_summary(
     return summary
 
 
-def _print_results(
+def _results(
     summary: dict, run: _TrainedRun, enhanced: str, evaluation: Path, out: Path, seconds: float
-) -> None:
+) -> str:
     """The closing paragraph: brightness, NIQE, and where each result is."""
     niqe, title, run_dir = summary["niqe"], run.title, run.folder
     columns = summary["contact_sheet_columns"]
-    print(
+    return (
         f"\nDemo finished in {seconds:.0f} s. Mean luminance (0-255) of the "
         f"low-light inputs {summary['input_mean_luma']:.1f} -> starter "
         f"{summary['starter_mean_luma']:.1f}, {title} {summary['enhanced_mean_luma']:.1f}. "
@@ -341,12 +382,6 @@ def _download(uri: str, folder: Path) -> None:
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
-
-
-def _step(runner, job) -> None:
-    summary = runner(job)
-    if summary.exit_code != 0:
-        raise UserError(f"demo step {summary.job} failed with exit code {summary.exit_code}")
 
 
 def _mean_luma(path: Path) -> float:

@@ -199,10 +199,8 @@ def run_enhance(job: EnhanceJob) -> Summary:
     first_output_s = None
     if summary["first_written_at"] is not None:
         first_output_s = summary["first_written_at"] - job_started
-    counts = _print_summary(summary, seconds, first_output_s, output, run_id, job.limit)
-    print(f"  report: {report}")
     return _job_summary(
-        run_id, checkpoint.description, counts, summary, seconds, first_output_s, output, report
+        run_id, checkpoint.description, summary, (seconds, first_output_s), output, report, job
     )
 
 
@@ -230,15 +228,17 @@ def _start(job: EnhanceJob, source, output, options):
     return rules, listing, checkpoint
 
 
-def _job_summary(
-    run_id, checkpoint, counts, summary, seconds, first_output_s, output, report
-) -> Summary:
+def _job_summary(run_id, checkpoint, summary, timing, output, report, job) -> Summary:
+    """The run's figures and its result text; ``timing``: the run's seconds and those to the
+    first output (None when nothing was written)."""
+    seconds, first_output_s = timing
+    text = _result_text(summary, seconds, first_output_s, output, run_id, job.limit)
     return Summary(
         "enhance",
         {
             "run_id": run_id,
             "checkpoint": checkpoint,
-            "statuses": counts,
+            "statuses": dict(Counter(summary["status"])),
             "failures_by_reason": dict(summary["reasons"]),
             "output_bytes": summary["output_bytes"],
             "seconds": round(seconds, 3),
@@ -247,6 +247,7 @@ def _job_summary(
             "manifest": f"{display_uri(output.uri).rstrip('/')}/{MANIFEST_DIR}/",
             "report": report,
         },
+        text=f"{text}\n  report: {report}",
     )
 
 
@@ -399,7 +400,6 @@ def _dry_run(work, source: Location, checkpoint_files, job: EnhanceJob, policy=N
             f"  estimated time: {total:.0f} s ({estimate:.2f} s per image per worker, measured "
             "on this machine's CPU with a sample of the inputs)"
         )
-    print("\n".join(lines))
     return Summary(
         "enhance",
         {
@@ -411,6 +411,7 @@ def _dry_run(work, source: Location, checkpoint_files, job: EnhanceJob, policy=N
             "first_to_enhance": samples,
             "seconds_per_image_estimate": estimate,
         },
+        text="\n".join(lines),
     )
 
 
@@ -438,9 +439,10 @@ def _estimate_seconds_per_image(keys: list[str], source: Location, checkpoint_fi
     return (time.perf_counter() - started) / len(samples)
 
 
-def _print_summary(
+def _result_text(
     summary: dict, seconds: float, first_output_s, output: Location, run_id, limit
-) -> dict:
+) -> str:
+    """The run's result for people: counts, pace, bytes, manifest and failures by reason."""
     statuses = Counter(summary["status"])
     enhanced = statuses.get(RowStatus.ENHANCED, 0)
     unusable = sum(summary["reasons"].get(reason, 0) for reason in UNUSABLE_KEY_REASONS)
@@ -470,5 +472,4 @@ def _print_summary(
             "  failures by reason: "
             + ", ".join(f"{reason}={count}" for reason, count in summary["reasons"].items())
         )
-    print("\n".join(lines))
-    return dict(statuses)
+    return "\n".join(lines)

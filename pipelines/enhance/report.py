@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import html
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from pipelines.inference.stages import RowStatus, object_column
 from pipelines.io.images import encode_like, resize
 from pipelines.io.storage import Location, write_bytes
 from pipelines.options import json_value
+
+logger = logging.getLogger(__name__)
 
 REPORT_DIR = "_report"
 THUMBNAIL_SIDE = 360
@@ -90,7 +93,7 @@ def kept_sample(keeper) -> list[dict]:
     try:
         return ray.get(keeper.sample.remote())
     except ray.exceptions.RayActorError:
-        print("enhance: the run report's sample was lost with its node: no pairs shown")
+        logger.warning("enhance: the run report's sample was lost with its node: no pairs shown")
         return []
 
 

@@ -422,8 +422,11 @@ def run_evaluate(job: EvaluateJob) -> Summary:
     if compared is not None:
         print(f"evaluate: compared with {compared.description}", file=sys.stderr)
     if job.dry_run:
-        print(f"dry run: would score {len(keys)} images and write into {job.output}")
-        return Summary("evaluate", {"dry_run": True, "images": len(keys)})
+        return Summary(
+            "evaluate",
+            {"dry_run": True, "images": len(keys)},
+            text=f"dry run: would score {len(keys)} images and write into {job.output}",
+        )
     init_ray(job.address, job.num_cpus)
     ensure_placeable(resource_request(job, compared is not None), wait_s=job.wait_for_resources)
     started = time.perf_counter()
@@ -441,6 +444,7 @@ def run_evaluate(job: EvaluateJob) -> Summary:
         None if compared is None else compared.description,
     )
     written = write_results(rows, summary, markdown, output, job.samples, model_titles(job))
-    print(markdown)
-    print("written:\n" + "\n".join(f"  {name}: {uri}" for name, uri in written.items()))
-    return Summary("evaluate", {**summary, "written": written})
+    listing = "\n".join(f"  {name}: {uri}" for name, uri in written.items())
+    return Summary(
+        "evaluate", {**summary, "written": written}, text=f"{markdown}\nwritten:\n{listing}"
+    )

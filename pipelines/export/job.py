@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -39,6 +40,7 @@ from pipelines.inference.graphs import (
     INPUT_NAME,
     OUTPUT_NAME,
     check_against,
+    check_lines,
     export_onnx,
     export_torchscript,
     first_line,
@@ -48,6 +50,8 @@ from pipelines.io.formats import GRAPH_NOTE
 from pipelines.io.storage import StorageOptions, display_uri
 from pipelines.options import Summary, storage_of
 
+logger = logging.getLogger(__name__)
+
 
 def run_export(job: ExportJob) -> Summary:
     """Write the export and its JSON sidecar; returns the sidecar's contents."""
@@ -55,11 +59,15 @@ def run_export(job: ExportJob) -> Summary:
     _check_output_file(out, job.overwrite)
     generator, resolved = load_source_generator(job.checkpoint, storage_of(job))
     if job.dry_run:
-        print(f"dry run: would export {display_uri(resolved)} to {job.export_format} at {out}")
-        return Summary("export", {"dry_run": True, "checkpoint": display_uri(resolved)})
+        return Summary(
+            "export",
+            {"dry_run": True, "checkpoint": display_uri(resolved)},
+            text=f"dry run: would export {display_uri(resolved)} to {job.export_format} at {out}",
+        )
     partial = out.parent / f".{out.stem}.partial{out.suffix}"
     differences: dict[str, float] | None = None
-    print(f"exporting {display_uri(resolved)} to {job.export_format}...", flush=True)
+    lines: list[str] = []
+    logger.info("exporting %s to %s...", display_uri(resolved), job.export_format)
     try:
         if job.export_format == "onnx":
             export_onnx(generator, partial, job.opset, job.exporter)
@@ -75,10 +83,24 @@ def run_export(job: ExportJob) -> Summary:
         if job.check and candidate is not None:
             label = "onnxruntime" if job.export_format == "onnx" else job.export_format
             differences = check_against(candidate, generator, label)
+            lines += check_lines(differences, label)
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
-    metadata = {
+    metadata = _sidecar(job, out, generator, resolved, differences)
+    sidecar = out.with_name(out.name + ".json")
+    sidecar.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    lines.append(f"wrote {out} ({metadata['bytes']} bytes, sha256 {metadata['sha256'][:12]}...)")
+    lines.append(f"wrote {sidecar}")
+    return Summary(
+        "export", {"file": str(out), "sidecar": str(sidecar), **metadata}, text="\n".join(lines)
+    )
+
+
+def _sidecar(job: ExportJob, out: Path, generator, resolved: str, differences) -> dict:
+    """The export's JSON sidecar: the file, its source, its generator, its inputs and outputs
+    and the check's differences."""
+    return {
         "created_by": "enlightengan export",
         "format": job.export_format,
         "file": out.name,
@@ -95,11 +117,6 @@ def run_export(job: ExportJob) -> Summary:
         "graph": None if job.export_format == "official" else GRAPH_NOTE,
         "check_max_abs_diff": differences,
     }
-    sidecar = out.with_name(out.name + ".json")
-    sidecar.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out} ({metadata['bytes']} bytes, sha256 {metadata['sha256'][:12]}...)")
-    print(f"wrote {sidecar}")
-    return Summary("export", {"file": str(out), "sidecar": str(sidecar), **metadata})
 
 
 def run_import_official(job: ImportOfficialJob) -> Summary:
@@ -121,8 +138,11 @@ def run_import_official(job: ImportOfficialJob) -> Summary:
     except CheckpointError as error:
         raise UserError(f"cannot import {weights}: {first_line(error)}") from None
     if job.dry_run:
-        print(f"dry run: {weights} holds the reference generator; would write {out}")
-        return Summary("import-official", {"dry_run": True, "weights": str(weights)})
+        return Summary(
+            "import-official",
+            {"dry_run": True, "weights": str(weights)},
+            text=f"dry run: {weights} holds the reference generator; would write {out}",
+        )
     save_checkpoint(
         out,
         config=config,
@@ -137,11 +157,15 @@ def run_import_official(job: ImportOfficialJob) -> Summary:
             },
         },
     )
+    lines = []
     if job.check:
-        check_against(load_generator(out), generator, "checkpoint")
-    print(f"wrote checkpoint {out}: use it with `enlightengan enhance --checkpoint {out}`")
+        differences = check_against(load_generator(out), generator, "checkpoint")
+        lines += check_lines(differences, "checkpoint")
+    lines.append(f"wrote checkpoint {out}: use it with `enlightengan enhance --checkpoint {out}`")
     return Summary(
-        "import-official", {"checkpoint": str(out), "weights_sha256": sha256_of(weights)}
+        "import-official",
+        {"checkpoint": str(out), "weights_sha256": sha256_of(weights)},
+        text="\n".join(lines),
     )
 
 

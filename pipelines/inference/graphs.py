@@ -17,6 +17,8 @@ from torch import nn
 from enlightengan.generator import Generator, attention_map
 from pipelines.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 INPUT_NAME = "images"
 OUTPUT_NAME = "enhanced"
 # Batch sizes and sides that are not multiples of 16, so the check exercises the in-graph
@@ -122,11 +124,11 @@ def onnx_runner(path: Path):
     import onnx
 
     onnx.checker.check_model(str(path), full_check=True)
-    print("onnx.checker: the graph is a valid ONNX model")
+    logger.info("onnx.checker: the graph is a valid ONNX model")
     try:
         import onnxruntime
     except ImportError:
-        print(f"onnxruntime is not installed: outputs not compared ({INSTALL_HINT})")
+        logger.warning("onnxruntime is not installed: outputs not compared (%s)", INSTALL_HINT)
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -150,7 +152,8 @@ def export_torchscript(generator: Generator, path: Path) -> None:
 
 def check_against(candidate, generator: Generator, label: str = "export") -> dict[str, float]:
     """Max abs difference of ``candidate(batch)`` and ``generator(batch)`` on each of
-    :data:`CHECK_SHAPES`; a difference above :data:`CHECK_TOLERANCE` is an error."""
+    :data:`CHECK_SHAPES` (see :func:`check_lines`); a difference above
+    :data:`CHECK_TOLERANCE` is an error."""
     differences = {}
     for shape in CHECK_SHAPES:
         batch = check_batch(shape)
@@ -162,13 +165,20 @@ def check_against(candidate, generator: Generator, label: str = "export") -> dic
             raise UserError(f"{label} returned shape {tuple(got.shape)} for input {size}")
         difference = float((got - expected).abs().max())
         differences[size] = difference
-        print(f"check {size}: max |{label} - torch| = {difference:.3g}")
         if not difference < CHECK_TOLERANCE:
             raise UserError(
                 f"the {label} output differs from PyTorch by {difference:.3g} at {size} "
                 f"(tolerance {CHECK_TOLERANCE}): nothing was written; please report it"
             )
     return differences
+
+
+def check_lines(differences: dict[str, float], label: str) -> list[str]:
+    """One line per checked size of :func:`check_against`'s differences."""
+    return [
+        f"check {size}: max |{label} - torch| = {difference:.3g}"
+        for size, difference in differences.items()
+    ]
 
 
 def check_batch(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

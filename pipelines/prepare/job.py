@@ -386,7 +386,7 @@ def _delete_stray_shards(output: storage.Location, shards: dict[str, list[str]])
 
 
 def summary(manifest: dict) -> str:
-    """The one-paragraph report printed at the end of a run."""
+    """The one-paragraph result of a run, which the CLI prints."""
     domains = manifest["domains"]
     by_reason = ", ".join(f"{r} {n}" for r, n in manifest["rejected"]["by_reason"].items())
     return (
@@ -405,14 +405,7 @@ def run_prepare(job: PrepareJob) -> Summary:
     settings = settings_of(job)
     options = storage_of(job)
     if job.dry_run:
-        sources = {d: storage.resolve(getattr(job, d), options) for d in DOMAINS}
-        listed = list_inputs(sources)
-        for domain in DOMAINS:
-            shown = ", ".join(listed[domain][:5]) + (" ..." if len(listed[domain]) > 5 else "")
-            print(f"{domain}: {len(listed[domain])} images under {sources[domain].uri}: {shown}")
-        print(f"settings: {json.dumps(asdict(settings))}")
-        print(f"would write shards, {REJECTED} and {MANIFEST} under {job.output}")
-        return Summary("prepare", {"dry_run": True, **{d: len(listed[d]) for d in DOMAINS}})
+        return _dry_run(job, settings, options)
     if not job.overwrite:
         output = storage.check_access(storage.resolve(job.output, options))
         if storage.exists(output):
@@ -423,8 +416,24 @@ def run_prepare(job: PrepareJob) -> Summary:
         manifest = prepare(job.low, job.normal, job.output, settings, options)
     except Exception as error:
         raise storage_failure("prepare", error) or error from None
-    print(summary(manifest))
     empty = [domain for domain in DOMAINS if not manifest["domains"][domain]["written"]]
     if empty:
         print(f"prepare: no usable {' or '.join(empty)} images: see {REJECTED}", file=sys.stderr)
-    return Summary("prepare", manifest, exit_code=1 if empty else 0)
+    return Summary("prepare", manifest, exit_code=1 if empty else 0, text=summary(manifest))
+
+
+def _dry_run(job: PrepareJob, settings, options) -> Summary:
+    """What a run would read (the first keys of each domain) and write; nothing written."""
+    sources = {d: storage.resolve(getattr(job, d), options) for d in DOMAINS}
+    listed = list_inputs(sources)
+    lines = []
+    for domain in DOMAINS:
+        shown = ", ".join(listed[domain][:5]) + (" ..." if len(listed[domain]) > 5 else "")
+        lines.append(f"{domain}: {len(listed[domain])} images under {sources[domain].uri}: {shown}")
+    lines.append(f"settings: {json.dumps(asdict(settings))}")
+    lines.append(f"would write shards, {REJECTED} and {MANIFEST} under {job.output}")
+    return Summary(
+        "prepare",
+        {"dry_run": True, **{d: len(listed[d]) for d in DOMAINS}},
+        text="\n".join(lines),
+    )

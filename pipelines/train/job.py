@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from enlightengan.config import EnlightenGANConfig
 from pipelines.errors import UserError
+from pipelines.inference.backends import resolve_precision
 from pipelines.io import shards, storage
 from pipelines.io.shards import DOMAINS
 from pipelines.ops.ray_runtime import init_ray
@@ -52,6 +53,8 @@ from pipelines.train.worker import (
     WorkerSettings,
     train_loop_per_worker,
 )
+
+logger = logging.getLogger(__name__)
 
 RUN_CONFIG_FILE = "config.json"
 EXPERIMENT_NAME = "train"
@@ -192,7 +195,7 @@ def plan_training(job: TrainJob) -> TrainPlan:
         checkpoint_every=job.checkpoint_every,
         sample_every=max(0, job.sample_every),
         report_every=job.report_every,
-        precision=training_precision(job.precision, use_gpu),
+        precision=resolve_precision(job.precision, "cuda" if use_gpu else "cpu"),
         shuffle_buffer=max(0, job.shuffle_buffer),
         in_memory_domains=in_memory_domains(job.data, options, min_workers, job.memory_mb),
         torch_threads=job.threads_per_worker,
@@ -231,15 +234,6 @@ def domain_counts(job: TrainJob, options) -> dict[str, int]:
                 f"{job.workers}: every worker needs at least one"
             )
     return counts
-
-
-def training_precision(precision: str, use_gpu: bool) -> str:
-    """``auto``: bf16 autocast on GPUs and on CPUs with AMX (native bf16), else fp32."""
-    if precision != "auto":
-        return precision
-    from pipelines.inference.backends import cpu_flags
-
-    return "bf16" if use_gpu or "amx_bf16" in cpu_flags() else "fp32"
 
 
 def global_batch_size(batch_size: int, min_workers: int, max_workers: int) -> int:
@@ -476,10 +470,11 @@ def resource_request(plan: TrainPlan) -> Request:
 
 
 def run_train(job: TrainJob) -> Summary:
-    """Resolve, check and write the run's config, then train (unless ``dry_run``)."""
+    """Resolve, check and write the run's config, then train (unless ``dry_run``); the
+    summary's text starts with the resolved plan and, for a fine-tune, where it starts."""
     plan = plan_training(job)
     check_vgg_weights(plan.config)
-    print(json.dumps(plan.describe(), indent=2, sort_keys=True))
+    lines = [json.dumps(plan.describe(), indent=2, sort_keys=True)]
     if not job.dry_run:
         # Before anything is written: a run the cluster cannot place leaves no trace.
         init_ray(job.address, job.num_cpus, training=True)
@@ -487,21 +482,29 @@ def run_train(job: TrainJob) -> Summary:
     write_run_config(plan)
     config_uri = storage.display_uri(plan.run.child(RUN_CONFIG_FILE).uri)
     if plan.init_record is not None:
-        print(start_line(plan, written=not job.dry_run))
+        lines.append(start_line(plan, written=not job.dry_run))
+        # Also logged now: the result text comes only after the training, which takes long.
+        logger.info("%s", lines[-1])
     if job.dry_run:
-        print(f"dry run: config written to {config_uri}")
-        return Summary("train", {"dry_run": True, "config": config_uri, **plan.describe()})
+        lines.append(f"dry run: config written to {config_uri}")
+        data = {"dry_run": True, "config": config_uri, **plan.describe()}
+        return Summary("train", data, text="\n".join(lines))
     import ray.train
 
     try:
         result = run_training(plan)
     except ray.train.TrainingFailedError as error:
-        print(failure_message(plan, error))
-        return Summary("train", {"error": failure_message(plan, error)}, exit_code=1)
+        lines.append(failure_message(plan, error))
+        return Summary("train", {"error": lines[-1]}, exit_code=1, text="\n".join(lines))
+    return _finished(plan, result, lines)
+
+
+def _finished(plan: TrainPlan, result, lines: list[str]) -> Summary:
+    """The summary of a finished run: its last step, latest checkpoint and last metrics."""
     pointer = json.loads(storage.read_bytes(plan.run.child(LATEST_POINTER)))
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, float)}
     latest = f"{storage.display_uri(plan.run.uri).rstrip('/')}/{pointer['path']}"
-    print(
+    lines.append(
         f"train: finished at step {pointer['step']} of {plan.worker.total_steps}; latest "
         f"checkpoint {latest}; last metrics: "
         + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
@@ -514,4 +517,5 @@ def run_train(job: TrainJob) -> Summary:
             "latest_checkpoint": latest,
             "metrics": metrics,
         },
+        text="\n".join(lines),
     )

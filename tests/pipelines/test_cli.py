@@ -108,3 +108,42 @@ def test_a_missing_required_setting_is_one_line_with_exit_2(capsys):
     assert error == (
         "enlightengan prepare: error: prepare needs --output (or `output:` in a --config file)"
     )
+
+
+def _photo_folders(tmp_path) -> list[str]:
+    """Flags of a prepare dry run over one (unread) photo per domain."""
+    for domain in ("low", "normal"):
+        (tmp_path / domain).mkdir()
+        (tmp_path / domain / f"{domain}.png").write_bytes(b"listed, never read by a dry run")
+    return ["--low", str(tmp_path / "low"), "--normal", str(tmp_path / "normal")]
+
+
+def test_a_job_called_from_python_prints_nothing_and_returns_its_summary(tmp_path, capsys):
+    from pipelines.prepare.job import run_prepare
+    from pipelines.prepare.spec import PrepareJob
+
+    _photo_folders(tmp_path)
+    job = PrepareJob(
+        low=str(tmp_path / "low"),
+        normal=str(tmp_path / "normal"),
+        output=str(tmp_path / "out"),
+        dry_run=True,
+    )
+    summary = run_prepare(job)
+    assert capsys.readouterr().out == ""
+    assert summary.exit_code == 0 and summary.data == {"dry_run": True, "low": 1, "normal": 1}
+    assert "low: 1 images under" in summary.text and "would write shards" in summary.text
+
+
+def test_the_cli_prints_the_job_result_as_text_or_as_json(tmp_path, capsys):
+    argv = ["prepare", *_photo_folders(tmp_path), "--output", str(tmp_path / "out"), "--dry-run"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "low: 1 images under" in printed and "normal: 1 images under" in printed
+    assert "would write shards" in printed
+
+    assert main([*argv, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["job"] == "prepare" and document["exit_code"] == 0
+    assert document["summary"] == {"dry_run": True, "low": 1, "normal": 1}
+    assert document["spec"]["dry_run"] is True and "text" not in document

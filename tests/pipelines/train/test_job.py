@@ -327,7 +327,8 @@ def finetune_run(prepared_bucket, aws_environment, tmp_path_factory):
     """``train --init-from`` a checkpoint in the bucket (tiny generator and discriminators with
     seed-7 weights, not the seed the run would draw): 3 steps; then the source is deleted and
     the same job with 5 steps resumes, given through the Python API (``run_train(TrainJob)``)
-    this time. Returns what each run printed."""
+    this time. Returns what each run reported: the command's stdout, then the Python
+    call's summary text."""
     from enlightengan.discriminator import build_discriminators
     from enlightengan.generator import Generator
 
@@ -365,10 +366,9 @@ def finetune_run(prepared_bucket, aws_environment, tmp_path_factory):
             data=prepared_bucket, output=run.uri, precision="fp32", overrides=tuple(overrides),
             workers=1, steps=steps, checkpoint_every=3, sample_every=0, init_from=source.uri,
         )  # fmt: skip
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            assert run_train(job).exit_code == 0
-        return printed.getvalue()
+        summary = run_train(job)
+        assert summary.exit_code == 0
+        return summary.text
 
     first = train(3)
     first_checkpoint = _download(
