@@ -144,8 +144,6 @@ def enhance_dataset(
     it. The generator runs in an actor pool of ``workers`` actors, as in ``enhance``; its files
     reach the actors through the object store and stay there as long as the returned dataset
     (which holds their reference) is kept."""
-    from pipelines.inference.checkpoints import SharedCheckpoint
-
     if workers < 1 or batch_size < 1:
         raise UserError("workers and batch_size must be >= 1")
     settings = InferenceSettings(
@@ -158,21 +156,24 @@ def enhance_dataset(
     found = _checked_checkpoint(
         checkpoint, settings, endpoint_url=endpoint_url, profile=profile, region=region
     )
+    pool = {"workers": workers, "cpus": cpus_per_worker, "gpus": gpus_per_worker}
+    return _enhanced_columns(dataset, found.files, settings, column, output_column, pool)
+
+
+def _enhanced_columns(dataset, files, settings, column: str, output_column: str, pool: dict):
+    """``dataset`` through the enhance stage: its ``column`` as pixel rows, enhanced by an actor
+    pool (``pool``: enhance_stage's workers, cpus and gpus) that gets the checkpoint's ``files``
+    through the object store, then back as ``output_column``."""
+    from pipelines.inference.checkpoints import SharedCheckpoint
+
     rows = dataset.map_batches(
         _to_pixel_rows,
         fn_kwargs={"column": column},
         batch_format="numpy",
-        batch_size=batch_size,
+        batch_size=settings.batch_size,
         num_cpus=0.5,
     )
-    enhanced = enhance_stage(
-        rows,
-        SharedCheckpoint.put(found.files),
-        settings,
-        workers=workers,
-        cpus=cpus_per_worker,
-        gpus=gpus_per_worker,
-    )
+    enhanced = enhance_stage(rows, SharedCheckpoint.put(files), settings, **pool)
     return enhanced.map_batches(
         _from_pixel_rows,
         fn_kwargs={"output_column": output_column},

@@ -13,8 +13,8 @@ from pipelines.options import (
 )
 from pipelines.specs import SpecError
 
-# Steps of each training mode when --steps is not given. Fine-tuning: the README's first
-# command (setup + demo) stays under 5 minutes on 2 cores (measured in docs/getting-started.md).
+# Steps of each training mode when --steps is not given. Fine-tuning: few enough that the
+# README's first command (setup + demo) stays short on a small CPU-only machine.
 FINETUNE_STEPS = 20
 SCRATCH_STEPS = 400
 SCRATCH_LR = 5e-4

@@ -46,7 +46,8 @@ CHECK_ROWS = 1000
 # Statuses of the rows that decided an output's fate; a skipped row only repeats one of them.
 DECIDING_STATUSES = (RowStatus.ENHANCED, RowStatus.COPIED, RowStatus.NOT_DARK)
 NOTHING_RECORDED = ("", 0, math.nan)
-# A recorded darkness this close to 1 - luma_p95 / 255 was scored the old way (rounding: 5e-5).
+# A recorded darkness this close to 1 - luma_p95 / 255 is an old-style score: the margin covers
+# the recorded values' rounding.
 OLD_SCORE_TOLERANCE = 6e-5
 # Reasons decided while listing (never counted by --limit).
 UNUSABLE_KEY_REASONS = (

@@ -33,8 +33,8 @@ INSTALL_HINT = "pip install onnx onnxruntime (both are dependencies of enlighten
 # Bump when the exported graph changes for the same checkpoint (older cache files are ignored).
 EXPORT_FORMAT = "padded-v1"
 ONNX_OPSET = 18
-# The legacy (TorchScript-based) exporter: a few seconds for the generator where the dynamo
-# exporter takes close to a minute on two cores, which would all be actor start-up time.
+# The legacy (TorchScript-based) exporter: it exports the generator much faster than the dynamo
+# exporter, and the export is all actor start-up time.
 ONNX_EXPORTER = "legacy"
 CACHE_ENV = "ENLIGHTENGAN_CACHE_DIR"
 # Largest max |onnxruntime - torch| accepted on the start-up check batch (float units, [-1, 1]).
@@ -72,6 +72,17 @@ def onnxruntime_available() -> bool:
     return True
 
 
+def resolve_precision(precision: str, device: str, flags: set[str] | None = None) -> str:
+    """``precision`` unless it is ``auto``, which is bf16 autocast on a GPU and on a CPU with
+    AMX (which runs bf16 natively; flags from /proc/cpuinfo unless given), else fp32: the one
+    rule for inference (:func:`choose_backend`) and training."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16"
+    return "bf16" if "amx_bf16" in (cpu_flags() if flags is None else flags) else "fp32"
+
+
 def choose_backend(
     backend: str, precision: str, device: str, flags: set[str] | None = None
 ) -> BackendChoice:
@@ -93,7 +104,7 @@ def choose_backend(
     if device.startswith("cuda"):
         if backend == "onnxruntime":
             raise UserError("--backend onnxruntime runs on the CPU: drop --gpus-per-worker")
-        return BackendChoice("torch", "bf16" if precision == "auto" else precision, "GPU")
+        return BackendChoice("torch", resolve_precision(precision, device), "GPU")
     if backend == "onnxruntime":
         if precision not in ("auto", "fp32"):
             raise UserError(
@@ -103,13 +114,12 @@ def choose_backend(
         if not onnxruntime_available():
             raise UserError(f"--backend onnxruntime needs onnx and onnxruntime: {INSTALL_HINT}")
         return BackendChoice("onnxruntime", "fp32", "asked for")
-    amx = "amx_bf16" in (cpu_flags() if flags is None else flags)
+    chosen = resolve_precision(precision, device, flags)
     if backend == "torch":
-        chosen = precision if precision != "auto" else ("bf16" if amx else "fp32")
         return BackendChoice("torch", chosen, "asked for")
     if precision in ("bf16", "fp16"):
         return BackendChoice("torch", precision, f"{precision} runs in torch only")
-    if precision == "auto" and amx:
+    if chosen == "bf16":
         return BackendChoice("torch", "bf16", "the CPU has AMX: native bf16")
     if onnxruntime_available():
         return BackendChoice("onnxruntime", "fp32", "fastest fp32 runtime on CPUs without AMX")

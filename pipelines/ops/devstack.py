@@ -35,7 +35,7 @@ from pipelines.ops.local_services import (
 )
 
 STATE_FILE_NAME = "devstack.json"
-# After jobs ran, Ray's GCS and autoscaler monitor can sit on SIGTERM for half a minute; the dev
+# After jobs ran, Ray's GCS and autoscaler monitor can sit on SIGTERM for long; the dev
 # stack keeps nothing in them (`ray stop` also escalates after its grace period). SeaweedFS
 # holds the data: give it time to flush.
 RAY_STOP_GRACE_SECONDS = 10.0

@@ -229,7 +229,7 @@ def _head_environment(
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         RAY_AUTH_MODE="disabled",
         RAY_USAGE_STATS_ENABLED="0",
-        # A loaded machine can take over a minute to start the dashboard's modules.
+        # A loaded machine can be slow to start the dashboard's modules: they get the head's timeout.
         RAY_DASHBOARD_STARTUP_TIMEOUT_S=str(int(timeout)),
         AUTOSCALER_METRIC_PORT=str(ports[9]),
         DASHBOARD_METRIC_PORT=str(ports[10]),

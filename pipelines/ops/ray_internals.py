@@ -77,8 +77,8 @@ def is_worker_group_start_timeout(failure: object) -> bool:
 # outside the ray.train loggers its LoggingConfig sets; train gives it the run's level.
 REPORT_LOGGER_MODULE = "ray.train.v2._internal.execution.context"
 # Without a dashboard there is no State API, and Ray Train's placement-group cleaner warns about
-# that once a second for the whole run (129 of the demo's 782 output lines): the local Ray's
-# worker setup hook raises this logger to ERROR.
+# that once a second for the whole run, drowning the run's own lines: the local Ray's worker
+# setup hook raises this logger to ERROR.
 DASHBOARD_CHECK_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
 
 

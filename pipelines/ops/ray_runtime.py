@@ -48,8 +48,8 @@ def init_ray(
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # Every job builds Ray Data datasets next, and importing Ray Data takes most of a second
-        # of mostly Python work, while ray.init mostly waits for Ray's processes to start.
+        # Every job builds Ray Data datasets next, and importing Ray Data is mostly Python work,
+        # while ray.init mostly waits for Ray's processes to start: the two overlap.
         importing = pool.submit(importlib.import_module, "ray.data")
         _start_or_join(address, num_cpus, training)
         importing.result()

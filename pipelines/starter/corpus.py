@@ -196,25 +196,55 @@ def build_corpus(
     files: list[dict] = []
     for photo in photos:
         rgb = _load_rgb(root / photo.path)
-        source = {"name": photo.name, "package": photo.package, "licence": photo.licence}
-        if photo.role == "holdout":
-            _write(out / "holdout" / f"{photo.name}.png", encode(_fit(rgb), "PNG"))
-            files.append({**source, "file": f"holdout/{photo.name}.png", "role": photo.role})
-            continue
-        for view_name, view in views(rgb):
-            key = f"{photo.name}_{view_name}.jpg"
-            record = {**source, "role": photo.role, "view": view_name}
-            if photo.role == "synthetic-low":
-                degradation = sample_degradation(rng, exposure_range)
-                _write(out / "low" / "synthetic" / key, degrade_low_light(view, degradation, rng))
-                files.append({**record, "file": f"low/synthetic/{key}", **asdict(degradation)})
-            elif photo.role == "real-low":
-                _write(out / "low" / "real" / key, encode(view, "JPEG", quality=95))
-                files.append({**record, "file": f"low/real/{key}"})
-            else:
-                normal = desaturate(view, normal_saturation)
-                _write(out / "normal" / key, encode(normal, "JPEG", quality=95))
-                files.append({**record, "file": f"normal/{key}"})
+        files.extend(_write_photo(out, photo, rgb, rng, exposure_range, normal_saturation))
+    files.extend(_write_wheel_photos(out, normal_saturation))
+    record = {
+        "seed": seed,
+        "list": LIST_FILE.name,
+        "exposure_range": list(exposure_range),
+        "normal_saturation": normal_saturation,
+        "files": files,
+    }
+    (out / "corpus.json").write_text(json.dumps(record, indent=2))
+    (out / "README.md").write_text(_readme(photos, files))
+    return record
+
+
+def _write_photo(
+    out: Path,
+    photo: CorpusPhoto,
+    rgb: np.ndarray,
+    rng: np.random.Generator,
+    exposure_range: tuple[float, float],
+    normal_saturation: float,
+) -> list[dict]:
+    """Write one listed photo's files for its role (a held-out photo whole, any other one as
+    its views); returns their records."""
+    source = {"name": photo.name, "package": photo.package, "licence": photo.licence}
+    if photo.role == "holdout":
+        _write(out / "holdout" / f"{photo.name}.png", encode(_fit(rgb), "PNG"))
+        return [{**source, "file": f"holdout/{photo.name}.png", "role": photo.role}]
+    files: list[dict] = []
+    for view_name, view in views(rgb):
+        key = f"{photo.name}_{view_name}.jpg"
+        record = {**source, "role": photo.role, "view": view_name}
+        if photo.role == "synthetic-low":
+            degradation = sample_degradation(rng, exposure_range)
+            _write(out / "low" / "synthetic" / key, degrade_low_light(view, degradation, rng))
+            files.append({**record, "file": f"low/synthetic/{key}", **asdict(degradation)})
+        elif photo.role == "real-low":
+            _write(out / "low" / "real" / key, encode(view, "JPEG", quality=95))
+            files.append({**record, "file": f"low/real/{key}"})
+        else:
+            normal = desaturate(view, normal_saturation)
+            _write(out / "normal" / key, encode(normal, "JPEG", quality=95))
+            files.append({**record, "file": f"normal/{key}"})
+    return files
+
+
+def _write_wheel_photos(out: Path, normal_saturation: float) -> list[dict]:
+    """Write the wheels' normal-light photos (WHEEL_NORMAL); returns their records."""
+    files: list[dict] = []
     for name in WHEEL_NORMAL:
         _write(
             out / "normal" / "wheels" / f"{name}.jpg",
@@ -229,16 +259,7 @@ def build_corpus(
                 "file": f"normal/wheels/{name}.jpg",
             }
         )
-    record = {
-        "seed": seed,
-        "list": LIST_FILE.name,
-        "exposure_range": list(exposure_range),
-        "normal_saturation": normal_saturation,
-        "files": files,
-    }
-    (out / "corpus.json").write_text(json.dumps(record, indent=2))
-    (out / "README.md").write_text(_readme(photos, files))
-    return record
+    return files
 
 
 def _write(path: Path, data: bytes) -> None:
