@@ -48,9 +48,10 @@ class GeneratorConfig:
             onto the input at that strength (:mod:`enlightengan.tone`, a deviation). Stored
             with the weights so that a model brings the inference it was tuned for; a model
             fine-tuned from one inherits it.
-        tone_transfer_max_luma: the tone transfer's exposure ceiling (a mean luma in
-            (0, 255], :class:`~enlightengan.tone.ToneTransfer` ``max_mean_luma``); ``None``:
-            none. Read by the Enhancer with ``tone_transfer_strength``.
+        tone_transfer_dark_strength: the tone transfer's strength for very dark inputs
+            (:class:`~enlightengan.tone.ToneTransfer` ``dark_strength``: the strength then
+            follows the input's mean luma); ``None``: one strength for every input. Read by
+            the Enhancer with ``tone_transfer_strength``.
     """
 
     base_channels: int = 32
@@ -62,7 +63,7 @@ class GeneratorConfig:
     attention_output: bool = True
     conv_bias_init: str = "pytorch"
     tone_transfer_strength: float | None = None
-    tone_transfer_max_luma: float | None = None
+    tone_transfer_dark_strength: float | None = None
 
     def validate(self) -> None:
         _require(self.base_channels >= 1, "generator.base_channels must be >= 1")
@@ -81,8 +82,9 @@ class GeneratorConfig:
             "generator.tone_transfer_strength must be None or in [0, 2]",
         )
         _require(
-            self.tone_transfer_max_luma is None or 0.0 < self.tone_transfer_max_luma <= 255.0,
-            "generator.tone_transfer_max_luma must be None or in (0, 255]",
+            self.tone_transfer_dark_strength is None
+            or 0.0 <= self.tone_transfer_dark_strength <= 2.0,
+            "generator.tone_transfer_dark_strength must be None or in [0, 2]",
         )
 
 

@@ -95,9 +95,10 @@ class EnhancerSettings:
             input (:mod:`enlightengan.tone`) whatever the config says, ``off`` never does.
         tone_strength: the transfer's strength when it is on; ``None``: the config's (1 when
             the config has none).
-        tone_max_luma: the transfer's exposure ceiling, a mean luma in (0, 255]
-            (:class:`~enlightengan.tone.ToneTransfer` ``max_mean_luma``); ``None``: the
-            config's (``tone_transfer_max_luma``); 255 lifts any ceiling.
+        tone_dark_strength: the transfer's strength for very dark inputs
+            (:class:`~enlightengan.tone.ToneTransfer` ``dark_strength``); ``None``: the
+            config's (``tone_transfer_dark_strength``). Setting ``tone_strength`` alone gives
+            every input that one strength.
     """
 
     device: str = "cpu"
@@ -111,7 +112,7 @@ class EnhancerSettings:
     float32_input_layer: bool = True
     tone_transfer: Literal["model", "on", "off"] = "model"
     tone_strength: float | None = None
-    tone_max_luma: float | None = None
+    tone_dark_strength: float | None = None
 
     def validate(self) -> EnhancerSettings:
         try:
@@ -135,7 +136,7 @@ class EnhancerSettings:
             )
         ToneTransfer(
             strength=1.0 if self.tone_strength is None else self.tone_strength,
-            max_mean_luma=self.tone_max_luma,
+            dark_strength=self.tone_dark_strength,
         ).validate()
         return self
 
@@ -145,10 +146,11 @@ class EnhancerSettings:
         if self.tone_transfer == "off" or (self.tone_transfer == "model" and configured is None):
             return None
         strength = self.tone_strength if self.tone_strength is not None else configured
-        ceiling = self.tone_max_luma if self.tone_max_luma is not None else config.tone_transfer_max_luma
+        dark_strength = self.tone_dark_strength
+        if dark_strength is None and self.tone_strength is None:
+            dark_strength = config.tone_transfer_dark_strength
         return ToneTransfer(
-            strength=1.0 if strength is None else strength,
-            max_mean_luma=None if ceiling == 255.0 else ceiling,
+            strength=1.0 if strength is None else strength, dark_strength=dark_strength
         ).validate()
 
 

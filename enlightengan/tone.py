@@ -16,10 +16,11 @@ the gain follows the input's edges without carrying the generator's fine texture
     T_c = clip(I_c * exp(strength * q_c), 0, 255)
 
 keeps the input's detail at every scale below the filter's window and takes the generator's
-brightening and colour balance above it. With an exposure ceiling ``max_mean_luma`` set, an
-image whose result would have a mean luma above it gets a lower strength (found by bisection;
-never a higher one), so a photo that was only a little dark is not lifted past where an
-averaging light meter would put it. The window's radius is a fraction of the image's
+brightening and colour balance above it. With ``dark_strength`` set, the strength depends on
+how dark the input is: ``dark_strength`` for an input whose mean luma ``L`` is at most
+``dark_luma``, ``strength`` from ``bright_luma`` up, and in between interpolated in
+``log(1 + L)``, so a very dark photo is lifted further and one that was only a little dark is
+not pushed past where a person would expose it. The window's radius is a fraction of the image's
 shorter side, so a photo and its thumbnail get the same result; large images are filtered at a
 lower resolution (the "fast guided filter", He and Sun 2015: ``a`` and ``b`` computed on a
 subsampled grid and upsampled bilinearly), which keeps time and memory linear in the pixels.
@@ -45,8 +46,6 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 LOG_SCALE = math.log(256.0)
 # Low-resolution windows of at least this radius keep the fast filter close to the exact one.
 LOW_RES_RADIUS = 8
-# Halvings of the strength interval under an exposure ceiling: 2**-12 of the strength.
-BISECTION_STEPS = 12
 
 
 @dataclass(frozen=True)
@@ -59,16 +58,18 @@ class ToneTransfer:
         radius_fraction: the guided filter's window radius over the image's shorter side.
         epsilon: the guided filter's regulariser: larger smooths across more of the input's
             edges.
-        max_mean_luma: exposure ceiling, a mean BT.601 luma in [0, 255]: where the result's
-            would exceed it, that image's strength is lowered until it does not (an image
-            already brighter than the ceiling is returned as it is). 118 is the sRGB code of
-            18 % grey, where an averaging light meter exposes a scene. ``None``: no ceiling.
+        dark_strength: the strength for inputs of mean BT.601 luma at most ``dark_luma``;
+            ``None``: ``strength`` whatever the input.
+        dark_luma, bright_luma: mean lumas (0-255) where the strength is ``dark_strength``
+            and ``strength``.
     """
 
     strength: float = 1.0
     radius_fraction: float = 1 / 60
     epsilon: float = 0.01
-    max_mean_luma: float | None = None
+    dark_strength: float | None = None
+    dark_luma: float = 15.0
+    bright_luma: float = 80.0
 
     def validate(self) -> ToneTransfer:
         if not 0.0 <= self.strength <= 2.0:
@@ -79,9 +80,14 @@ class ToneTransfer:
             )
         if not self.epsilon > 0.0:
             raise ValueError(f"tone transfer epsilon must be > 0, got {self.epsilon}")
-        if self.max_mean_luma is not None and not 0.0 < self.max_mean_luma <= 255.0:
+        if self.dark_strength is not None and not 0.0 <= self.dark_strength <= 2.0:
             raise ValueError(
-                f"tone transfer max_mean_luma must be None or in (0, 255], got {self.max_mean_luma}"
+                f"tone transfer dark_strength must be None or in [0, 2], got {self.dark_strength}"
+            )
+        if not 0.0 <= self.dark_luma < self.bright_luma <= 255.0:
+            raise ValueError(
+                "tone transfer needs 0 <= dark_luma < bright_luma <= 255, got "
+                f"{self.dark_luma} and {self.bright_luma}"
             )
         return self
 
@@ -99,33 +105,22 @@ class ToneTransfer:
         log_gain = torch.log1p(outputs) - torch.log1p(inputs)
         radius = max(1, int(min(inputs.shape[-2:]) * self.radius_fraction))
         smoothed = guided_filter(guide, log_gain, radius, self.epsilon)
-        strengths = self._strengths(inputs, smoothed, weights)
+        strengths = self.strengths((inputs * weights).sum(1).mean((-2, -1)))
         # The gain multiplies I, not I + 1: black stays black, as in the scene.
-        return (inputs * torch.exp(strengths * smoothed)).clamp_(0.0, 255.0)
+        return (inputs * torch.exp(strengths.view(-1, 1, 1, 1) * smoothed)).clamp_(0.0, 255.0)
 
-    def _strengths(
-        self, inputs: torch.Tensor, log_gain: torch.Tensor, weights: torch.Tensor
-    ) -> torch.Tensor:
-        """(B, 1, 1, 1): ``strength``, or below it where the exposure ceiling says."""
-        full = torch.full((len(inputs), 1, 1, 1), self.strength, device=inputs.device)
-        if self.max_mean_luma is None:
-            return full
-        # The mean is taken on a grid of about 256 pixels a side: bisection needs it often.
-        stride = max(1, min(inputs.shape[-2:]) // 256)
-        pixels = inputs[..., ::stride, ::stride]
-        gains = log_gain[..., ::stride, ::stride]
-
-        def over_ceiling(strengths: torch.Tensor) -> torch.Tensor:
-            result = (pixels * torch.exp(strengths * gains)).clamp(0.0, 255.0)
-            return (result * weights).sum(1).mean((-2, -1)).view(-1, 1, 1, 1) > self.max_mean_luma
-
-        low, high = torch.zeros_like(full), full.clone()
-        for _ in range(BISECTION_STEPS):
-            middle = (low + high) / 2
-            too_bright = over_ceiling(middle)
-            high = torch.where(too_bright, middle, high)
-            low = torch.where(too_bright, low, middle)
-        return torch.where(over_ceiling(full), low, full)
+    def strengths(self, mean_lumas: torch.Tensor) -> torch.Tensor:
+        """The strength for inputs of these mean lumas (0-255), one per image."""
+        if self.dark_strength is None:
+            return torch.full_like(mean_lumas, self.strength)
+        position = (torch.log1p(mean_lumas) - math.log1p(self.dark_luma)) / (
+            math.log1p(self.bright_luma) - math.log1p(self.dark_luma)
+        )
+        return torch.lerp(
+            torch.full_like(mean_lumas, self.dark_strength),
+            torch.full_like(mean_lumas, self.strength),
+            position.clamp(0.0, 1.0),
+        )
 
 
 def box_mean(values: torch.Tensor, radius: int) -> torch.Tensor:

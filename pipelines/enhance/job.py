@@ -139,7 +139,7 @@ def inference_settings(
         torch_threads=threads,
         tone_transfer=job.tone_transfer,
         tone_strength=job.tone_strength,
-        tone_max_luma=job.tone_max_luma,
+        tone_dark_strength=job.tone_dark_strength,
     )
 
 

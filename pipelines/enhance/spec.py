@@ -55,7 +55,7 @@ class EnhanceJob(StorageFields, RayFields):
     tile_overlap: int = 64
     tone_transfer: str = choice(TONE_TRANSFERS, "model")
     tone_strength: float | None = None
-    tone_max_luma: float | None = None
+    tone_dark_strength: float | None = None
     image_format: str = choice(IMAGE_FORMATS, "same")
     jpeg_quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -79,8 +79,8 @@ class EnhanceJob(StorageFields, RayFields):
             raise SpecError("{tile_size} must be 0 (never tile) or >= 64")
         if self.tone_strength is not None and not 0.0 <= self.tone_strength <= 2.0:
             raise SpecError("{tone_strength} must be between 0 and 2")
-        if self.tone_max_luma is not None and not 0.0 < self.tone_max_luma <= 255.0:
-            raise SpecError("{tone_max_luma} must be above 0 and at most 255")
+        if self.tone_dark_strength is not None and not 0.0 <= self.tone_dark_strength <= 2.0:
+            raise SpecError("{tone_dark_strength} must be between 0 and 2")
         if not 1 <= self.jpeg_quality <= 100:
             raise SpecError("{jpeg_quality} must be between 1 and 100")
         if self.manifest_rows < 1:
@@ -144,12 +144,13 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         "the checkpoint's, else 1)",
     )
     model.add_argument(
-        "--tone-max-luma",
+        "--tone-dark-strength",
         type=float,
         default=None,
-        help="with tone transfer, the exposure ceiling: a photo whose result would have a "
-        "higher mean luma (0-255) is brightened less (default: the checkpoint's; the "
-        "starter's is 118, 18%% grey; 255: no ceiling)",
+        help="with tone transfer, the strength for very dark photos (mean luma 15 or less; "
+        "--tone-strength from 80 up, in between interpolated); default: the checkpoint's "
+        "(the starter lifts very dark photos further); --tone-strength alone gives every "
+        "photo that strength",
     )
     images = parser.add_argument_group("images")
     images.add_argument(

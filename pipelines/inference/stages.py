@@ -56,7 +56,7 @@ class InferenceSettings:
     torch_threads: int | None = None
     tone_transfer: str = "model"
     tone_strength: float | None = None
-    tone_max_luma: float | None = None
+    tone_dark_strength: float | None = None
 
 
 def object_column(values, dtype=object) -> np.ndarray:
@@ -232,7 +232,7 @@ def build_enhancer(checkpoint_dir: str | os.PathLike, settings: InferenceSetting
     options["tile_overlap"] = settings.tile_overlap
     options["tone_transfer"] = settings.tone_transfer
     options["tone_strength"] = settings.tone_strength
-    options["tone_max_luma"] = settings.tone_max_luma
+    options["tone_dark_strength"] = settings.tone_dark_strength
     return build_backend_enhancer(checkpoint_dir, settings, options)
 
 

@@ -96,11 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         "default: as the run's config says",
     )
     parser.add_argument(
-        "--tone-max-luma",
+        "--tone-dark-strength",
         type=float,
         default=None,
-        help="ship with this tone-transfer exposure ceiling, a mean luma in (0, 255] "
-        "(generator.tone_transfer_max_luma); default: as the run's config says",
+        help="ship with this tone-transfer strength for very dark photos "
+        "(generator.tone_transfer_dark_strength); default: as the run's config says",
     )
     return parser
 
@@ -121,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     config = checkpoint.config
     if args.tone_strength is not None:
         config = config.with_overrides({"generator.tone_transfer_strength": args.tone_strength})
-    if args.tone_max_luma is not None:
-        config = config.with_overrides({"generator.tone_transfer_max_luma": args.tone_max_luma})
+    if args.tone_dark_strength is not None:
+        config = config.with_overrides(
+            {"generator.tone_transfer_dark_strength": args.tone_dark_strength}
+        )
     data = weights_bytes(generator, config, args.dtype)
     stored, _ = weights_from_bytes(data)
     measured = stored_weights_psnr(generator, stored)

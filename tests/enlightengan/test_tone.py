@@ -56,30 +56,26 @@ def test_strength_zero_returns_the_input_and_less_than_one_brightens_less(dark_c
     assert inputs.mean() < half < full
 
 
-def mean_luma(batch: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (batch * weights).sum(1).mean((-2, -1))
+def test_the_strength_follows_the_inputs_darkness_between_the_two_lumas():
+    tone = ToneTransfer(strength=0.9, dark_strength=1.3, dark_luma=15.0, bright_luma=80.0)
+    strengths = tone.strengths(torch.tensor([0.0, 15.0, 30.0, 50.0, 80.0, 200.0]))
+    assert strengths[0] == pytest.approx(1.3) and strengths[1] == pytest.approx(1.3)
+    assert strengths[4] == pytest.approx(0.9) and strengths[5] == pytest.approx(0.9)
+    assert 1.3 > strengths[2] > strengths[3] > 0.9
+    assert ToneTransfer(strength=0.7).strengths(torch.tensor([5.0, 100.0])).tolist() == [
+        pytest.approx(0.7),
+        pytest.approx(0.7),
+    ]
 
 
-def test_the_exposure_ceiling_holds_each_image_to_it_and_leaves_darker_results_alone(
-    dark_coffee,
-):
+def test_each_image_of_a_batch_gets_the_strength_of_its_own_darkness(dark_coffee):
     dim = as_batch(dark_coffee)
-    little_dark = (dim * 3).clamp(0, 255)
+    little_dark = (dim * 8).clamp(0, 255)
     inputs = torch.cat([dim, little_dark])
-    outputs = (inputs * 3).clamp(0, 255)
-    free = ToneTransfer()(inputs, outputs)
-    capped = ToneTransfer(max_mean_luma=70.0)(inputs, outputs)
-    assert mean_luma(free)[0] < 70 < mean_luma(free)[1]
-    assert torch.equal(capped[0], free[0])
-    assert mean_luma(capped)[1] == pytest.approx(70.0, abs=1.0)
-    assert mean_luma(inputs)[1] < mean_luma(capped)[1]
-
-
-def test_an_image_already_brighter_than_the_ceiling_is_returned_as_it_is(dark_coffee):
-    inputs = as_batch(dark_coffee) + 120
-    outputs = (inputs * 1.5).clamp(0, 255)
-    assert torch.allclose(ToneTransfer(max_mean_luma=100.0)(inputs, outputs), inputs)
+    outputs = (inputs * 2).clamp(0, 255)
+    adaptive = ToneTransfer(strength=0.8, dark_strength=1.2)(inputs, outputs)
+    assert torch.allclose(adaptive[:1], ToneTransfer(strength=1.2)(dim, outputs[:1]))
+    assert torch.allclose(adaptive[1:], ToneTransfer(strength=0.8)(little_dark, outputs[1:]))
 
 
 def test_the_input_keeps_its_detail_and_loses_the_generators_texture():
@@ -150,8 +146,8 @@ def test_a_thumbnail_gets_the_same_tone_as_the_full_image(dark_coffee):
         (ToneTransfer(strength=-0.1), "strength"),
         (ToneTransfer(radius_fraction=0.0), "radius_fraction"),
         (ToneTransfer(epsilon=0.0), "epsilon"),
-        (ToneTransfer(max_mean_luma=0.0), "max_mean_luma"),
-        (ToneTransfer(max_mean_luma=300.0), "max_mean_luma"),
+        (ToneTransfer(dark_strength=2.5), "dark_strength"),
+        (ToneTransfer(dark_luma=90.0, bright_luma=80.0), "dark_luma < bright_luma"),
     ],
 )
 def test_bad_settings_name_the_field(settings, message):
@@ -182,13 +178,14 @@ def test_the_model_config_decides_by_default(generators, dark_coffee):
     assert Enhancer(plain, EnhancerSettings(tone_transfer="on")).tone_transfer.strength == 1.0
 
 
-def test_the_exposure_ceiling_comes_from_the_config_unless_the_settings_say(generators):
-    config = dataclasses.replace(generators[1].config, tone_transfer_max_luma=118.0)
-    capped = textured_generator(config)
-    assert Enhancer(capped).tone_transfer == ToneTransfer(strength=0.8, max_mean_luma=118.0)
-    lower = Enhancer(capped, EnhancerSettings(tone_max_luma=90.0)).tone_transfer
-    assert lower == ToneTransfer(strength=0.8, max_mean_luma=90.0)
-    assert Enhancer(capped, EnhancerSettings(tone_max_luma=255.0)).tone_transfer.max_mean_luma is None
+def test_the_dark_strength_comes_from_the_config_unless_the_settings_say(generators):
+    config = dataclasses.replace(generators[1].config, tone_transfer_dark_strength=1.3)
+    adaptive = textured_generator(config)
+    assert Enhancer(adaptive).tone_transfer == ToneTransfer(strength=0.8, dark_strength=1.3)
+    other = Enhancer(adaptive, EnhancerSettings(tone_dark_strength=1.1)).tone_transfer
+    assert other == ToneTransfer(strength=0.8, dark_strength=1.1)
+    uniform = Enhancer(adaptive, EnhancerSettings(tone_strength=0.5)).tone_transfer
+    assert uniform == ToneTransfer(strength=0.5)
 
 
 def test_enhancer_output_is_the_transfer_of_the_generators_output(generators, dark_coffee):
@@ -205,5 +202,5 @@ def test_enhancer_settings_refuse_unknown_modes():
         EnhancerSettings(tone_transfer="maybe").validate()
     with pytest.raises(ValueError, match="strength"):
         EnhancerSettings(tone_strength=5.0).validate()
-    with pytest.raises(ValueError, match="max_mean_luma"):
-        EnhancerSettings(tone_max_luma=-1.0).validate()
+    with pytest.raises(ValueError, match="dark_strength"):
+        EnhancerSettings(tone_dark_strength=-1.0).validate()

@@ -22,7 +22,7 @@ def test_flags_become_a_frozen_spec():
     assert isinstance(spec, EnhanceJob)
     assert (spec.input, spec.output, spec.workers, spec.image_format) == ("in", "out", 2, "png")
     assert spec.channels_last is False and spec.precision == "auto" and spec.backend == "auto"
-    assert job("--tone-max-luma", "100").tone_max_luma == 100.0
+    assert job("--tone-dark-strength", "1.2").tone_dark_strength == 1.2
     with pytest.raises(AttributeError):
         spec.workers = 3
 
@@ -45,8 +45,8 @@ def test_the_dark_policy_comes_from_the_flags():
         (("--workers", "0"), "--workers"),
         (("--tile-size", "32"), "--tile-size"),
         (("--jpeg-quality", "0"), "--jpeg-quality"),
-        (("--tone-max-luma", "0"), "--tone-max-luma"),
-        (("--tone-max-luma", "300"), "--tone-max-luma"),
+        (("--tone-dark-strength", "-1"), "--tone-dark-strength"),
+        (("--tone-dark-strength", "3"), "--tone-dark-strength"),
     ],
 )
 def test_bad_settings_are_one_clear_error(argv, message):

@@ -119,15 +119,15 @@ def test_tone_strength_is_stored_and_turns_tone_transfer_on(tmp_path, capsys):
     assert Enhancer(load_weights(toned)[0]).tone_transfer == ToneTransfer(strength=0.8)
 
 
-def test_tone_max_luma_is_stored_as_the_exposure_ceiling(tmp_path, capsys):
+def test_tone_dark_strength_is_stored(tmp_path, capsys):
     from enlightengan.inference import Enhancer
     from enlightengan.tone import ToneTransfer
 
     directory = save_checkpoint(
         tmp_path / "exported", config=TINY, networks={"generator": _networks()["generator"]}
     )
-    capped = tmp_path / "capped.pt"
-    argv = ["--run", str(directory), "--out", str(capped), "--tone-strength", "1"]
-    assert ship.main([*argv, "--tone-max-luma", "118"]) == 0
-    tone = Enhancer(load_weights(capped)[0]).tone_transfer
-    assert tone == ToneTransfer(strength=1.0, max_mean_luma=118.0)
+    adaptive = tmp_path / "adaptive.pt"
+    argv = ["--run", str(directory), "--out", str(adaptive), "--tone-strength", "0.9"]
+    assert ship.main([*argv, "--tone-dark-strength", "1.3"]) == 0
+    tone = Enhancer(load_weights(adaptive)[0]).tone_transfer
+    assert tone == ToneTransfer(strength=0.9, dark_strength=1.3)
