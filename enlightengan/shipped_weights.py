@@ -13,7 +13,7 @@ from pathlib import Path
 # What names the shipped model wherever a checkpoint URI goes (`--checkpoint starter`).
 STARTER_NAME = "starter"
 # sha256 of weights/starter.pt; a changed or damaged file is refused rather than run.
-STARTER_SHA256 = "c744b5d39b1c601669bf9d0ee5aa9c46e2b3a53d63c776e44ea5c8d2c2703ee2"
+STARTER_SHA256 = "3ec57ac8a9eee63899d9c0f1e68a7324dee7b9ad07abe4029e858cb04512fb25"
 # sha256 of weights/starter-discriminators.pt (the starter's global and patch discriminators,
 # for fine-tuning); None while no such file ships, and then the file is not read.
 STARTER_DISCRIMINATORS_SHA256: str | None = (

@@ -68,7 +68,7 @@ class ToneTransfer:
     radius_fraction: float = 1 / 60
     epsilon: float = 0.01
     dark_strength: float | None = None
-    dark_luma: float = 15.0
+    dark_luma: float = 30.0
     bright_luma: float = 80.0
 
     def validate(self) -> ToneTransfer:

@@ -147,7 +147,7 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         "--tone-dark-strength",
         type=float,
         default=None,
-        help="with tone transfer, the strength for very dark photos (mean luma 15 or less; "
+        help="with tone transfer, the strength for very dark photos (mean luma 30 or less; "
         "--tone-strength from 80 up, in between interpolated); default: the checkpoint's "
         "(the starter lifts very dark photos further); --tone-strength alone gives every "
         "photo that strength",

@@ -72,7 +72,13 @@ def test_the_scripts_ship_command_writes_generator_and_discriminators_in_float16
     generator_digest = _sha256_printed(printed, out)
     generator, generator_config = load_weights(out, expected_sha256=generator_digest)
     strength = float(argv[argv.index("--tone-strength") + 1])
-    assert generator_config == TINY.with_overrides({"generator.tone_transfer_strength": strength})
+    dark_strength = float(argv[argv.index("--tone-dark-strength") + 1])
+    assert generator_config == TINY.with_overrides(
+        {
+            "generator.tone_transfer_strength": strength,
+            "generator.tone_transfer_dark_strength": dark_strength,
+        }
+    )
     expected = networks["generator"].state_dict()
     for key, value in generator.state_dict().items():
         if value.is_floating_point():
