@@ -81,7 +81,7 @@ from pipelines.options import Summary, memory_bytes, storage_of
 BLOCK_BYTES = 8 * 1024 * 1024
 # Ray Data's repartition tasks (Dataset.repartition has no resource option, Ray 2.60) and the
 # resume index's task ask for a whole CPU, more than the stages' own tasks (TASK_CPUS): what must
-# stay free on some node beside the enhancer actors. With half a CPU left the run hung.
+# stay free on some node beside the enhancer actors, or those tasks never start.
 WHOLE_TASK_CPUS = 1.0
 REPORTED_SETTINGS = ("workers", "batch_size", "precision", "image_format", "limit", "overwrite")
 
@@ -210,7 +210,7 @@ def _start(job: EnhanceJob, source, output, options):
     place) leaves no Ray of its own behind."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         # The checkpoint check (torch's import, a model load) runs while Ray starts, which is
-        # mostly waiting for Ray's own processes: seconds off the time to the first output.
+        # mostly waiting for Ray's own processes, so the two overlap.
         loading = pool.submit(load_checkpoint_files, job.checkpoint, options)
         rules = key_rules(source, output, job)
         listing = ListingSource.of(source)

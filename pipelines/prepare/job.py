@@ -66,7 +66,7 @@ class PrepareSettings:
     max_file_mb: float = 512.0
 
     def rows_per_shard(self) -> int:
-        # A 600x400 photo is ~720 kB raw; fast PNG keeps roughly 60% of that.
+        # Fast PNG keeps roughly 60% of a photo's raw RGB bytes.
         estimated_row_bytes = self.policy.max_long * self.policy.max_short * 3 * 0.6
         return max(1, int(self.shard_size_mb * 1e6 // estimated_row_bytes))
 
