@@ -221,6 +221,13 @@ def add_storage_arguments(parser) -> None:
         default=None,
         help="S3 region (default: $AWS_REGION, $AWS_DEFAULT_REGION or the profile's, else us-east-1)",
     )
+    group.add_argument(
+        "--credentials-file",
+        default=None,
+        help="AWS shared-credentials file the profile is read from (default: "
+        "$AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials); it holds the keys, the job "
+        "keeps only its path (a path on the machines that run the job)",
+    )
 
 
 def add_ray_arguments(parser) -> None:
@@ -338,6 +345,7 @@ class StorageFields(Spec):
     endpoint_url: str | None = None
     profile: str | None = None
     region: str | None = None
+    credentials_file: str | None = None
 
 
 # A joined cluster short of nodes is given this long to grow (autoscalers start nodes in
@@ -359,7 +367,7 @@ def storage_of(spec: StorageFields):
     """The :class:`~pipelines.io.storage.StorageOptions` of a spec's storage fields."""
     from pipelines.io.storage import StorageOptions
 
-    return StorageOptions(spec.endpoint_url, spec.profile, spec.region)
+    return StorageOptions(spec.endpoint_url, spec.profile, spec.region, spec.credentials_file)
 
 
 @dataclasses.dataclass

@@ -35,6 +35,7 @@ from pipelines.train.spec import TrainJob
 logger = logging.getLogger(__name__)
 
 DEMO_BUCKET = "enlightengan-demo"
+DEMO_PROFILE = "enlightengan-demo"
 EXPOSURE_TARGET = 0.5
 STARTER_TITLE = "starter"
 FINETUNED_TITLE = "starter fine-tuned on these photos"
@@ -73,27 +74,39 @@ def run_demo(job: DemoJob) -> Summary:
         return Summary("demo", {"dry_run": True, "steps": steps}, text="\n".join(lines))
     transcript = _Transcript()
     if not job.s3:
-        return _run_steps(job, out, str(out), transcript)
+        return _run_steps(job, out, str(out), transcript, {})
     from pipelines.ops.local_services import create_bucket, start_object_store, stop_process
 
     transcript.note(
         f"[demo] starting a local SeaweedFS S3 server on 127.0.0.1, data in {out / 's3'}"
     )
     store = start_object_store(out / "s3")
-    saved = {name: os.environ.get(name) for name in (*store.environment(), "AWS_PROFILE")}
     try:
         create_bucket(store, DEMO_BUCKET)
-        os.environ.pop("AWS_PROFILE", None)
-        os.environ.update(store.environment())
+        storage_fields = _demo_storage(store, out / "s3" / "credentials")
         transcript.note(f"[demo] bucket s3://{DEMO_BUCKET} at {store.endpoint_url}")
-        return _run_steps(job, out, f"s3://{DEMO_BUCKET}", transcript)
+        return _run_steps(job, out, f"s3://{DEMO_BUCKET}", transcript, storage_fields)
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         stop_process(store.pid, str(out / "s3"))
+
+
+def _demo_storage(store, credentials_file: Path) -> dict:
+    """The storage fields every step's spec gets for the local server: its keys in a
+    credentials file of their own (owner-only) under a profile of their own, so that neither
+    the process environment nor the user's AWS profiles are touched."""
+    keys = store.environment()
+    credentials_file.write_text(
+        f"[{DEMO_PROFILE}]\n"
+        f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}\n"
+        f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}\n"
+    )
+    credentials_file.chmod(0o600)
+    return {
+        "endpoint_url": store.endpoint_url,
+        "profile": DEMO_PROFILE,
+        "region": store.region,
+        "credentials_file": str(credentials_file),
+    }
 
 
 @dataclass
@@ -129,9 +142,13 @@ class _TrainedRun:
     title: str
 
 
-def _run_steps(job: DemoJob, out: Path, base: str, transcript: _Transcript) -> Summary:
-    """The five steps with every job's data under ``base`` (``out`` itself, or a bucket);
-    the evaluation report and a copy of the enhanced images always land in ``out``."""
+def _run_steps(
+    job: DemoJob, out: Path, base: str, transcript: _Transcript, storage_fields: dict
+) -> Summary:
+    """The five steps with every job's data under ``base`` (``out`` itself, or a bucket, which
+    ``storage_fields`` reach); the evaluation report and a copy of the enhanced images always
+    land in ``out``."""
+    from pipelines.io.storage import StorageOptions
     from pipelines.ops.ray_runtime import init_ray
 
     # One Ray for all five steps, started as training needs it (the first step would not).
@@ -141,16 +158,18 @@ def _run_steps(job: DemoJob, out: Path, base: str, transcript: _Transcript) -> S
         "address": job.address,
         "num_cpus": job.num_cpus,
         "wait_for_resources": job.wait_for_resources,
+        **storage_fields,
     }
+    options = StorageOptions(**storage_fields)
     photos_dir = out / "photos"
-    photos = _photos_step(photos_dir, base, out, transcript)
-    shards = _prepare_step(photos, f"{base}/shards", shared, transcript)
+    photos = _photos_step(photos_dir, base, out, transcript, options)
+    shards = _prepare_step(photos, f"{base}/shards", shared, transcript, options)
     run = _train_step(job, shards, base, shared, transcript)
     enhanced = f"{base}/enhanced/{run.name}"
     enhanced_dir = out / "enhanced" / run.name
     _enhance_step(photos, enhanced, run, shared, transcript)
     if base != str(out):
-        _download(enhanced, enhanced_dir)
+        _download(enhanced, enhanced_dir, options)
     evaluation = out / "evaluation"
     _evaluate_step(photos, evaluation, run, shared, transcript)
     summary = _demo_summary(job, run, photos_dir / "low", enhanced_dir, evaluation)
@@ -160,7 +179,7 @@ def _run_steps(job: DemoJob, out: Path, base: str, transcript: _Transcript) -> S
     return Summary("demo", summary, text=transcript.text)
 
 
-def _photos_step(photos_dir: Path, base: str, out: Path, transcript: _Transcript) -> str:
+def _photos_step(photos_dir: Path, base: str, out: Path, transcript: _Transcript, options) -> str:
     """Step 1: the photo set in ``photos_dir`` (built once), uploaded when ``base`` is a
     bucket; returns where the jobs read it."""
     from pipelines.demo.sample_photos import build_photo_dataset, upload_folder
@@ -175,19 +194,19 @@ def _photos_step(photos_dir: Path, base: str, out: Path, transcript: _Transcript
         transcript.note(f"[demo 1/5] reusing photos in {photos_dir}")
     photos = f"{base}/photos"
     if base != str(out):
-        bucket = storage.resolve(photos)
+        bucket = storage.resolve(photos, options)
         if not storage.list_files(bucket.child("low")):
             upload_folder(photos_dir, bucket.filesystem, bucket.path)
             transcript.note(f"[demo 1/5] uploaded the photos to {photos}")
     return photos
 
 
-def _prepare_step(photos: str, shards: str, shared: dict, transcript: _Transcript) -> str:
+def _prepare_step(photos: str, shards: str, shared: dict, transcript: _Transcript, options) -> str:
     """Step 2: the photos as training shards in ``shards``, unless a finished prepare left them."""
     from pipelines.io import storage
     from pipelines.prepare.job import run_prepare
 
-    if storage.exists(storage.resolve(shards).child("manifest.json")):
+    if storage.exists(storage.resolve(shards, options).child("manifest.json")):
         transcript.note(f"[demo 2/5] reusing shards in {shards}")
         return shards
     transcript.note("[demo 2/5] prepare: photos -> Parquet shards")
@@ -368,11 +387,11 @@ def _schedule(shards: str, steps: int, batch: int) -> tuple[str, str]:
     return f"optim.epochs_constant={constant}", f"optim.epochs_decay={epochs - constant}"
 
 
-def _download(uri: str, folder: Path) -> None:
+def _download(uri: str, folder: Path, options) -> None:
     """Copy the enhanced images (not the manifest) from the bucket into ``folder``."""
     from pipelines.io import storage
 
-    location = storage.resolve(uri)
+    location = storage.resolve(uri, options)
     for key in storage.list_files(location, extensions=None):
         if key.split("/", 1)[0] != "_manifest":
             target = folder / key

@@ -132,13 +132,16 @@ def _explained_resolution_errors(
 
 
 def resolve_access(
-    endpoint_url: str | None = None, profile: str | None = None, region: str | None = None
+    endpoint_url: str | None = None,
+    profile: str | None = None,
+    region: str | None = None,
+    credentials_file: str | None = None,
 ) -> S3Access:
     """Resolve the chain once on the driver, so that a missing profile, absent or incomplete
     credentials, an expired SSO session or a failing ``credential_process`` are one
     :class:`UserError` before any work starts."""
     config_file = os.environ.get("AWS_CONFIG_FILE")
-    credentials_file = os.environ.get("AWS_SHARED_CREDENTIALS_FILE")
+    credentials_file = credentials_file or os.environ.get("AWS_SHARED_CREDENTIALS_FILE")
     shown = profile or os.environ.get("AWS_PROFILE") or "default"
     with _explained_resolution_errors(shown, config_file, credentials_file):
         session = _session(profile, config_file, credentials_file)

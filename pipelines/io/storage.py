@@ -45,6 +45,7 @@ class StorageOptions:
     endpoint_url: str | None = None
     profile: str | None = None
     region: str | None = None
+    credentials_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,9 @@ def safe_join(prefix: str, key: str) -> str:
 
 def s3_access(options: StorageOptions) -> s3_clients.S3Access:
     """The S3 client recipe for ``options`` (one :class:`UserError` if no credentials resolve)."""
-    return s3_clients.resolve_access(options.endpoint_url, options.profile, options.region)
+    return s3_clients.resolve_access(
+        options.endpoint_url, options.profile, options.region, options.credentials_file
+    )
 
 
 def resolve(uri: str | os.PathLike, options: StorageOptions | None = None) -> Location:

@@ -83,6 +83,29 @@ def test_static_keys_from_a_shared_credentials_profile(s3_server, aws_home):
     assert s3_server.secret_key.encode() not in pickle.dumps(location.filesystem)
 
 
+def test_an_explicit_credentials_file_is_read_and_wins_over_environment_keys(
+    s3_server, aws_home, tmp_path, monkeypatch
+):
+    own = tmp_path / "job-credentials"
+    own.write_text(
+        f"[job]\naws_access_key_id = {s3_server.access_key}\n"
+        f"aws_secret_access_key = {s3_server.secret_key}\n"
+    )
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-wrong-secret-wrong-secret00")
+    bucket = s3_server.make_bucket("ownfile")
+    options = storage.StorageOptions(
+        endpoint_url=s3_server.endpoint_url, profile="job", credentials_file=str(own)
+    )
+    location = storage.check_access(storage.resolve(f"s3://{bucket}/p", options))
+    storage.write_bytes(location.child("a.jpg"), b"a")
+    assert storage.list_files(location) == ["a.jpg"]
+    access = s3_clients.access_of(location.filesystem)
+    assert access.credential_source == "shared-credentials-file"
+    assert access.credentials_file == str(own)
+    assert s3_server.secret_key.encode() not in pickle.dumps(location.filesystem)
+
+
 def test_endpoint_and_region_come_from_the_profile(s3_server, aws_home):
     (aws_home / "config").write_text(
         f"[profile site]\nregion = eu-west-3\nendpoint_url = {s3_server.endpoint_url}\n"
