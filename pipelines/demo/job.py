@@ -164,7 +164,7 @@ def _run_steps(
     photos_dir = out / "photos"
     photos = _photos_step(photos_dir, base, out, transcript, options)
     shards = _prepare_step(photos, f"{base}/shards", shared, transcript, options)
-    run = _train_step(job, shards, base, shared, transcript)
+    run = _train_step(job, shards, base, shared, transcript, options)
     enhanced = f"{base}/enhanced/{run.name}"
     enhanced_dir = out / "enhanced" / run.name
     _enhance_step(photos, enhanced, run, shared, transcript)
@@ -219,14 +219,14 @@ def _prepare_step(photos: str, shards: str, shared: dict, transcript: _Transcrip
 
 
 def _train_step(
-    job: DemoJob, shards: str, base: str, shared: dict, transcript: _Transcript
+    job: DemoJob, shards: str, base: str, shared: dict, transcript: _Transcript, options
 ) -> _TrainedRun:
     """Step 3: fine-tune the starter (or train the tiny model from scratch); resumes a run of
     the same settings."""
     from pipelines.train.job import run_train
 
     steps = job.train_steps
-    overrides = _overrides(job, shards)
+    overrides = _overrides(job, shards, options)
     # One run folder per setting, so a rerun with other --steps/--lr/--exposure or the other
     # mode trains anew instead of being refused as a changed run, and the same settings resume.
     tag = hashlib.sha256(repr((steps, job.from_scratch, overrides)).encode()).hexdigest()[:8]
@@ -356,13 +356,16 @@ def _mode(job: DemoJob) -> str:
     return "scratch" if job.from_scratch else "finetune"
 
 
-def _overrides(job: DemoJob, shards: str) -> tuple[str, ...]:
+def _overrides(job: DemoJob, shards: str, options=None) -> tuple[str, ...]:
     """The model settings of the demo's run: the tiny model from scratch, or the starter's
     own recipe (its config) when fine-tuning; both with the schedule fitted into the steps."""
     if job.from_scratch:
-        overrides = (*TINY_MODEL, *_schedule(shards, job.train_steps, TINY_BATCH))
+        overrides = (*TINY_MODEL, *_schedule(shards, job.train_steps, TINY_BATCH, options))
     else:
-        overrides = (*FINETUNE_SETTINGS, *_schedule(shards, job.train_steps, FINETUNE_BATCH))
+        overrides = (
+            *FINETUNE_SETTINGS,
+            *_schedule(shards, job.train_steps, FINETUNE_BATCH, options),
+        )
     overrides += (f"seed={job.seed}",)
     if job.train_lr is not None:
         overrides += (f"optim.lr={job.train_lr}",)
@@ -374,13 +377,13 @@ def _overrides(job: DemoJob, shards: str) -> tuple[str, ...]:
     return overrides
 
 
-def _schedule(shards: str, steps: int, batch: int) -> tuple[str, str]:
+def _schedule(shards: str, steps: int, batch: int, options=None) -> tuple[str, str]:
     """Epoch settings that fit the paper's schedule (constant, then linear decay to 0) into
     ``steps``: the epoch length comes from the prepared image counts, as train computes it."""
     from pipelines.io.shards import check_prepared
     from pipelines.train.job import epoch_length
 
-    domains = check_prepared(shards)["domains"]
+    domains = check_prepared(shards, options)["domains"]
     per_epoch = epoch_length({name: d["written"] for name, d in domains.items()}, batch)
     epochs = max(1, math.ceil(steps / per_epoch))
     constant = math.ceil(epochs / 2)
