@@ -99,6 +99,9 @@ def test_demo_from_scratch_s3_runs_every_job_through_a_local_bucket_and_stops_th
     assert (out / "evaluation" / "contact_sheet.png").is_file()
     identity = json.loads((out / "s3" / "s3.json").read_text())["identities"][0]
     assert identity["credentials"][0]["secretKey"] not in printed
+    # The steps reached the store through an owner-only credentials file, not the environment.
+    assert (out / "s3" / "credentials").stat().st_mode & 0o777 == 0o600
+    assert identity["credentials"][0]["secretKey"] not in (out / "summary.json").read_text()
 
 
 def _pids() -> list[int]:
