@@ -101,11 +101,12 @@ class ToneTransfer:
             )
         inputs, outputs = inputs.float(), outputs.float()
         weights = torch.tensor(LUMA_WEIGHTS, device=inputs.device).view(1, 3, 1, 1)
-        guide = torch.log1p((inputs * weights).sum(1, keepdim=True)) / LOG_SCALE
+        luma = (inputs * weights).sum(1, keepdim=True)
+        guide = torch.log1p(luma) / LOG_SCALE
         log_gain = torch.log1p(outputs) - torch.log1p(inputs)
         radius = max(1, int(min(inputs.shape[-2:]) * self.radius_fraction))
         smoothed = guided_filter(guide, log_gain, radius, self.epsilon)
-        strengths = self.strengths((inputs * weights).sum(1).mean((-2, -1)))
+        strengths = self.strengths(luma.mean((-3, -2, -1)))
         # The gain multiplies I, not I + 1: black stays black, as in the scene.
         return (inputs * torch.exp(strengths.view(-1, 1, 1, 1) * smoothed)).clamp_(0.0, 255.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -61,6 +62,9 @@ def test_the_strength_follows_the_inputs_darkness_between_the_two_lumas():
     strengths = tone.strengths(torch.tensor([0.0, 15.0, 30.0, 50.0, 80.0, 200.0]))
     assert strengths[0] == pytest.approx(1.3) and strengths[1] == pytest.approx(1.3)
     assert strengths[4] == pytest.approx(0.9) and strengths[5] == pytest.approx(0.9)
+    # Interpolated in log(1 + luma): at 30, log(31 / 16) / log(81 / 16) of the way to 0.9.
+    at_30 = 1.3 + (0.9 - 1.3) * math.log(31 / 16) / math.log(81 / 16)
+    assert strengths[2] == pytest.approx(at_30, abs=1e-5)
     assert 1.3 > strengths[2] > strengths[3] > 0.9
     assert ToneTransfer(strength=0.7).strengths(torch.tensor([5.0, 100.0])).tolist() == [
         pytest.approx(0.7),
