@@ -95,12 +95,15 @@ def _demo_storage(store, credentials_file: Path) -> dict:
     credentials file of their own (owner-only) under a profile of their own, so that neither
     the process environment nor the user's AWS profiles are touched."""
     keys = store.environment()
-    credentials_file.write_text(
-        f"[{DEMO_PROFILE}]\n"
-        f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}\n"
-        f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}\n"
-    )
-    credentials_file.chmod(0o600)
+    credentials_file.unlink(missing_ok=True)
+    # Created owner-only, so the keys are never readable by others, not even for a moment.
+    descriptor = os.open(credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(
+            f"[{DEMO_PROFILE}]\n"
+            f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}\n"
+            f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}\n"
+        )
     return {
         "endpoint_url": store.endpoint_url,
         "profile": DEMO_PROFILE,
