@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import logging
 import sys
+import typing
 
 from pipelines.errors import UserError
 from pipelines.ops.plain_text import plain_text_without_terminal
@@ -104,8 +105,41 @@ def build_parser() -> argparse.ArgumentParser:
         getattr(module, command.adder)(job_parser)
         if command.spec is None:
             add_verbosity_arguments(job_parser)
+        else:
+            leave_checks_to_spec(job_parser, getattr(module, command.spec))
         job_parser.set_defaults(command=name)
     return parser
+
+
+def leave_checks_to_spec(parser: argparse.ArgumentParser, spec_type: type) -> None:
+    """Drop argparse's own ``type=int/float`` and ``choices`` from the flags that set a field
+    of ``spec_type``: the spec converts and checks them (:mod:`pipelines.specs`), so a value is
+    accepted, converted and refused in the same words whether it came from a flag, a
+    ``--config`` file or Python. ``--help`` still lists each flag's choices."""
+    fields = {field.name: field for field in dataclasses.fields(spec_type)}
+    hints = typing.get_type_hints(spec_type)
+    for action in parser._actions:
+        field = fields.get(action.dest)
+        if field is None:
+            continue
+        if action.type in (int, float) and _converted_kind(hints.get(field.name)) is action.type:
+            action.type = None
+        if action.choices is not None and field.metadata.get("choices") is not None:
+            action.choices = ListedChoices(action.choices)
+
+
+class ListedChoices(tuple):
+    """A flag's choices as ``--help`` lists them, checked by the spec instead of argparse
+    (which refuses a value ``not in`` the choices before the spec sees it)."""
+
+    def __contains__(self, value: object) -> bool:
+        return True
+
+
+def _converted_kind(hint) -> type | None:
+    """int or float when the spec converts a field of type ``hint`` to it (None allowed)."""
+    kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)] or [hint]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else None
 
 
 def parse(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
+from pipelines.cli import _subparser, main, parse, resolve
 from pipelines.enhance.spec import EnhanceJob
 from pipelines.errors import UserError
 from pipelines.export.spec import ExportJob
@@ -104,10 +104,25 @@ def test_a_config_choice_is_checked_as_the_flag_is(tmp_path, capsys):
     assert _error(capsys) == (
         "enlightengan enhance: error: --backend must be one of auto, torch, onnxruntime, got 'nope'"
     )
-    with pytest.raises(SystemExit) as stopped:  # argparse's own check of the flag
-        main(["enhance", "--input", "a", "--output", "b", "--backend", "nope"])
-    assert stopped.value.code == 2
-    assert "argument --backend: invalid choice: 'nope'" in capsys.readouterr().err
+    assert main(["enhance", "--input", "a", "--output", "b", "--backend", "nope"]) == 2
+    assert _error(capsys) == (
+        "enlightengan enhance: error: --backend must be one of auto, torch, onnxruntime, got 'nope'"
+    )
+
+
+def test_a_flag_is_converted_and_refused_by_the_spec_as_a_config_value_is(capsys):
+    assert main(["enhance", "--input", "a", "--output", "b", "--workers", "2.5"]) == 2
+    assert _error(capsys) == (
+        "enlightengan enhance: error: --workers must be a whole number, got '2.5'"
+    )
+    assert main(["export", "--checkpoint", "c", "--output", "o", "--export-format", "gif"]) == 2
+    assert _error(capsys) == (
+        "enlightengan export: error: --export-format must be one of onnx, torchscript, "
+        "official, got 'gif'"
+    )
+    parser, args = parse(["enhance", "--input", "a", "--output", "b", "--workers", "3"])
+    assert resolve(args).workers == 3
+    assert "--backend {auto,torch,onnxruntime}" in _subparser(parser, "enhance").format_help()
 
 
 def test_the_cli_names_flags_whose_name_differs_from_the_field(tmp_path, capsys):
