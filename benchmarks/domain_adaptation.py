@@ -2,8 +2,9 @@
 
 A target domain is split by file name (the photos ordered by the sha256 of their names; the
 first third held out, the rest fine-tuned on; the split is printed). The starter generator (or
-``--weights``, any starter-format file) is fine-tuned on the CPU for ``--minutes`` of wall time
-with ``enlightengan.training.training_step`` as ``benchmarks/starter_recipe.py`` runs it (lr
+``--weights``, the generator of any checkpoint directory) is fine-tuned on the CPU for
+``--minutes`` of wall time with ``enlightengan.training.training_step`` as
+``benchmarks/starter_recipe.py`` runs it (lr
 constant for the first half of the time, then decaying linearly to 0), unpaired: low light =
 the fine-tuning part, normal light = ``--normal`` (a folder of well-exposed photos, e.g. the
 starter corpus's ``normal/``, or prepared shards). The config is the starter's own recipe
@@ -22,11 +23,12 @@ Domains (``--domain``):
   Scored by NIQE and PSNR/SSIM against the originals (and luma, saturation).
 
 Discriminators (``--discriminators``): ``shipped``, the starter's own (the package's
-``weights/starter-discriminators.pt``; an error when this release ships none), ``fresh``
-(random, seeded), or ``--discriminators-file PATH``, any file in that format (an unshipped
-candidate). Prints the split, the steps done and seconds per step, and a Markdown table (input,
-starter, fine-tuned, and the originals for ``camera``); ``--sheet`` writes the held-out contact
-sheet (input | starter | fine-tuned [| original]). For example:
+``weights/starter/discriminators.pt``; an error when this release ships none), ``fresh``
+(random, seeded), or ``--discriminators-file PATH``, those of any checkpoint directory that
+holds them (an unshipped candidate). Prints the split, the steps done and seconds per step,
+and a Markdown table (input, starter, fine-tuned, and the originals for ``camera``);
+``--sheet`` writes the held-out contact sheet (input | starter | fine-tuned [| original]).
+For example:
 
     python benchmarks/domain_adaptation.py --domain real \\
         --photos Zero-DCE/Zero-DCE_code/data/test_data/DICM --normal starter-work/corpus/normal \\
@@ -43,6 +45,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +70,12 @@ from bench_quality import (  # noqa: E402
 )
 from starter_recipe import read_domain, train_within  # noqa: E402
 
+from enlightengan.checkpoint import load_networks, save_checkpoint  # noqa: E402
 from enlightengan.config import EnlightenGANConfig  # noqa: E402
 from enlightengan.finetune import (  # noqa: E402
     FINETUNE_LR,
     InitSource,
+    checkpoint_source,
     fine_tune_config,
     initial_networks,
     starter_source,
@@ -148,36 +153,37 @@ def start_source(args: argparse.Namespace) -> tuple[InitSource, str]:
     if args.weights is None:
         source = starter_source()
     else:
-        from enlightengan.starter import load_weights
-
-        generator, config = load_weights(args.weights)
-        source = InitSource(
-            kind="starter",
-            uri=str(args.weights),
-            config=config,
-            generator_state=generator.state_dict(),
-            generator_sha256=hashlib.sha256(args.weights.read_bytes()).hexdigest(),
-        )
+        source = _generator_only(_checkpoint_source(args.weights))
     if args.discriminators_file is not None:
-        from enlightengan.starter import load_discriminator_weights
-
-        states, d_config = load_discriminator_weights(args.discriminators_file)
-        return _with_discriminators(source, states, d_config), args.discriminators_file.name
+        other = _checkpoint_source(args.discriminators_file)
+        if not other.has_discriminators:
+            raise ValueError(f"--discriminators-file {other.uri} holds no discriminators")
+        label = args.discriminators_file.name
+        return _with_discriminators(source, other.discriminator_states, other.config), label
     if args.discriminators == "fresh":
         return _with_discriminators(source, None, source.config), "fresh"
     if args.weights is not None:
-        from enlightengan.starter import load_starter, load_starter_discriminators
-
-        shipped = load_starter_discriminators()
-        if shipped is not None:
-            source = _with_discriminators(source, shipped[0], load_starter()[1])
+        shipped = starter_source()
+        if shipped.has_discriminators:
+            source = _with_discriminators(source, shipped.discriminator_states, shipped.config)
     if not source.has_discriminators:
         raise ValueError(
             "--discriminators shipped: this release ships no starter discriminators "
-            "(enlightengan/weights/starter-discriminators.pt); pass --discriminators fresh "
+            "(enlightengan/weights/starter/discriminators.pt); pass --discriminators fresh "
             "or --discriminators-file PATH"
         )
     return source, "shipped"
+
+
+def _checkpoint_source(directory: Path) -> InitSource:
+    """A checkpoint directory's networks, as fine-tuning reads them."""
+    checkpoint = load_networks(directory)
+    index = json.loads((directory / "checkpoint.json").read_text())
+    return checkpoint_source(checkpoint, str(directory), index)
+
+
+def _generator_only(source: InitSource) -> InitSource:
+    return replace(source, discriminator_states=None, discriminators_sha256=None)
 
 
 def _with_discriminators(
@@ -232,13 +238,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--discriminators-file",
         type=Path,
         metavar="PATH",
-        help="start the discriminators from this starter-discriminators file instead",
+        help="start the discriminators from this checkpoint directory's instead",
     )
     parser.add_argument(
         "--weights",
         type=Path,
         metavar="PATH",
-        help="a starter-format generator file to start from instead",
+        help="a checkpoint directory whose generator to start from instead",
     )
     parser.add_argument("--minutes", type=float, default=20.0, help="fine-tuning wall time")
     parser.add_argument(
@@ -253,7 +259,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sheet", type=Path, metavar="PATH", help="write the held-out contact sheet here"
     )
     parser.add_argument(
-        "--save", type=Path, metavar="PATH", help="write the fine-tuned generator (starter format)"
+        "--save",
+        type=Path,
+        metavar="PATH",
+        help="write the fine-tuned generator (a checkpoint directory)",
     )
     parser.add_argument("overrides", nargs="*", help="section.field=value (JSON values)")
     args = parser.parse_args(argv)
@@ -320,9 +329,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     seconds = time.perf_counter() - started
     modules.generator.eval()
     if args.save is not None:
-        from enlightengan.starter import save_weights
-
-        save_weights(args.save, modules.generator, config)
+        save_checkpoint(
+            args.save,
+            config=config,
+            networks={"generator": modules.generator},
+            storage_dtype="float16",
+        )
 
     starter = Generator(config.generator)
     starter.load_state_dict(source.generator_state)

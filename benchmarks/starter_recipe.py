@@ -10,10 +10,11 @@ settings tried and what each gave, e.g.:
     python benchmarks/starter_recipe.py --data starter-shards --corpus starter-corpus \\
         --minutes 6 generator.base_channels=16 loss.exposure=1 loss.exposure_patch_size=64
 
-``--init-from`` starts the generator from a starter-format weights file (a fine-tune, as
+``--init-from`` starts the generator from a checkpoint directory (a fine-tune, as
 ``enlightengan train --init-from`` does; discriminators fresh); ``--real FOLDER`` also scores
 a folder of real dark photos (NIQE, luma, HSV saturation; no references), e.g. DICM as the
-validation set; ``--save`` keeps the generator as a starter-format file for later scoring.
+validation set; ``--save`` keeps the generator as a checkpoint directory (float16, as the
+shipped starter) for later scoring.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ from bench_quality import (  # noqa: E402
 )
 
 from enlightengan.augment import make_training_batch  # noqa: E402
+from enlightengan.checkpoint import load_networks, save_checkpoint  # noqa: E402
 from enlightengan.config import EnlightenGANConfig  # noqa: E402
 from enlightengan.metrics import niqe  # noqa: E402
-from enlightengan.starter import load_weights, save_weights  # noqa: E402
 from enlightengan.training import (  # noqa: E402
     GANModules,
     GANOptimizers,
@@ -136,9 +137,9 @@ def main() -> None:
     parser.add_argument(
         "--probe", action="store_true", help="only time 4 steps on random crops, then stop"
     )
-    parser.add_argument("--init-from", type=Path, help="starter-format weights to fine-tune")
+    parser.add_argument("--init-from", type=Path, help="checkpoint directory to fine-tune")
     parser.add_argument("--real", type=Path, help="a folder of real dark photos to score")
-    parser.add_argument("--save", type=Path, help="write the generator here (starter format)")
+    parser.add_argument("--save", type=Path, help="write the generator here (checkpoint)")
     parser.add_argument(
         "--score-only", action="store_true", help="score --init-from without training"
     )
@@ -154,10 +155,10 @@ def main() -> None:
     torch.manual_seed(config.seed)
     modules = build_modules(config, build_vgg_features(None, flavour=config.loss.vgg_flavour))
     if args.init_from is not None:
-        source, source_config = load_weights(args.init_from)
-        if source_config.generator != config.generator:
-            parser.error(f"--init-from has generator {source_config.generator}")
-        modules.generator.load_state_dict(source.state_dict())
+        source = load_networks(args.init_from)
+        if source.config.generator != config.generator:
+            parser.error(f"--init-from has generator {source.config.generator}")
+        modules.generator.load_state_dict(source.network_states["generator"])
     optimizers = build_optimizers(modules, config.optim)
     batch, budget = config.optim.batch_size, args.minutes * 60
     dtype = torch.bfloat16 if args.bf16 else None
@@ -185,7 +186,12 @@ def main() -> None:
     seconds_per_step = (time.perf_counter() - started) / max(step, 1)
     modules.generator.eval()
     if args.save is not None:
-        save_weights(args.save, modules.generator, config)
+        save_checkpoint(
+            args.save,
+            config=config,
+            networks={"generator": modules.generator},
+            storage_dtype="float16",
+        )
     variants = {**baseline_variants(), "model": model_variant(modules.generator)}
     photos = holdout_set(args.corpus)
     means, outputs = score_set(photos, variants)

@@ -15,6 +15,11 @@ so a directory without a valid index is an interrupted or foreign write and neve
 Every ``.pt`` file is read with ``torch.load(weights_only=True)``: tensors and plain containers
 only, never an arbitrary pickle.
 
+The networks' floating-point weights may be stored in float16 or bfloat16
+(``save_checkpoint(storage_dtype=...)``), which halves the files of a model that ships inside
+the package; loading always returns float32 tensors, so nothing else knows how a checkpoint was
+stored. The shipped starter model (:mod:`enlightengan.starter`) is such a checkpoint.
+
 The official layout (the authors' released generator weights) is handled by
 :mod:`enlightengan.official_weights` and re-exported here.
 """
@@ -85,6 +90,7 @@ DATA_FILES = (
 DISCRIMINATOR_NAMES = ("global_d", "patch_d")
 NETWORK_NAMES = ("generator", *DISCRIMINATOR_NAMES)
 SEARCH_DEPTH = 3
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -118,11 +124,16 @@ def save_checkpoint(
     schedulers: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
     rng_state: dict[str, Any] | None = None,
+    storage_dtype: str = "float32",
 ) -> Path:
     """Write a complete checkpoint into ``directory`` (created if needed) and return its path.
 
     ``networks`` needs ``"generator"`` and may hold ``"global_d"`` and ``"patch_d"``; DDP,
     DataParallel and ``torch.compile`` wrappers are unwrapped. Tensors are copied to the CPU.
+    ``storage_dtype`` (``float32``, ``float16`` or ``bfloat16``) is how the networks'
+    floating-point weights and buffers are stored: half precision makes a shipped model half
+    the size, and loading casts back to float32. Integer buffers (BatchNorm's counters),
+    optimiser and RNG state are stored as they are.
     An existing checkpoint in ``directory`` is first made incomplete (its index removed), so a
     crash mid-way never leaves a directory that mixes two checkpoints and still loads.
     """
@@ -139,6 +150,8 @@ def save_checkpoint(
             "the generator was built from a different GeneratorConfig than config.generator: "
             f"{built_from} vs {config.generator}"
         )
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}")
     config.validate()
     try:
         trainer_json = json.dumps(trainer_state or {}, sort_keys=True, indent=2)
@@ -151,11 +164,11 @@ def save_checkpoint(
 
     payloads: dict[str, bytes] = {
         CONFIG_FILE: config.to_json().encode(),
-        GENERATOR_FILE: torch_bytes(_cpu_copy(generator.state_dict())),
+        GENERATOR_FILE: torch_bytes(stored_state(generator.state_dict(), storage_dtype)),
         TRAINER_STATE_FILE: trainer_json.encode(),
     }
     discriminators = {
-        name: _cpu_copy(unwrap_module(networks[name]).state_dict())
+        name: stored_state(unwrap_module(networks[name]).state_dict(), storage_dtype)
         for name in DISCRIMINATOR_NAMES
         if name in networks
     }
@@ -211,9 +224,7 @@ def load_checkpoint(directory: str | os.PathLike, map_location: Any = "cpu") -> 
     directory = Path(directory)
     index = _read_index(directory)
     config = _read_config(directory, index)
-    network_states = {"generator": _load_torch_file(directory, index, GENERATOR_FILE, map_location)}
-    if DISCRIMINATORS_FILE in index["files"]:
-        network_states.update(_load_torch_file(directory, index, DISCRIMINATORS_FILE, map_location))
+    network_states = _load_network_states(directory, index, map_location)
     optimizer_states: dict[str, Any] = {}
     scheduler_states: dict[str, Any] = {}
     if OPTIMIZERS_FILE in index["files"]:
@@ -244,9 +255,7 @@ def load_networks(directory: str | os.PathLike, map_location: Any = "cpu") -> Ch
     directory = Path(directory)
     index = _read_index(directory)
     config = _read_config(directory, index)
-    network_states = {"generator": _load_torch_file(directory, index, GENERATOR_FILE, map_location)}
-    if DISCRIMINATORS_FILE in index["files"]:
-        network_states.update(_load_torch_file(directory, index, DISCRIMINATORS_FILE, map_location))
+    network_states = _load_network_states(directory, index, map_location)
     return Checkpoint(directory=directory, config=config, network_states=network_states)
 
 
@@ -260,7 +269,7 @@ def load_generator(directory: str | os.PathLike, map_location: Any = "cpu") -> G
     directory = Path(directory)
     index = _read_index(directory)
     config = _read_config(directory, index)
-    state = _load_torch_file(directory, index, GENERATOR_FILE, map_location)
+    state = as_float32(_load_torch_file(directory, index, GENERATOR_FILE, map_location))
     generator = _generator_from_state(config, state, directory)
     if isinstance(map_location, str | torch.device):
         generator = generator.to(map_location)
@@ -458,6 +467,35 @@ def _read_trainer_state(directory: Path, index: dict[str, Any]) -> dict[str, Any
     if not isinstance(state, dict):
         raise CheckpointError(f"{directory}/{TRAINER_STATE_FILE} must hold a JSON object")
     return state
+
+
+def _load_network_states(
+    directory: Path, index: dict[str, Any], map_location: Any
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The generator's and (where stored) the discriminators' state dicts, in float32."""
+    states = {"generator": _load_torch_file(directory, index, GENERATOR_FILE, map_location)}
+    if DISCRIMINATORS_FILE in index["files"]:
+        states.update(_load_torch_file(directory, index, DISCRIMINATORS_FILE, map_location))
+    return {name: as_float32(state) for name, state in states.items()}
+
+
+def stored_state(state: Mapping[str, torch.Tensor], storage_dtype: str) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of a network's state dict, floating-point entries as
+    ``storage_dtype`` (a :data:`STORAGE_DTYPES` name), integer ones as they are."""
+    dtype = STORAGE_DTYPES[storage_dtype]
+    return {
+        name: value.detach().to(
+            "cpu", dtype=dtype if value.is_floating_point() else value.dtype, copy=True
+        )
+        for name, value in state.items()
+    }
+
+
+def as_float32(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A network's state dict with its floating-point entries in float32, whatever stored them."""
+    return {
+        name: value.float() if value.is_floating_point() else value for name, value in state.items()
+    }
 
 
 def _load_torch_file(directory: Path, index: dict[str, Any], name: str, map_location: Any) -> Any:

@@ -2,9 +2,9 @@
 
 A source (:class:`InitSource`) is the shipped starter model, a native checkpoint, or a
 generator in the authors' released layout. It gives the generator's architecture and weights,
-and the two discriminators where it has them (a checkpoint written by training does; the
-starter does when its discriminators file ships; the authors' files never do). Everything
-else starts fresh: the step counter, Adam's moments and the learning-rate schedule.
+and the two discriminators where it has them (a checkpoint written by training does, and so
+does the starter, itself such a checkpoint; the authors' files never do). Everything else
+starts fresh: the step counter, Adam's moments and the learning-rate schedule.
 
 The run's config (:func:`fine_tune_config`) is the source's own config (the recipe that trained
 it; the paper's defaults for the authors' layout) with the user's settings on top, except:
@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,22 +105,21 @@ def discriminator_line(record: Mapping[str, Any]) -> str:
 
 
 def starter_source() -> InitSource:
-    """The shipped starter model, with its discriminators when this release ships them."""
-    from enlightengan.shipped_weights import STARTER_SHA256
-    from enlightengan.starter import load_starter, load_starter_discriminators
-
-    generator, config = load_starter()
-    discriminators = load_starter_discriminators()
-    return InitSource(
-        kind="starter",
-        uri="starter",
-        config=config,
-        generator_state=generator.state_dict(),
-        generator_sha256=STARTER_SHA256,
-        discriminator_states=None if discriminators is None else discriminators[0],
-        discriminators_sha256=None if discriminators is None else discriminators[1],
-        model_card=STARTER_MODEL_CARD,
+    """The shipped starter model, a checkpoint like any other (with its discriminators when
+    this release ships them), once its pinned index is checked."""
+    from enlightengan.checkpoint import load_networks
+    from enlightengan.shipped_weights import (
+        StarterWeightsMissing,
+        starter_checkpoint_path,
+        verified_starter_index,
     )
+
+    try:
+        index = verified_starter_index()
+    except StarterWeightsMissing as error:
+        raise CheckpointError(str(error)) from None
+    source = checkpoint_source(load_networks(starter_checkpoint_path()), "starter", index)
+    return replace(source, kind="starter", model_card=STARTER_MODEL_CARD)
 
 
 def checkpoint_source(

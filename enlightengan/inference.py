@@ -197,13 +197,15 @@ class Enhancer:
         with the highest step), or the authors' released generator file (e.g.
         ``200_net_G_A.pth``). Local paths only: ``pipelines.api.load_enhancer`` resolves
         ``s3://`` URIs and chooses the onnxruntime or torch backend, then builds this class.
+        The starter is a checkpoint directory like any other, once its pinned index is checked.
         """
         text = os.fspath(source)
         if text == STARTER_NAME:
-            from enlightengan.starter import load_starter_generator
+            from enlightengan.starter import starter_checkpoint
 
             description = f"the shipped starter model (model card: {model_card_path()})"
-            return cls(load_starter_generator(), settings, description=description)
+            starter = load_generator(starter_checkpoint(), map_location="cpu")
+            return cls(starter, settings, description=description)
         if "://" in text:
             raise CheckpointError(
                 f"{text} is a URI: enlightengan loads local paths only; "

@@ -1,68 +1,96 @@
-"""The starter weights file shipped inside the package: where it is and the sha256 it must have.
+"""The starter model shipped inside the package: where its checkpoint is and the pin it must match.
 
-Nothing here imports torch, so a driver can check the file (and hand its bytes to the workers
-that will load it) without paying torch's import. Loading is :mod:`enlightengan.starter`'s job.
+The starter is an ordinary checkpoint directory (:mod:`enlightengan.checkpoint`),
+``enlightengan/weights/starter/``, whose ``checkpoint.json`` lists every other file's sha256 and
+size. Pinning the index's own sha256 (:data:`STARTER_SHA256`) therefore pins the whole model.
+
+Nothing here imports torch, so a driver can check the files (and hand their bytes to the workers
+that will load them) without paying torch's import. Loading is :mod:`enlightengan.checkpoint`'s
+job, as for any checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import json
+from collections.abc import Iterable
 from pathlib import Path
 
 # What names the shipped model wherever a checkpoint URI goes (`--checkpoint starter`).
 STARTER_NAME = "starter"
-# sha256 of weights/starter.pt; a changed or damaged file is refused rather than run.
-STARTER_SHA256 = "3ec57ac8a9eee63899d9c0f1e68a7324dee7b9ad07abe4029e858cb04512fb25"
-# sha256 of weights/starter-discriminators.pt (the starter's global and patch discriminators,
-# for fine-tuning); None while no such file ships, and then the file is not read.
-STARTER_DISCRIMINATORS_SHA256: str | None = (
-    "5fd36b82289184bb833d81f834d90ef50361fece8e3567bd75cd4ef110027457"
-)
-DISCRIMINATORS_FILE_NAME = "starter-discriminators.pt"
+# sha256 of weights/starter/checkpoint.json, which holds the sha256 and size of every file of the
+# checkpoint; a changed or damaged file is refused rather than run.
+STARTER_SHA256 = "cca382f38773656b9fa9e782c72149f39b5c289031dc34d6ab012f0fadef2f55"
+STARTER_INDEX_FILE = "checkpoint.json"
 
 
 class StarterWeightsMissing(ValueError):
-    """The shipped weights file is absent or is not the file this release pinned."""
+    """The shipped checkpoint is absent or is not the one this release pinned."""
 
 
-def starter_weights_path() -> Path:
-    return Path(str(importlib.resources.files("enlightengan") / "weights" / "starter.pt"))
-
-
-def starter_discriminators_path() -> Path:
-    return starter_weights_path().with_name(DISCRIMINATORS_FILE_NAME)
+def starter_checkpoint_path() -> Path:
+    """The shipped starter's checkpoint directory inside the installed package."""
+    return Path(str(importlib.resources.files("enlightengan") / "weights" / "starter"))
 
 
 def model_card_path() -> Path:
-    return starter_weights_path().with_suffix(".md")
+    return starter_checkpoint_path().with_name("starter.md")
 
 
-def verified_bytes(path: str | Path, expected_sha256: str | None = None) -> bytes:
-    """The file's bytes, refused unless their sha256 is ``expected_sha256`` (when given)."""
-    path = Path(path)
-    if not path.is_file():
+def verified_starter_index(directory: str | Path | None = None) -> dict:
+    """The starter checkpoint's parsed index, refused unless its sha256 is :data:`STARTER_SHA256`.
+
+    ``directory``: where the starter checkpoint is (default: the shipped one). The index's own
+    entries then vouch for every other file, which loading checks as for any checkpoint.
+    """
+    return json.loads(_verified_index_bytes(Path(directory or starter_checkpoint_path())))
+
+
+def _verified_index_bytes(directory: Path) -> bytes:
+    index_path = directory / STARTER_INDEX_FILE
+    if not index_path.is_file():
         raise StarterWeightsMissing(
-            f"the starter weights are missing from the installation ({path})"
+            f"the starter checkpoint is missing from the installation ({index_path})"
         )
-    data = path.read_bytes()
-    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+    data = index_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != STARTER_SHA256:
         raise StarterWeightsMissing(
-            f"{path} does not match its pinned sha256: the file is damaged or was replaced; "
-            "reinstall the package"
+            f"{index_path} does not match its pinned sha256: the starter checkpoint is damaged "
+            "or was replaced; reinstall the package"
         )
     return data
 
 
-def starter_bytes() -> bytes:
-    """The shipped starter weights file, checked against :data:`STARTER_SHA256`."""
-    return verified_bytes(starter_weights_path(), STARTER_SHA256)
+def verified_starter_checkpoint() -> Path:
+    """The shipped starter's checkpoint directory, once its index matches the pin."""
+    verified_starter_index()
+    return starter_checkpoint_path()
 
 
-def starter_discriminator_bytes() -> bytes | None:
-    """The shipped starter discriminators file checked against its pinned sha256, or None when
-    this release ships none (no pin, or no file). A file that fails its pin is refused."""
-    path = starter_discriminators_path()
-    if STARTER_DISCRIMINATORS_SHA256 is None or not path.is_file():
-        return None
-    return verified_bytes(path, STARTER_DISCRIMINATORS_SHA256)
+def starter_checkpoint_files(names: Iterable[str]) -> dict[str, bytes]:
+    """The bytes of the starter checkpoint's files ``names`` (the index among them when asked),
+    each checked against the pinned index's sha256 and size; names the index does not list are
+    left out. Reads nothing else and needs no torch."""
+    directory = starter_checkpoint_path()
+    index_bytes = _verified_index_bytes(directory)
+    listed = json.loads(index_bytes).get("files", {})
+    files: dict[str, bytes] = {}
+    for name in names:
+        if name == STARTER_INDEX_FILE:
+            files[name] = index_bytes
+            continue
+        if name not in listed:
+            continue
+        path = directory / name
+        data = path.read_bytes() if path.is_file() else b""
+        entry = listed[name]
+        if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get(
+            "sha256"
+        ):
+            raise StarterWeightsMissing(
+                f"{path} does not match its sha256 in the pinned {STARTER_INDEX_FILE}: the "
+                "starter checkpoint is damaged or was replaced; reinstall the package"
+            )
+        files[name] = data
+    return files

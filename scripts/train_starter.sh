@@ -5,7 +5,7 @@
 #      reach only a little dark (exposure up to 1/2) and whose normal-light photos are less
 #      vivid (saturation x0.85), with targets that keep brightness and saturation near the
 #      input's. Each stage: corpus -> enlightengan prepare -> enlightengan train (Ray Train).
-# Then ship (generator + discriminators, float16) and the quality report.
+# Then ship (a checkpoint directory: generator + discriminators, float16) and the quality report.
 #   bash scripts/setup.sh && bash scripts/train_starter.sh [WORK_DIR]   (default ./starter-work)
 # STEPS (stage 1, default 1200) and FINETUNE_STEPS (stage 2, default 1200) take about 20 and 25
 # minutes on 2 cores with native bf16; PRECISION=fp32 on CPUs without it (about twice as slow).
@@ -58,8 +58,8 @@ INIT_FROM="$work/run" train "$work/shards-finetune" "$work/run-finetune" "$finet
 # Tone transfer at strength 1 (BENCHMARKS.md, "Tone transfer": 0.9 met DICM's luma goal and lost
 # PSNR and SSIM to gamma on the darkened demo photos).
 "$bin/python" -m pipelines.starter.ship --run "$work/run-finetune" --tone-strength 0.88 --tone-dark-strength 1.0
-# The new files' sha256 (printed above) go into enlightengan/shipped_weights.py (STARTER_SHA256,
-# STARTER_DISCRIMINATORS_SHA256) before the package loads them as `starter`; until then the
-# quality report scores the written file as it is (with its tone transfer).
+# The new checkpoint.json's sha256 (printed above) goes into enlightengan/shipped_weights.py
+# (STARTER_SHA256) before the package loads it as `starter`; until then the quality report
+# scores the written checkpoint as it is (with its tone transfer).
 "$bin/python" benchmarks/bench_quality.py --corpus "$work/corpus" --output "$work/quality" \
-    --no-starter --weights "trained=enlightengan/weights/starter.pt"
+    --no-starter --weights "trained=enlightengan/weights/starter"

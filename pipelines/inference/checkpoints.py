@@ -22,26 +22,19 @@ from pipelines.options import STARTER_NAME
 # What the actors need to rebuild the generator; optimiser and discriminator state stay behind.
 CHECKPOINT_FILES_FOR_INFERENCE = ("checkpoint.json", "config.json", "generator.pt")
 DISCRIMINATORS_FILE = "discriminators.pt"
-# The starter model travels as its one shipped weights file under this name instead.
-STARTER_FILE = "starter.pt"
 
 
 @contextlib.contextmanager
 def staged_checkpoint(files: dict[str, bytes]) -> Iterator[Path]:
     """Checkpoint files received through the object store, written into a local temporary
     directory for the block (nothing assumes a disk shared with the driver) and removed after
-    it; the starter's weights file becomes a checkpoint directory like any other. Whatever
-    the block builds from them (a generator, an onnxruntime session) outlives the files."""
+    it. Whatever the block builds from them (a generator, an onnxruntime session) outlives the
+    files."""
     directory = Path(tempfile.mkdtemp(prefix="enlightengan-checkpoint-"))
     try:
-        if STARTER_FILE in files:
-            from enlightengan.starter import write_starter_checkpoint
-
-            yield write_starter_checkpoint(directory, files[STARTER_FILE])
-        else:
-            for name, data in files.items():
-                (directory / name).write_bytes(data)
-            yield directory
+        for name, data in files.items():
+            (directory / name).write_bytes(data)
+        yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -84,12 +77,12 @@ def load_checkpoint_files(
 ) -> CheckpointFiles:
     """Find the checkpoint at ``uri`` (a checkpoint directory or a training run root holding
     ``checkpoint_*`` directories up to three levels down; local or ``s3://``), read the files
-    inference needs and load the generator once to prove they fit (the shipped starter model is
-    proven by its pinned sha256 instead). ``with_discriminators``: also read the
+    inference needs and load the generator once to prove they fit (the shipped starter model's
+    files are proven by its pinned index instead). ``with_discriminators``: also read the
     discriminators' file where the checkpoint has one (for fine-tuning). Raises one
     ``UserError`` before any image work when anything is wrong."""
     if uri is None or uri == STARTER_NAME:
-        return _starter_checkpoint_files()
+        return _starter_checkpoint_files(with_discriminators)
     from enlightengan.checkpoint import CheckpointError, find_latest_checkpoint, load_generator
     from pipelines.errors import UserError
     from pipelines.io.storage import resolve
@@ -138,19 +131,26 @@ def _listed_files(files: dict[str, bytes]) -> dict:
     return listed if isinstance(listed, dict) else {}
 
 
-def _starter_checkpoint_files() -> CheckpointFiles:
-    """The generator shipped inside the package: its one weights file, checked against the
-    pinned sha256 without torch (the actors turn it into a checkpoint; see
-    :func:`staged_checkpoint`), which keeps torch's import off the driver of a default run."""
-    from enlightengan.shipped_weights import StarterWeightsMissing, model_card_path, starter_bytes
+def _starter_checkpoint_files(with_discriminators: bool = False) -> CheckpointFiles:
+    """The starter checkpoint shipped inside the package: the same files as any checkpoint's,
+    checked against the pinned index's sha256 without torch, which keeps torch's import off
+    the driver of a default run (the actors load the model anyway)."""
+    from enlightengan.shipped_weights import (
+        StarterWeightsMissing,
+        model_card_path,
+        starter_checkpoint_files,
+    )
     from pipelines.errors import UserError
 
+    names = CHECKPOINT_FILES_FOR_INFERENCE
+    if with_discriminators:
+        names = (*names, DISCRIMINATORS_FILE)
     try:
-        data = starter_bytes()
-    except StarterWeightsMissing as error:
+        files = starter_checkpoint_files(names)
+    except (StarterWeightsMissing, OSError) as error:
         raise UserError(f"the shipped starter model cannot be loaded: {error}") from None
     description = f"the shipped starter model (model card: {model_card_path()})"
-    return CheckpointFiles({STARTER_FILE: data}, description)
+    return CheckpointFiles(files, description)
 
 
 def _read_remote(filesystem, path: str) -> bytes:

@@ -1,16 +1,16 @@
-"""Turn a training run into the shipped starter weights files, checked before they are written.
+"""Turn a training run into the shipped starter checkpoint, checked before it is written.
 
-``python -m pipelines.starter.ship --run RUN [--out enlightengan/weights/starter.pt]`` takes
-the run's latest complete checkpoint (or a checkpoint directory), stores the generator in
-``--dtype`` (float16 by default, half the size) and refuses to write when the stored weights'
-outputs on the demo's photos fall below ``--min-psnr`` dB (45) of the fp32 checkpoint's. When the
-checkpoint holds the two discriminators (a training checkpoint does), they go into
-``starter-discriminators.pt`` beside the generator's file, in the same ``--dtype``
-(:func:`enlightengan.starter.discriminator_weights_bytes`), for fine-tuning.
-``--tone-strength S`` stores ``generator.tone_transfer_strength = S`` in the shipped config, so
-that the starter enhances with tone transfer (:mod:`enlightengan.tone`) by default. It prints each
-file's sha256, to pin in :mod:`enlightengan.shipped_weights` (``STARTER_SHA256`` and
-``STARTER_DISCRIMINATORS_SHA256``), and the PSNR it measured.
+``python -m pipelines.starter.ship --run RUN [--out enlightengan/weights/starter]`` takes the
+run's latest complete checkpoint (or a checkpoint directory) and writes it as an ordinary
+checkpoint directory (:func:`enlightengan.checkpoint.save_checkpoint`) holding the generator and,
+when the checkpoint has them (a training checkpoint does), the two discriminators for
+fine-tuning, their weights stored in ``--dtype`` (float16 by default, half the size). It refuses
+to write when the stored weights' outputs on the demo's photos fall below ``--min-psnr`` dB (45)
+of the fp32 checkpoint's. ``--tone-strength S`` stores ``generator.tone_transfer_strength = S``
+in the shipped config, so that the starter enhances with tone transfer (:mod:`enlightengan.tone`)
+by default. It prints the PSNR it measured and the sha256 of the written ``checkpoint.json``
+(which holds every other file's sha256), to pin as ``STARTER_SHA256`` in
+:mod:`enlightengan.shipped_weights`.
 """
 
 from __future__ import annotations
@@ -21,23 +21,24 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from enlightengan.checkpoint import (
     DISCRIMINATOR_NAMES,
+    INDEX_FILE,
     Checkpoint,
+    as_float32,
     find_latest_checkpoint,
     load_checkpoint,
+    load_generator,
+    save_checkpoint,
+    stored_state,
 )
+from enlightengan.config import EnlightenGANConfig
+from enlightengan.generator import Generator
 from enlightengan.inference import Enhancer, EnhancerSettings
 from enlightengan.metrics import psnr
-from enlightengan.shipped_weights import DISCRIMINATORS_FILE_NAME
-from enlightengan.starter import (
-    discriminator_weights_bytes,
-    discriminators_from_bytes,
-    starter_weights_path,
-    weights_bytes,
-    weights_from_bytes,
-)
+from enlightengan.shipped_weights import starter_checkpoint_path
 from pipelines.demo.sample_photos import darken, demo_originals
 
 
@@ -55,19 +56,29 @@ def stored_weights_psnr(generator, stored) -> float:
     return min(psnr(a, b) for a, b in zip(candidate, reference, strict=True))
 
 
-def discriminators_bytes(checkpoint: Checkpoint, dtype: str) -> bytes | None:
-    """The checkpoint's global and patch discriminators as one starter-format file (checked by
-    reading it back), or None when the checkpoint holds none (e.g. an exported generator)."""
+def stored_generator(generator: Generator, dtype: str) -> Generator:
+    """The generator as loading gives it back after storing its weights in ``dtype``."""
+    stored = Generator(generator.config)
+    stored.load_state_dict(as_float32(stored_state(generator.state_dict(), dtype)))
+    return stored.eval()
+
+
+def shipped_networks(
+    checkpoint: Checkpoint, config: EnlightenGANConfig
+) -> dict[str, torch.nn.Module]:
+    """The checkpoint's generator, built from the shipped ``config``, and, when the checkpoint
+    holds them, its global and patch discriminators (an exported generator has none)."""
     from enlightengan.discriminator import build_discriminators
 
-    if not all(name in checkpoint.network_states for name in DISCRIMINATOR_NAMES):
-        return None
-    modules = build_discriminators(checkpoint.config.discriminator)
-    for name, module in zip(DISCRIMINATOR_NAMES, modules, strict=True):
-        module.load_state_dict(checkpoint.network_states[name])
-    data = discriminator_weights_bytes(*modules, checkpoint.config, dtype)
-    discriminators_from_bytes(data)
-    return data
+    generator = Generator(config.generator)
+    generator.load_state_dict(checkpoint.network_states["generator"])
+    networks: dict[str, torch.nn.Module] = {"generator": generator.eval()}
+    if all(name in checkpoint.network_states for name in DISCRIMINATOR_NAMES):
+        modules = build_discriminators(checkpoint.config.discriminator)
+        for name, module in zip(DISCRIMINATOR_NAMES, modules, strict=True):
+            module.load_state_dict(checkpoint.network_states[name])
+            networks[name] = module
+    return networks
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,9 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         type=Path,
-        default=starter_weights_path(),
-        help="generator weights file; the discriminators go beside it as "
-        f"{DISCRIMINATORS_FILE_NAME}",
+        default=starter_checkpoint_path(),
+        help="checkpoint directory to write (default: the package's starter)",
     )
     # train calls the run folder --output too; here that name would read as the file written.
     parser.add_argument("--output", default=None, help=argparse.SUPPRESS)
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.output is not None:
-        parser.error("--output: name the training run with --run (the weights file is --out)")
+        parser.error("--output: name the training run with --run (the checkpoint is --out)")
     if args.run is None:
         parser.error("the following arguments are required: --run")
     directory = find_latest_checkpoint(args.run)
@@ -117,41 +127,52 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no complete checkpoint in or under {args.run}", file=sys.stderr)
         return 2
     checkpoint = load_checkpoint(directory)
-    generator = checkpoint.build_generator()
-    config = checkpoint.config
+    config = _shipped_config(checkpoint.config, args)
+    networks = shipped_networks(checkpoint, config)
+    measured = stored_weights_psnr(
+        networks["generator"], stored_generator(networks["generator"], args.dtype)
+    )
+    print(
+        f"checkpoint {directory} (step {checkpoint.step}); {args.dtype} storage: lowest PSNR "
+        f"against fp32 on the demo photos {measured:.1f} dB"
+    )
+    if measured < args.min_psnr:
+        print(f"error: below {args.min_psnr} dB; ship float32 instead", file=sys.stderr)
+        return 1
+    save_checkpoint(
+        args.out,
+        config=config,
+        networks=networks,
+        trainer_state={"source": "enlightengan starter", "step": checkpoint.step},
+        storage_dtype=args.dtype,
+    )
+    load_generator(args.out)
+    _print_written(args.out, networks, args.dtype)
+    return 0
+
+
+def _shipped_config(config: EnlightenGANConfig, args: argparse.Namespace) -> EnlightenGANConfig:
+    """The run's config with the tone-transfer strengths given on the command line; a
+    ``sync_batch`` generator ships as ``batch`` (the same weights; inference never syncs)."""
+    if config.generator.norm == "sync_batch":
+        config = config.with_overrides({"generator.norm": "batch"})
     if args.tone_strength is not None:
         config = config.with_overrides({"generator.tone_transfer_strength": args.tone_strength})
     if args.tone_dark_strength is not None:
         config = config.with_overrides(
             {"generator.tone_transfer_dark_strength": args.tone_dark_strength}
         )
-    data = weights_bytes(generator, config, args.dtype)
-    stored, _ = weights_from_bytes(data)
-    measured = stored_weights_psnr(generator, stored)
-    print(
-        f"checkpoint {directory} (step {checkpoint.step}); {args.dtype} storage: "
-        f"{len(data) / 1e6:.1f} MB, lowest PSNR against fp32 on the demo photos {measured:.1f} dB"
-    )
-    if measured < args.min_psnr:
-        print(f"error: below {args.min_psnr} dB; ship float32 instead", file=sys.stderr)
-        return 1
-    discriminators = discriminators_bytes(checkpoint, args.dtype)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(data)
-    print(f"written {args.out}; sha256 {hashlib.sha256(data).hexdigest()} (STARTER_SHA256)")
-    beside = args.out.with_name(DISCRIMINATORS_FILE_NAME)
-    if discriminators is None:
+    return config
+
+
+def _print_written(out: Path, networks: dict[str, torch.nn.Module], dtype: str) -> None:
+    files = sorted(path for path in out.iterdir() if path.is_file())
+    sizes = ", ".join(f"{path.name} {path.stat().st_size / 1e6:.1f} MB" for path in files)
+    print(f"written {out} ({dtype}): {sizes}")
+    if len(networks) == 1:
         print("no discriminators in the checkpoint: generator only")
-        if beside.exists():  # they belonged to another generator
-            beside.unlink()
-            print(f"removed {beside}, the discriminators of the generator it replaced")
-        return 0
-    beside.write_bytes(discriminators)
-    print(
-        f"written {beside} ({args.dtype}, {len(discriminators) / 1e6:.1f} MB); sha256 "
-        f"{hashlib.sha256(discriminators).hexdigest()} (STARTER_DISCRIMINATORS_SHA256)"
-    )
-    return 0
+    digest = hashlib.sha256((out / INDEX_FILE).read_bytes()).hexdigest()
+    print(f"{INDEX_FILE} sha256 {digest} (pin as STARTER_SHA256)")
 
 
 if __name__ == "__main__":

@@ -91,13 +91,19 @@ def normal_folder(tmp_path) -> Path:
 
 
 def test_camera_run_with_a_discriminators_file_prints_its_table(tmp_path, normal_folder, capsys):
+    from enlightengan.checkpoint import save_checkpoint
     from enlightengan.discriminator import build_discriminators
-    from enlightengan.starter import load_starter, save_discriminator_weights
+    from enlightengan.starter import load_starter_generator, load_starter_networks
 
-    config = load_starter()[1]
+    config = load_starter_networks().config
     torch.manual_seed(0)
-    file = tmp_path / "candidate-discriminators.pt"
-    save_discriminator_weights(file, *build_discriminators(config.discriminator), config)
+    global_d, patch_d = build_discriminators(config.discriminator)
+    file = save_checkpoint(
+        tmp_path / "candidate",
+        config=config,
+        networks={"generator": load_starter_generator(), "global_d": global_d, "patch_d": patch_d},
+        storage_dtype="float16",
+    )
     sheet = tmp_path / "sheet.png"
     photos = _write(tmp_path / "photos", {name: wheel_photo(name) for name in TARGET})
     means = domain_adaptation.main(
@@ -130,9 +136,14 @@ def test_real_run_with_fresh_discriminators_prints_its_table(tmp_path, normal_fo
 
 
 def test_shipped_discriminators_missing_is_one_clear_error(tmp_path, monkeypatch, capsys):
-    import enlightengan.starter
+    from dataclasses import replace
 
-    monkeypatch.setattr(enlightengan.starter, "load_starter_discriminators", lambda: None)
+    from enlightengan.finetune import starter_source
+
+    def generator_only_starter():
+        return replace(starter_source(), discriminator_states=None, discriminators_sha256=None)
+
+    monkeypatch.setattr(domain_adaptation, "starter_source", generator_only_starter)
     with pytest.raises(SystemExit, match="ships no starter discriminators") as raised:
         domain_adaptation.main(
             ["--domain", "real", "--photos", str(tmp_path), "--normal", str(tmp_path)]

@@ -153,6 +153,54 @@ def test_load_networks_reads_a_copy_that_holds_only_the_networks(tmp_path, tiny)
         load_networks(copy)
 
 
+@pytest.mark.parametrize("storage_dtype", ["float16", "bfloat16"])
+def test_half_precision_storage_loads_as_float32_and_halves_the_files(
+    tmp_path, tiny, storage_dtype
+):
+    """A shipped model stores its weights in half precision; every loader returns float32."""
+    config, generator = tiny
+    global_d, patch_d = build_discriminators(config.discriminator)
+    networks = {"generator": generator, "global_d": global_d, "patch_d": patch_d}
+    full = save_checkpoint(tmp_path / "full", config=config, networks=networks)
+    half = save_checkpoint(
+        tmp_path / "half", config=config, networks=networks, storage_dtype=storage_dtype
+    )
+    assert is_complete_checkpoint(half, verify_hashes=True)
+    for name in ("generator.pt", "discriminators.pt"):
+        ratio = (half / name).stat().st_size / (full / name).stat().st_size
+        assert 0.45 < ratio < 0.6, (name, ratio)
+    stored = torch.load(half / "generator.pt", weights_only=True)
+    dtype = getattr(torch, storage_dtype)
+    assert stored["conv1_1.weight"].dtype == dtype
+    assert stored["bn1_1.num_batches_tracked"].dtype == torch.int64
+
+    loaded = load_checkpoint(half)
+    for name, module in networks.items():
+        for key, value in module.state_dict().items():
+            got = loaded.network_states[name][key]
+            if value.is_floating_point():
+                assert got.dtype == torch.float32
+                assert torch.equal(got, value.to(dtype).float()), (name, key)
+            else:
+                assert torch.equal(got, value) and got.dtype == value.dtype
+    assert load_networks(half).network_states["patch_d"]["layers.0.weight"].dtype == torch.float32
+    restored = load_generator(half)
+    assert all(value.dtype == torch.float32 for value in restored.parameters())
+    expected = {key: value.to(dtype).float() for key, value in generator.state_dict().items()}
+    for key, value in restored.state_dict().items():
+        if value.is_floating_point():
+            assert torch.equal(value, expected[key]), key
+
+
+def test_unknown_storage_dtype_is_refused(tmp_path, tiny):
+    config, generator = tiny
+    with pytest.raises(ValueError, match="storage_dtype"):
+        save_checkpoint(
+            tmp_path / "x", config=config, networks={"generator": generator}, storage_dtype="int8"
+        )
+    assert not (tmp_path / "x").exists()
+
+
 def test_missing_index_means_incomplete(tmp_path, tiny):
     config, generator = tiny
     directory = save_tiny(tmp_path / "ckpt", config, generator)

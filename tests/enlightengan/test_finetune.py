@@ -1,5 +1,5 @@
-"""Fine-tuning sources (:mod:`enlightengan.finetune`) and the starter's discriminators file:
-the config rules, the starting weights, loaded or fresh discriminators; tiny models on CPU."""
+"""Fine-tuning sources (:mod:`enlightengan.finetune`), the starter's among them with its
+discriminators: the config rules, the starting weights, loaded or fresh discriminators; tiny models on CPU."""
 
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ from enlightengan.inference import Enhancer
 from enlightengan.official_weights import save_official_generator
 from enlightengan.serialization import CheckpointError
 from enlightengan.starter import (
-    discriminators_from_bytes,
-    load_discriminator_weights,
-    load_starter,
-    save_discriminator_weights,
+    load_starter_generator,
+    load_starter_networks,
+    starter_checkpoint_path,
 )
 from enlightengan.training import build_modules
 from tests.fixtures.photos import darken, fit_within, wheel_photo
@@ -55,54 +54,41 @@ def _same_states(left: torch.nn.Module, right: dict[str, torch.Tensor]) -> bool:
     return all(torch.equal(value, right[name]) for name, value in left.state_dict().items())
 
 
-def test_discriminators_file_round_trip_and_refusals(tmp_path):
-    networks = _trained_looking()
-    path = tmp_path / "d.pt"
-    digest = save_discriminator_weights(
-        path, networks["global_d"], networks["patch_d"], TINY, storage_dtype="float32"
-    )
-    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
-    states, config = load_discriminator_weights(path, expected_sha256=digest)
-    assert config == TINY
-    assert _same_states(networks["global_d"], states["global_d"])
-    assert _same_states(networks["patch_d"], states["patch_d"])
-    with pytest.raises(CheckpointError, match="pinned sha256"):
-        load_discriminator_weights(path, expected_sha256="0" * 64)
-    other = tiny_config(**{"discriminator.base_channels": 4})
-    wrong = save_discriminator_weights(
-        tmp_path / "wrong.pt", networks["global_d"], networks["patch_d"], other
-    )
-    with pytest.raises(CheckpointError, match="does not fit its config"):
-        load_discriminator_weights(tmp_path / "wrong.pt", expected_sha256=wrong)
-    half = save_discriminator_weights(
-        tmp_path / "half.pt", networks["global_d"], networks["patch_d"], TINY
-    )
-    halved, _ = discriminators_from_bytes((tmp_path / "half.pt").read_bytes())
-    assert half != digest and halved["global_d"]["layers.0.weight"].dtype == torch.float32
+def test_starter_source_is_the_starter_checkpoint_with_its_discriminators():
+    source = finetune.starter_source()
+    starter = load_starter_networks()
+    index = json.loads((starter_checkpoint_path() / "checkpoint.json").read_text())
+    assert (source.kind, source.uri) == ("starter", "starter")
+    assert source.model_card == finetune.STARTER_MODEL_CARD
+    assert source.config == starter.config
+    assert source.generator_sha256 == index["files"]["generator.pt"]["sha256"]
+    assert source.discriminators_sha256 == index["files"]["discriminators.pt"]["sha256"]
+    ours = {"generator": source.generator_state, **source.discriminator_states}
+    assert set(ours) == set(starter.network_states) == {"generator", "global_d", "patch_d"}
+    for name, expected in starter.network_states.items():
+        assert all(torch.equal(ours[name][key], value) for key, value in expected.items()), name
+    assert source.record()["discriminators"] == "loaded"
+    assert finetune.discriminator_line(source.record()) == "discriminators: loaded from the source"
 
 
-def test_starter_source_says_fresh_without_a_shipped_file_and_loaded_with_one(
+def test_a_starter_without_discriminators_gives_fresh_ones_and_the_pin_is_checked(
     tmp_path, monkeypatch
 ):
+    starter = load_starter_networks()
+    generator_only = save_checkpoint(
+        tmp_path / "starter",
+        config=starter.config,
+        networks={"generator": load_starter_generator()},
+        storage_dtype="float16",
+    )
+    index = (generator_only / "checkpoint.json").read_bytes()
+    monkeypatch.setattr(shipped_weights, "starter_checkpoint_path", lambda: generator_only)
+    monkeypatch.setattr(shipped_weights, "STARTER_SHA256", hashlib.sha256(index).hexdigest())
     source = finetune.starter_source()
-    generator, config = load_starter()
-    assert source.generator_sha256 == shipped_weights.STARTER_SHA256
-    assert _same_states(generator, source.generator_state)
-    if shipped_weights.STARTER_DISCRIMINATORS_SHA256 is None:
-        assert source.record()["discriminators"] == "fresh"
-        assert finetune.discriminator_line(source.record()) == (
-            "discriminators: fresh (source has none)"
-        )
-    global_d, patch_d = build_discriminators(config.discriminator)
-    path = tmp_path / shipped_weights.DISCRIMINATORS_FILE_NAME
-    digest = save_discriminator_weights(path, global_d, patch_d, config)
-    monkeypatch.setattr(shipped_weights, "starter_discriminators_path", lambda: path)
-    monkeypatch.setattr(shipped_weights, "STARTER_DISCRIMINATORS_SHA256", digest)
-    shipped = finetune.starter_source()
-    assert shipped.record()["discriminators"] == "loaded"
-    assert shipped.record()["discriminators_sha256"] == digest
-    assert finetune.discriminator_line(shipped.record()) == "discriminators: loaded from the source"
-    monkeypatch.setattr(shipped_weights, "STARTER_DISCRIMINATORS_SHA256", "0" * 64)
+    assert source.record()["discriminators"] == "fresh"
+    assert source.record()["discriminators_sha256"] is None
+    assert finetune.discriminator_line(source.record()) == "discriminators: fresh (source has none)"
+    monkeypatch.setattr(shipped_weights, "STARTER_SHA256", "0" * 64)
     with pytest.raises(CheckpointError, match="pinned sha256"):
         finetune.starter_source()
 

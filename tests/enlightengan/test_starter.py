@@ -1,111 +1,97 @@
-"""The starter weights file: round trip, storage precision, refusal of damaged or foreign files,
-and the shipped model itself (loads by name, brightens a dark photo, beats gamma on it)."""
+"""The shipped starter model: an ordinary checkpoint pinned by its index's sha256, refused when
+changed, loaded by name, and it brightens a dark photo better than gamma."""
 
 from __future__ import annotations
 
 import hashlib
-import io
-import pickle
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from enlightengan import shipped_weights
 from enlightengan.baselines import gamma_correction
-from enlightengan.config import tiny_config
-from enlightengan.generator import Generator
+from enlightengan.checkpoint import is_complete_checkpoint, load_generator, load_networks
 from enlightengan.inference import Enhancer
 from enlightengan.metrics import psnr
 from enlightengan.serialization import CheckpointError
 from enlightengan.starter import (
     STARTER_SHA256,
-    load_starter,
-    load_weights,
+    load_starter_generator,
+    load_starter_networks,
     model_card_path,
-    save_weights,
-    starter_weights_path,
-    weights_from_bytes,
-    write_starter_checkpoint,
+    starter_checkpoint_path,
 )
 from tests.fixtures.photos import darken, fit_within, wheel_photo
 
 
-def _trained_looking_generator() -> Generator:
-    torch.manual_seed(0)
-    generator = Generator(tiny_config().generator)
-    for module in generator.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return generator.eval()
+@pytest.fixture
+def starter_copy(tmp_path, monkeypatch):
+    """A copy of the shipped starter that the package loads as its own."""
+    copy = tmp_path / "starter"
+    shutil.copytree(starter_checkpoint_path(), copy)
+    monkeypatch.setattr(shipped_weights, "starter_checkpoint_path", lambda: copy)
+    return copy
 
 
-@pytest.fixture(scope="module")
-def dark_coffee() -> np.ndarray:
-    return darken(fit_within(wheel_photo("coffee"), 300, 200))
+def test_the_starter_is_an_ordinary_complete_checkpoint_pinned_by_its_index():
+    directory = starter_checkpoint_path()
+    assert is_complete_checkpoint(directory, verify_hashes=True)
+    index = directory / "checkpoint.json"
+    assert hashlib.sha256(index.read_bytes()).hexdigest() == STARTER_SHA256
+    sizes = sum(path.stat().st_size for path in directory.iterdir())
+    assert sizes <= 20 * 1024 * 1024
+    # Half precision on disk, float32 once loaded.
+    stored = torch.load(directory / "generator.pt", weights_only=True)
+    assert stored["conv1_1.weight"].dtype == torch.float16
+    generator = load_generator(directory)
+    assert not generator.training
+    assert all(value.dtype == torch.float32 for value in generator.parameters())
+    networks = load_networks(directory)
+    assert set(networks.network_states) == {"generator", "global_d", "patch_d"}
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_round_trip_keeps_config_and_outputs(tmp_path, dark_coffee, dtype):
-    generator, config = _trained_looking_generator(), tiny_config()
-    digest = save_weights(tmp_path / "w.pt", generator, config, storage_dtype=dtype)
-    assert digest == hashlib.sha256((tmp_path / "w.pt").read_bytes()).hexdigest()
-    loaded, loaded_config = load_weights(tmp_path / "w.pt", expected_sha256=digest)
-    assert loaded_config == config and not loaded.training
-    assert all(p.dtype == torch.float32 for p in loaded.parameters())
-    expected, got = Enhancer(generator)([dark_coffee])[0], Enhancer(loaded)([dark_coffee])[0]
-    if dtype == "float32":
-        np.testing.assert_array_equal(got, expected)
-    else:
-        assert psnr(got, expected) > 40
-
-
-def test_damaged_foreign_and_pickled_files_are_refused(tmp_path):
-    generator, config = _trained_looking_generator(), tiny_config()
-    digest = save_weights(tmp_path / "w.pt", generator, config)
-    data = bytearray((tmp_path / "w.pt").read_bytes())
-    data[-100] ^= 0xFF
-    (tmp_path / "damaged.pt").write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="pinned sha256"):
-        load_weights(tmp_path / "damaged.pt", expected_sha256=digest)
-    buffer = io.BytesIO()
-    torch.save({"format": "something-else", "state_dict": {}}, buffer)
-    with pytest.raises(CheckpointError, match="not an EnlightenGAN starter"):
-        weights_from_bytes(buffer.getvalue())
-
-    class Payload:
-        def __reduce__(self):
-            return (print, ("pickle code ran",))
-
-    with pytest.raises(pickle.UnpicklingError):
-        weights_from_bytes(pickle.dumps(Payload()))
-
-
-def test_shipped_starter_loads_with_its_pinned_hash_and_model_card():
-    path = starter_weights_path()
-    assert path.is_file() and path.stat().st_size <= 20 * 1024 * 1024
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == STARTER_SHA256
+def test_the_starter_has_its_model_card_and_its_tone_transfer_config():
     card = model_card_path().read_text()
     for section in ("Data", "Command", "Scores", "Licence", "Limitations"):
         assert f"## {section}" in card
-    generator, config = load_starter()
-    assert generator.config == config.generator and not generator.training
+    starter = load_starter_networks()
+    assert starter.config.generator.tone_transfer_strength == 0.88
+    assert starter.config.generator.tone_transfer_dark_strength == 1.0
+    generator = load_starter_generator()
+    assert generator.config == starter.config.generator and not generator.training
+
+
+def test_a_tampered_weights_file_in_the_starter_is_refused(starter_copy):
+    data = bytearray((starter_copy / "generator.pt").read_bytes())
+    data[-100] ^= 0xFF
+    (starter_copy / "generator.pt").write_bytes(bytes(data))
+    assert not is_complete_checkpoint(starter_copy, verify_hashes=True)
+    with pytest.raises(CheckpointError, match="does not match its sha256"):
+        Enhancer.from_pretrained("starter")
+    with pytest.raises(CheckpointError, match="does not match its sha256"):
+        load_starter_generator()
+
+
+def test_a_replaced_starter_index_is_refused_by_the_pin(starter_copy):
+    """Even a consistent checkpoint (index re-hashed) is not the starter this release pinned."""
+    index = starter_copy / "checkpoint.json"
+    index.write_bytes(index.read_bytes().replace(b'"format_version": 1', b'"format_version":  1'))
+    assert is_complete_checkpoint(starter_copy, verify_hashes=True)
+    with pytest.raises(CheckpointError, match="pinned sha256"):
+        Enhancer.from_pretrained("starter")
+    shutil.rmtree(starter_copy)
+    with pytest.raises(CheckpointError, match="missing from the installation"):
+        load_starter_networks()
 
 
 def test_shipped_starter_brightens_and_beats_gamma_on_a_darkened_photo():
     original = fit_within(wheel_photo("coffee"), 600, 400)
     dark = darken(original)
-    enhanced = Enhancer.from_pretrained("starter")([dark])[0]
+    enhancer = Enhancer.from_pretrained("starter")
+    assert enhancer.description.startswith("the shipped starter model")
+    enhanced = enhancer([dark])[0]
     assert enhanced.shape == dark.shape and enhanced.dtype == np.uint8
     assert enhanced.mean() > 3 * dark.mean()
     assert psnr(enhanced, original) > psnr(gamma_correction(dark), original)
-
-
-def test_starter_as_a_native_checkpoint_directory(tmp_path):
-    from enlightengan.checkpoint import load_generator
-
-    directory = write_starter_checkpoint(tmp_path / "starter")
-    generator = load_generator(directory)
-    reference, _ = load_starter()
-    for name, value in reference.state_dict().items():
-        assert torch.equal(generator.state_dict()[name], value)

@@ -368,7 +368,7 @@ def test_manifest_parts_are_parquet_with_the_documented_columns(tmp_path):
 
 
 def test_without_checkpoint_the_shipped_starter_model_enhances(ray_local, tmp_path, capsys):
-    from enlightengan.starter import write_starter_checkpoint
+    from enlightengan.starter import starter_checkpoint
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -379,7 +379,7 @@ def test_without_checkpoint_the_shipped_starter_model_enhances(ray_local, tmp_pa
     assert "enhance: checkpoint the shipped starter model" in capsys.readouterr().err
     with Image.open(output / "coffee.png") as image:
         written = np.asarray(image.convert("RGB"))
-    starter = build_enhancer(write_starter_checkpoint(tmp_path / "starter"), InferenceSettings())
+    starter = build_enhancer(starter_checkpoint(), InferenceSettings())
     expected = starter([dark])[0]
     assert written.mean() > 2 * dark.mean()
     # --precision auto may pick bf16 on this CPU; the reference here is fp32
