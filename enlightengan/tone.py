@@ -20,7 +20,25 @@ brightening and colour balance above it. With ``dark_strength`` set, the strengt
 how dark the input is: ``dark_strength`` for an input whose mean luma ``L`` is at most
 ``dark_luma``, ``strength`` from ``bright_luma`` up, and in between interpolated in
 ``log(1 + L)``, so a very dark photo is lifted further and one that was only a little dark is
-not pushed past where a person would expose it. The window's radius is a fraction of the image's
+not pushed past where a person would expose it.
+
+Two further settings deal with noise, which a lift amplifies. ``denoise`` replaces ``I`` in
+``T_c`` by a base layer from which the finest detail is filtered when it is at the level of the
+input's noise: each channel guided-filtered by itself (the edge-preserving smoother of He et al.,
+section 3.4) in a window of ``denoise_radius_fraction`` of the shorter side and with
+``epsilon = (denoise * sigma)^2``, where ``sigma`` is the input luma's noise level estimated by
+Immerkaer's operator ("Fast Noise Variance Estimation", CVIU 1996: the mean absolute response
+to the difference of two Laplacians, times sqrt(pi / 2) / 6). Windows whose variance is well above
+the noise keep their detail; flat ones lose the noise. With ``noise_low`` and ``noise_high`` set,
+the extra lift of a dark input fades out as its ``sigma`` rises from ``noise_low`` to
+``noise_high``: a clean dark photo is lifted by ``dark_strength``, a noisy one only by
+``strength``, because lifting noise further costs more than the light gains. ``colour`` and
+``dark_colour`` weigh the generator's colour balance: each channel's smoothed gain is
+``q_Y + colour * (q_c - q_Y)``, ``q_Y`` the luma-weighted mean of the three, so 1 takes the
+generator's colour correction as it is and 0 lifts the three channels alike; ``dark_colour``
+applies where ``dark_strength`` does, with the same weight.
+
+The window's radius is a fraction of the image's
 shorter side, so a photo and its thumbnail get the same result; large images are filtered at a
 lower resolution (the "fast guided filter", He and Sun 2015: ``a`` and ``b`` computed on a
 subsampled grid and upsampled bilinearly), which keeps time and memory linear in the pixels.
@@ -62,6 +80,14 @@ class ToneTransfer:
             ``None``: ``strength`` whatever the input.
         dark_luma, bright_luma: mean lumas (0-255) where the strength is ``dark_strength``
             and ``strength``.
+        denoise: the base layer's guided-filter regulariser in units of the input's noise
+            level (``epsilon = (denoise * sigma)^2``); 0 keeps the input as it is.
+        denoise_radius_fraction: that filter's window radius over the shorter side.
+        noise_low, noise_high: estimated noise levels (0-255 luma units) between which the
+            extra lift of a dark input fades out; ``None``: the lift ignores noise.
+        colour: the weight of the generator's colour balance (1: as it is; 0: one gain for
+            all three channels).
+        dark_colour: that weight where ``dark_strength`` applies; ``None``: ``colour``.
     """
 
     strength: float = 1.0
@@ -70,6 +96,12 @@ class ToneTransfer:
     dark_strength: float | None = None
     dark_luma: float = 30.0
     bright_luma: float = 80.0
+    denoise: float = 0.0
+    denoise_radius_fraction: float = 1 / 300
+    noise_low: float | None = None
+    noise_high: float | None = None
+    colour: float = 1.0
+    dark_colour: float | None = None
 
     def validate(self) -> ToneTransfer:
         if not 0.0 <= self.strength <= 2.0:
@@ -89,6 +121,24 @@ class ToneTransfer:
                 "tone transfer needs 0 <= dark_luma < bright_luma <= 255, got "
                 f"{self.dark_luma} and {self.bright_luma}"
             )
+        if not 0.0 <= self.denoise <= 10.0:
+            raise ValueError(f"tone transfer denoise must be in [0, 10], got {self.denoise}")
+        if not 0.0 < self.denoise_radius_fraction <= 0.05:
+            raise ValueError(
+                "tone transfer denoise_radius_fraction must be in (0, 0.05], got "
+                f"{self.denoise_radius_fraction}"
+            )
+        if (self.noise_low is None) != (self.noise_high is None) or (
+            self.noise_low is not None and not 0.0 <= self.noise_low < self.noise_high
+        ):
+            raise ValueError(
+                "tone transfer needs both noise_low and noise_high (0 <= noise_low < "
+                f"noise_high) or neither, got {self.noise_low} and {self.noise_high}"
+            )
+        for name in ("colour", "dark_colour"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.5:
+                raise ValueError(f"tone transfer {name} must be in [0, 1.5], got {value}")
         return self
 
     def __call__(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
@@ -106,22 +156,67 @@ class ToneTransfer:
         log_gain = torch.log1p(outputs) - torch.log1p(inputs)
         radius = max(1, int(min(inputs.shape[-2:]) * self.radius_fraction))
         smoothed = guided_filter(guide, log_gain, radius, self.epsilon)
-        strengths = self.strengths(luma.mean((-3, -2, -1)))
+        noise = noise_level(luma)
+        dark = self.dark_weights(luma.mean((-3, -2, -1)), noise).view(-1, 1, 1, 1)
+        strengths = self.strength + (self._dark_strength - self.strength) * dark
+        colours = self.colour + (self._dark_colour - self.colour) * dark
+        if self.colour != 1.0 or self._dark_colour != 1.0:
+            luma_gain = (smoothed * weights).sum(1, keepdim=True)
+            smoothed = luma_gain + colours * (smoothed - luma_gain)
+        base = inputs if self.denoise == 0.0 else self._denoised(inputs, noise)
         # The gain multiplies I, not I + 1: black stays black, as in the scene.
-        return (inputs * torch.exp(strengths.view(-1, 1, 1, 1) * smoothed)).clamp_(0.0, 255.0)
+        return (base * torch.exp(strengths * smoothed)).clamp_(0.0, 255.0)
 
-    def strengths(self, mean_lumas: torch.Tensor) -> torch.Tensor:
-        """The strength for inputs of these mean lumas (0-255), one per image."""
-        if self.dark_strength is None:
-            return torch.full_like(mean_lumas, self.strength)
+    @property
+    def _dark_strength(self) -> float:
+        return self.strength if self.dark_strength is None else self.dark_strength
+
+    @property
+    def _dark_colour(self) -> float:
+        return self.colour if self.dark_colour is None else self.dark_colour
+
+    def _denoised(self, inputs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        radius = max(1, int(min(inputs.shape[-2:]) * self.denoise_radius_fraction))
+        epsilon = (self.denoise * noise).square().view(-1, 1, 1, 1)
+        channels = [
+            guided_filter(channel, channel, radius, epsilon, subsample=False)
+            for channel in inputs.split(1, dim=1)
+        ]
+        return torch.cat(channels, dim=1)
+
+    def dark_weights(self, mean_lumas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """How far each input gets the dark settings, in [0, 1]: 1 at mean luma ``dark_luma``
+        and below, 0 from ``bright_luma`` up (interpolated in log(1 + luma) between), times
+        the fade over ``noise_low``..``noise_high`` of the estimated noise when those are set."""
         position = (torch.log1p(mean_lumas) - math.log1p(self.dark_luma)) / (
             math.log1p(self.bright_luma) - math.log1p(self.dark_luma)
         )
-        return torch.lerp(
-            torch.full_like(mean_lumas, self.dark_strength),
-            torch.full_like(mean_lumas, self.strength),
-            position.clamp(0.0, 1.0),
-        )
+        weights = 1.0 - position.clamp(0.0, 1.0)
+        if self.noise_low is not None:
+            fade = (self.noise_high - noise) / (self.noise_high - self.noise_low)
+            weights = weights * fade.clamp(0.0, 1.0)
+        return weights
+
+    def strengths(
+        self, mean_lumas: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The strength for inputs of these mean lumas (0-255) and estimated noise levels
+        (:func:`noise_level`; needed only with ``noise_low`` set), one per image."""
+        if noise is None:
+            noise = torch.zeros_like(mean_lumas)
+        dark = self.dark_weights(mean_lumas, noise)
+        return self.strength + (self._dark_strength - self.strength) * dark
+
+
+def noise_level(luma: torch.Tensor) -> torch.Tensor:
+    """The standard deviation of white noise in each (B, 1, H, W) luma image, one per image
+    (Immerkaer 1996: ``sqrt(pi / 2) / (6 (W - 2) (H - 2))`` times the summed absolute response to
+    the mask ``[[1, -2, 1], [-2, 4, -2], [1, -2, 1]]``, which cancels smooth gradients)."""
+    if min(luma.shape[-2:]) < 3:
+        return luma.new_zeros(luma.shape[0])
+    mask = luma.new_tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+    response = F.conv2d(luma, mask.view(1, 1, 3, 3)).abs().mean((-3, -2, -1))
+    return response * (math.sqrt(math.pi / 2) / 6.0)
 
 
 def box_mean(values: torch.Tensor, radius: int) -> torch.Tensor:
@@ -145,12 +240,18 @@ def _box_sum(values: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
 
 
 def guided_filter(
-    guide: torch.Tensor, source: torch.Tensor, radius: int, epsilon: float
+    guide: torch.Tensor,
+    source: torch.Tensor,
+    radius: int,
+    epsilon: float | torch.Tensor,
+    subsample: bool = True,
 ) -> torch.Tensor:
     """Filter ``source`` (B, C, H, W) guided by ``guide`` (B, 1, H, W) (He et al. 2013,
-    eqs. 7-8), on a grid subsampled so that the window keeps at least LOW_RES_RADIUS."""
+    eqs. 7-8), on a grid subsampled so that the window keeps at least LOW_RES_RADIUS (unless
+    ``subsample`` is off: a filter meant to remove pixel-level noise must see every pixel).
+    ``epsilon``: one value, or a (B, 1, 1, 1) tensor of one per image."""
     height, width = guide.shape[-2:]
-    step = max(1, radius // LOW_RES_RADIUS)
+    step = max(1, radius // LOW_RES_RADIUS) if subsample else 1
     if step > 1:
         size = (math.ceil(height / step), math.ceil(width / step))
         low_guide = F.adaptive_avg_pool2d(guide, size)

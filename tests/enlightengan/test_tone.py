@@ -13,7 +13,7 @@ from skimage import data
 
 from enlightengan.config import tiny_config
 from enlightengan.inference import Enhancer, EnhancerSettings
-from enlightengan.tone import ToneTransfer, box_mean, guided_filter
+from enlightengan.tone import ToneTransfer, box_mean, guided_filter, noise_level
 from tests.enlightengan.textured_generator import darken, psnr, textured_generator
 
 
@@ -152,6 +152,10 @@ def test_a_thumbnail_gets_the_same_tone_as_the_full_image(dark_coffee):
         (ToneTransfer(epsilon=0.0), "epsilon"),
         (ToneTransfer(dark_strength=2.5), "dark_strength"),
         (ToneTransfer(dark_luma=90.0, bright_luma=80.0), "dark_luma < bright_luma"),
+        (ToneTransfer(denoise=-1.0), "denoise"),
+        (ToneTransfer(noise_low=1.0), "noise_low and noise_high"),
+        (ToneTransfer(noise_low=3.0, noise_high=2.0), "noise_low and noise_high"),
+        (ToneTransfer(dark_colour=2.0), "dark_colour"),
     ],
 )
 def test_bad_settings_name_the_field(settings, message):
@@ -208,3 +212,46 @@ def test_enhancer_settings_refuse_unknown_modes():
         EnhancerSettings(tone_strength=5.0).validate()
     with pytest.raises(ValueError, match="dark_strength"):
         EnhancerSettings(tone_dark_strength=-1.0).validate()
+
+
+def test_the_noise_level_measures_added_noise_and_ignores_smooth_shading():
+    generator = torch.Generator().manual_seed(0)
+    rows, cols = torch.meshgrid(torch.arange(200.0), torch.arange(300.0), indexing="ij")
+    shading = (20 + 0.3 * rows + 0.2 * cols)[None, None]
+    assert noise_level(shading).item() < 1e-3
+    for sigma in (1.0, 4.0):
+        noisy = shading + sigma * torch.randn(shading.shape, generator=generator)
+        assert noise_level(noisy).item() == pytest.approx(sigma, rel=0.05)
+    photo = as_batch(data.camera()[..., None])
+    levels = [
+        noise_level(photo + s * torch.randn(photo.shape, generator=generator)) for s in (0, 2, 8)
+    ]
+    assert levels[0] < levels[1] < levels[2]
+    assert noise_level(torch.zeros(2, 1, 2, 2)).tolist() == [0.0, 0.0]
+
+
+def test_denoising_smooths_noise_in_flat_parts_and_keeps_edges():
+    generator = torch.Generator().manual_seed(0)
+    step = torch.full((1, 3, 120, 120), 40.0)
+    step[..., 60:] = 120.0
+    noisy = step + 3.0 * torch.randn(step.shape, generator=generator)
+    doubled = ((noisy + 1) * 2 - 1).clamp(0, 255)
+    plain = ToneTransfer()(noisy, doubled)
+    denoised = ToneTransfer(denoise=1.5)(noisy, doubled)
+    assert denoised[..., 10:50].std() < 0.75 * plain[..., 10:50].std()
+    edge = denoised[..., 62:64].mean() - denoised[..., 56:58].mean()
+    assert edge.item() == pytest.approx(2 * (120.0 - 40.0), rel=0.1)
+
+
+def test_noise_fades_the_dark_lift_and_colour_weighs_the_generators_balance(dark_coffee):
+    tone = ToneTransfer(strength=1.0, dark_strength=1.5, noise_low=1.0, noise_high=3.0)
+    lumas = torch.tensor([10.0, 10.0, 10.0, 200.0])
+    noise = torch.tensor([0.5, 2.0, 4.0, 0.5])
+    assert tone.strengths(lumas, noise).tolist() == pytest.approx([1.5, 1.25, 1.0, 1.0])
+    inputs = as_batch(dark_coffee).clamp(min=20)
+    tinted = inputs * torch.tensor([2.0, 1.5, 1.0]).view(1, 3, 1, 1)
+    grey = ToneTransfer(colour=0.0)(inputs, tinted.clamp(max=255))
+    ratios = grey / inputs
+    assert (ratios[:, 0] - ratios[:, 2]).abs().max() < 1e-3
+    full = ToneTransfer()(inputs, tinted.clamp(max=255)) / inputs
+    assert (full[:, 0] / full[:, 2]).median() > 1.8
