@@ -52,6 +52,11 @@ class GeneratorConfig:
             (:class:`~enlightengan.tone.ToneTransfer` ``dark_strength``: the strength then
             follows the input's mean luma); ``None``: one strength for every input. Read by
             the Enhancer with ``tone_transfer_strength``.
+        tone_transfer_denoise, tone_transfer_noise_low, tone_transfer_noise_high,
+        tone_transfer_colour, tone_transfer_dark_colour: the tone transfer's noise and colour
+            settings (:class:`~enlightengan.tone.ToneTransfer` ``denoise``, ``noise_low``,
+            ``noise_high``, ``colour``, ``dark_colour``); the defaults leave the transfer as
+            the two strengths alone make it.
     """
 
     base_channels: int = 32
@@ -64,6 +69,11 @@ class GeneratorConfig:
     conv_bias_init: str = "pytorch"
     tone_transfer_strength: float | None = None
     tone_transfer_dark_strength: float | None = None
+    tone_transfer_denoise: float = 0.0
+    tone_transfer_noise_low: float | None = None
+    tone_transfer_noise_high: float | None = None
+    tone_transfer_colour: float = 1.0
+    tone_transfer_dark_colour: float | None = None
 
     def validate(self) -> None:
         _require(self.base_channels >= 1, "generator.base_channels must be >= 1")
@@ -86,6 +96,19 @@ class GeneratorConfig:
             or 0.0 <= self.tone_transfer_dark_strength <= 2.0,
             "generator.tone_transfer_dark_strength must be None or in [0, 2]",
         )
+        _require(
+            0.0 <= self.tone_transfer_denoise <= 10.0,
+            "generator.tone_transfer_denoise must be in [0, 10]",
+        )
+        low, high = self.tone_transfer_noise_low, self.tone_transfer_noise_high
+        _require(
+            (low is None and high is None)
+            or (low is not None and high is not None and 0 <= low < high),
+            "generator.tone_transfer_noise_low and _noise_high must both be None or 0 <= low < high",
+        )
+        for name in ("tone_transfer_colour", "tone_transfer_dark_colour"):
+            value = getattr(self, name)
+            _require(value is None or 0.0 <= value <= 1.5, f"generator.{name} must be in [0, 1.5]")
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,10 @@ class EnhancerSettings:
             (:class:`~enlightengan.tone.ToneTransfer` ``dark_strength``); ``None``: the
             config's (``tone_transfer_dark_strength``). Setting ``tone_strength`` alone gives
             every input that one strength.
+        tone_denoise: how hard the transfer's base layer is denoised
+            (:class:`~enlightengan.tone.ToneTransfer` ``denoise``, in units of the input's
+            estimated noise; 0: not at all); ``None``: the config's (``tone_transfer_denoise``).
+            The config's noise fade and colour weights always apply.
     """
 
     device: str = "cpu"
@@ -113,6 +117,7 @@ class EnhancerSettings:
     tone_transfer: Literal["model", "on", "off"] = "model"
     tone_strength: float | None = None
     tone_dark_strength: float | None = None
+    tone_denoise: float | None = None
 
     def validate(self) -> EnhancerSettings:
         try:
@@ -137,6 +142,7 @@ class EnhancerSettings:
         ToneTransfer(
             strength=1.0 if self.tone_strength is None else self.tone_strength,
             dark_strength=self.tone_dark_strength,
+            denoise=0.0 if self.tone_denoise is None else self.tone_denoise,
         ).validate()
         return self
 
@@ -150,7 +156,15 @@ class EnhancerSettings:
         if dark_strength is None and self.tone_strength is None:
             dark_strength = config.tone_transfer_dark_strength
         return ToneTransfer(
-            strength=1.0 if strength is None else strength, dark_strength=dark_strength
+            strength=1.0 if strength is None else strength,
+            dark_strength=dark_strength,
+            denoise=config.tone_transfer_denoise
+            if self.tone_denoise is None
+            else self.tone_denoise,
+            noise_low=config.tone_transfer_noise_low,
+            noise_high=config.tone_transfer_noise_high,
+            colour=config.tone_transfer_colour,
+            dark_colour=config.tone_transfer_dark_colour,
         ).validate()
 
 

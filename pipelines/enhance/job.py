@@ -140,6 +140,7 @@ def inference_settings(
         tone_transfer=job.tone_transfer,
         tone_strength=job.tone_strength,
         tone_dark_strength=job.tone_dark_strength,
+        tone_denoise=job.tone_denoise,
     )
 
 

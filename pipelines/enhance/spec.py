@@ -56,6 +56,7 @@ class EnhanceJob(StorageFields, RayFields):
     tone_transfer: str = choice(TONE_TRANSFERS, "model")
     tone_strength: float | None = None
     tone_dark_strength: float | None = None
+    tone_denoise: float | None = None
     image_format: str = choice(IMAGE_FORMATS, "same")
     jpeg_quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -81,6 +82,8 @@ class EnhanceJob(StorageFields, RayFields):
             raise SpecError("{tone_strength} must be between 0 and 2")
         if self.tone_dark_strength is not None and not 0.0 <= self.tone_dark_strength <= 2.0:
             raise SpecError("{tone_dark_strength} must be between 0 and 2")
+        if self.tone_denoise is not None and not 0.0 <= self.tone_denoise <= 10.0:
+            raise SpecError("{tone_denoise} must be between 0 and 10")
         if not 1 <= self.jpeg_quality <= 100:
             raise SpecError("{jpeg_quality} must be between 1 and 100")
         if self.manifest_rows < 1:
@@ -151,6 +154,14 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         "--tone-strength from 80 up, in between interpolated); default: the checkpoint's "
         "(the starter lifts very dark photos further); --tone-strength alone gives every "
         "photo that strength",
+    )
+    model.add_argument(
+        "--tone-denoise",
+        type=float,
+        default=None,
+        help="with tone transfer, smooth detail at the photo's own noise level before "
+        "lifting it (0-10, in units of the estimated noise; 0: keep every pixel's detail); "
+        "default: the checkpoint's (the starter denoises)",
     )
     images = parser.add_argument_group("images")
     images.add_argument(

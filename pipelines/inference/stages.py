@@ -57,6 +57,7 @@ class InferenceSettings:
     tone_transfer: str = "model"
     tone_strength: float | None = None
     tone_dark_strength: float | None = None
+    tone_denoise: float | None = None
 
 
 def object_column(values, dtype=object) -> np.ndarray:
@@ -233,6 +234,7 @@ def build_enhancer(checkpoint_dir: str | os.PathLike, settings: InferenceSetting
     options["tone_transfer"] = settings.tone_transfer
     options["tone_strength"] = settings.tone_strength
     options["tone_dark_strength"] = settings.tone_dark_strength
+    options["tone_denoise"] = settings.tone_denoise
     return build_backend_enhancer(checkpoint_dir, settings, options)
 
 

@@ -40,6 +40,8 @@ from enlightengan.inference import Enhancer, EnhancerSettings
 from enlightengan.metrics import psnr
 from enlightengan.shipped_weights import starter_checkpoint_path
 from pipelines.demo.sample_photos import darken, demo_originals
+from pipelines.errors import UserError
+from pipelines.train.job import parse_override
 
 
 def _check_images() -> list[np.ndarray]:
@@ -112,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="ship with this tone-transfer strength for very dark photos "
         "(generator.tone_transfer_dark_strength); default: as the run's config says",
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="generator.FIELD=VALUE",
+        help="ship with this inference setting of the generator's config changed (e.g. "
+        "generator.tone_transfer_denoise=1.0); repeatable; the network's own settings cannot "
+        "change",
+    )
     return parser
 
 
@@ -127,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no complete checkpoint in or under {args.run}", file=sys.stderr)
         return 2
     checkpoint = load_checkpoint(directory)
-    config = _shipped_config(checkpoint.config, args)
+    try:
+        config = _shipped_config(checkpoint.config, args)
+    except (UserError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     networks = shipped_networks(checkpoint, config)
     measured = stored_weights_psnr(
         networks["generator"], stored_generator(networks["generator"], args.dtype)
@@ -162,7 +178,14 @@ def _shipped_config(config: EnlightenGANConfig, args: argparse.Namespace) -> Enl
         config = config.with_overrides(
             {"generator.tone_transfer_dark_strength": args.tone_dark_strength}
         )
-    return config
+    overrides = dict(parse_override(text) for text in args.overrides)
+    not_tone = sorted(key for key in overrides if not key.startswith("generator.tone_transfer_"))
+    if not_tone:
+        raise UserError(
+            f"--set {', '.join(not_tone)}: only the generator's tone_transfer_* settings can "
+            "change when shipping (the rest define the trained weights)"
+        )
+    return config.with_overrides(overrides).validate()
 
 
 def _print_written(out: Path, networks: dict[str, torch.nn.Module], dtype: str) -> None:

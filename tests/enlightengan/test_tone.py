@@ -196,6 +196,24 @@ def test_the_dark_strength_comes_from_the_config_unless_the_settings_say(generat
     assert uniform == ToneTransfer(strength=0.5)
 
 
+def test_noise_and_colour_settings_come_from_the_config_and_denoise_can_be_overridden(generators):
+    config = dataclasses.replace(
+        generators[1].config,
+        tone_transfer_denoise=1.5,
+        tone_transfer_noise_low=1.0,
+        tone_transfer_noise_high=2.0,
+        tone_transfer_colour=0.6,
+        tone_transfer_dark_colour=1.0,
+    )
+    model = textured_generator(config)
+    expected = ToneTransfer(
+        strength=0.8, denoise=1.5, noise_low=1.0, noise_high=2.0, colour=0.6, dark_colour=1.0
+    )
+    assert Enhancer(model).tone_transfer == expected
+    override = Enhancer(model, EnhancerSettings(tone_denoise=0.0)).tone_transfer
+    assert override == dataclasses.replace(expected, denoise=0.0)
+
+
 def test_enhancer_output_is_the_transfer_of_the_generators_output(generators, dark_coffee):
     plain, toned = generators
     raw = Enhancer(plain, EnhancerSettings(tile_size=None))([dark_coffee])[0]

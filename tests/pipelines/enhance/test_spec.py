@@ -23,6 +23,7 @@ def test_flags_become_a_frozen_spec():
     assert (spec.input, spec.output, spec.workers, spec.image_format) == ("in", "out", 2, "png")
     assert spec.channels_last is False and spec.precision == "auto" and spec.backend == "auto"
     assert job("--tone-dark-strength", "1.2").tone_dark_strength == 1.2
+    assert job("--tone-denoise", "0").tone_denoise == 0.0
     with pytest.raises(AttributeError):
         spec.workers = 3
 
@@ -47,6 +48,7 @@ def test_the_dark_policy_comes_from_the_flags():
         (("--jpeg-quality", "0"), "--jpeg-quality"),
         (("--tone-dark-strength", "-1"), "--tone-dark-strength"),
         (("--tone-dark-strength", "3"), "--tone-dark-strength"),
+        (("--tone-denoise", "-1"), "--tone-denoise"),
     ],
 )
 def test_bad_settings_are_one_clear_error(argv, message):

@@ -140,3 +140,29 @@ def test_tone_dark_strength_is_stored(tmp_path, capsys):
     assert ship.main([*argv, "--tone-dark-strength", "1.3"]) == 0
     tone = Enhancer(load_generator(adaptive)).tone_transfer
     assert tone == ToneTransfer(strength=0.9, dark_strength=1.3)
+
+
+def test_tone_settings_are_set_by_name_and_nothing_else_is(tmp_path, capsys):
+    from enlightengan.inference import Enhancer
+    from enlightengan.tone import ToneTransfer
+
+    directory = save_checkpoint(
+        tmp_path / "exported", config=TINY, networks={"generator": _networks()["generator"]}
+    )
+    out = tmp_path / "denoising"
+    argv = ["--run", str(directory), "--out", str(out), "--tone-strength", "1"]
+    settings = (
+        "tone_transfer_denoise=1.5",
+        "tone_transfer_noise_low=1",
+        "tone_transfer_noise_high=2",
+    )
+    assert (
+        ship.main([*argv, *(item for s in settings for item in ("--set", f"generator.{s}"))]) == 0
+    )
+    tone = Enhancer(load_generator(out)).tone_transfer
+    assert tone == ToneTransfer(strength=1.0, denoise=1.5, noise_low=1.0, noise_high=2.0)
+    capsys.readouterr()
+    assert ship.main([*argv, "--set", "generator.base_channels=8"]) == 2
+    assert "generator.base_channels" in capsys.readouterr().err
+    assert ship.main([*argv, "--set", "generator.tone_transfer_noise_low=1"]) == 2
+    assert "noise_low" in capsys.readouterr().err
