@@ -52,11 +52,12 @@ class GeneratorConfig:
             (:class:`~enlightengan.tone.ToneTransfer` ``dark_strength``: the strength then
             follows the input's mean luma); ``None``: one strength for every input. Read by
             the Enhancer with ``tone_transfer_strength``.
-        tone_transfer_denoise, tone_transfer_noise_low, tone_transfer_noise_high,
-        tone_transfer_colour, tone_transfer_dark_colour: the tone transfer's noise and colour
-            settings (:class:`~enlightengan.tone.ToneTransfer` ``denoise``, ``noise_low``,
-            ``noise_high``, ``colour``, ``dark_colour``); the defaults leave the transfer as
-            the two strengths alone make it.
+        tone_transfer_dark_luma, tone_transfer_bright_luma, tone_transfer_denoise,
+        tone_transfer_noise_low, tone_transfer_noise_high, tone_transfer_colour,
+        tone_transfer_dark_colour: the tone transfer's other settings
+            (:class:`~enlightengan.tone.ToneTransfer` ``dark_luma``, ``bright_luma``,
+            ``denoise``, ``noise_low``, ``noise_high``, ``colour``, ``dark_colour``); the
+            defaults leave the transfer as the two strengths alone make it.
     """
 
     base_channels: int = 32
@@ -69,6 +70,8 @@ class GeneratorConfig:
     conv_bias_init: str = "pytorch"
     tone_transfer_strength: float | None = None
     tone_transfer_dark_strength: float | None = None
+    tone_transfer_dark_luma: float = 30.0
+    tone_transfer_bright_luma: float = 80.0
     tone_transfer_denoise: float = 0.0
     tone_transfer_noise_low: float | None = None
     tone_transfer_noise_high: float | None = None
@@ -95,6 +98,10 @@ class GeneratorConfig:
             self.tone_transfer_dark_strength is None
             or 0.0 <= self.tone_transfer_dark_strength <= 2.0,
             "generator.tone_transfer_dark_strength must be None or in [0, 2]",
+        )
+        _require(
+            0.0 <= self.tone_transfer_dark_luma < self.tone_transfer_bright_luma <= 255.0,
+            "generator.tone_transfer_dark_luma and _bright_luma need 0 <= dark < bright <= 255",
         )
         _require(
             0.0 <= self.tone_transfer_denoise <= 10.0,

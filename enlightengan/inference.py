@@ -158,6 +158,8 @@ class EnhancerSettings:
         return ToneTransfer(
             strength=1.0 if strength is None else strength,
             dark_strength=dark_strength,
+            dark_luma=config.tone_transfer_dark_luma,
+            bright_luma=config.tone_transfer_bright_luma,
             denoise=config.tone_transfer_denoise
             if self.tone_denoise is None
             else self.tone_denoise,
