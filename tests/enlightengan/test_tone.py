@@ -197,27 +197,20 @@ def test_the_dark_strength_comes_from_the_config_unless_the_settings_say(generat
 
 
 def test_noise_and_colour_settings_come_from_the_config_and_denoise_can_be_overridden(generators):
+    settings = {
+        "dark_luma": 20.0,
+        "bright_luma": 60.0,
+        "denoise": 1.5,
+        "noise_low": 1.0,
+        "noise_high": 2.0,
+        "colour": 0.6,
+        "dark_colour": 1.0,
+    }
     config = dataclasses.replace(
-        generators[1].config,
-        tone_transfer_dark_luma=20.0,
-        tone_transfer_bright_luma=60.0,
-        tone_transfer_denoise=1.5,
-        tone_transfer_noise_low=1.0,
-        tone_transfer_noise_high=2.0,
-        tone_transfer_colour=0.6,
-        tone_transfer_dark_colour=1.0,
+        generators[1].config, **{f"tone_transfer_{name}": value for name, value in settings.items()}
     )
     model = textured_generator(config)
-    expected = ToneTransfer(
-        strength=0.8,
-        dark_luma=20.0,
-        bright_luma=60.0,
-        denoise=1.5,
-        noise_low=1.0,
-        noise_high=2.0,
-        colour=0.6,
-        dark_colour=1.0,
-    )
+    expected = ToneTransfer(strength=0.8, **settings)
     assert Enhancer(model).tone_transfer == expected
     override = Enhancer(model, EnhancerSettings(tone_denoise=0.0)).tone_transfer
     assert override == dataclasses.replace(expected, denoise=0.0)
