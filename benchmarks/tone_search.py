@@ -63,7 +63,7 @@ def network_outputs(generator: str, test_set, folder: Path) -> list[np.ndarray]:
 
 
 def transferred(tone: ToneTransfer, image: np.ndarray, output: np.ndarray) -> np.ndarray:
-    as_batch = [torch.from_numpy(x).permute(2, 0, 1)[None].float() for x in (image, output)]
+    as_batch = [torch.tensor(x).permute(2, 0, 1)[None].float() for x in (image, output)]
     result = tone(*as_batch)[0].permute(1, 2, 0)
     return result.round().clamp(0, 255).to(torch.uint8).numpy()
 
