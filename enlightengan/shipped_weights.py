@@ -21,7 +21,7 @@ from pathlib import Path
 STARTER_NAME = "starter"
 # sha256 of weights/starter/checkpoint.json, which holds the sha256 and size of every file of the
 # checkpoint; a changed or damaged file is refused rather than run.
-STARTER_SHA256 = "cca382f38773656b9fa9e782c72149f39b5c289031dc34d6ab012f0fadef2f55"
+STARTER_SHA256 = "559873b28188c3c7983ccfdb0d520f3662317bbeb35d912a5869e2e53c1c39ab"
 STARTER_INDEX_FILE = "checkpoint.json"
 
 

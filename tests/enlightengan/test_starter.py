@@ -57,8 +57,21 @@ def test_the_starter_has_its_model_card_and_its_tone_transfer_config():
     for section in ("Data", "Command", "Scores", "Licence", "Limitations"):
         assert f"## {section}" in card
     starter = load_starter_networks()
-    assert starter.config.generator.tone_transfer_strength == 0.88
-    assert starter.config.generator.tone_transfer_dark_strength == 1.0
+    shipped = {
+        "strength": 0.82,
+        "dark_strength": 1.4,
+        "dark_luma": 20,
+        "bright_luma": 40,
+        "denoise": 1.0,
+        "noise_low": 1.0,
+        "noise_high": 3.0,
+        "colour": 0.5,
+        "dark_colour": 0.8,
+    }
+    for name, value in shipped.items():
+        assert getattr(starter.config.generator, f"tone_transfer_{name}") == value
+        # The card's command line ships these very settings.
+        assert f"tone_transfer_{name}={value:g}" in card or name in ("strength", "dark_strength")
     generator = load_starter_generator()
     assert generator.config == starter.config.generator and not generator.training
 

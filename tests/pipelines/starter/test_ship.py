@@ -22,6 +22,7 @@ from enlightengan.config import tiny_config
 from enlightengan.discriminator import build_discriminators
 from enlightengan.generator import Generator
 from pipelines.starter import ship
+from pipelines.train.job import parse_override
 
 REPO = Path(__file__).resolve().parents[3]
 TINY = tiny_config()
@@ -55,8 +56,9 @@ def test_the_scripts_ship_command_writes_a_float16_checkpoint_with_discriminator
     networks = _networks()
     # The ship line of scripts/train_starter.sh, with its work folder here.
     script = (REPO / "scripts" / "train_starter.sh").read_text()
-    (command,) = re.findall(r"-m pipelines\.starter\.ship (.*)", script)
-    argv = [arg.replace("$work", str(tmp_path / "starter-work")) for arg in shlex.split(command)]
+    (command,) = re.findall(r"-m pipelines\.starter\.ship ((?:.*\\\n)*.*)", script)
+    words = shlex.split(command.replace("\\\n", " "))
+    argv = [arg.replace("$work", str(tmp_path / "starter-work")) for arg in words]
     run = Path(argv[argv.index("--run") + 1])
     save_checkpoint(
         run / "train" / "checkpoint_00000004",
@@ -82,6 +84,7 @@ def test_the_scripts_ship_command_writes_a_float16_checkpoint_with_discriminator
         {
             "generator.tone_transfer_strength": strength,
             "generator.tone_transfer_dark_strength": dark_strength,
+            **dict(parse_override(argv[i + 1]) for i, a in enumerate(argv) if a == "--set"),
         }
     )
     for name, module in networks.items():
