@@ -150,10 +150,11 @@ def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
         "--tone-dark-strength",
         type=float,
         default=None,
-        help="with tone transfer, the strength for very dark photos (mean luma 30 or less; "
-        "--tone-strength from 80 up, in between interpolated); default: the checkpoint's "
-        "(the starter lifts very dark photos further); --tone-strength alone gives every "
-        "photo that strength",
+        help="with tone transfer, the strength for very dark photos (mean luma up to the "
+        "checkpoint's tone_transfer_dark_luma, the starter's 20; --tone-strength from its "
+        "tone_transfer_bright_luma, 40, up; interpolated between; noisy photos get less of "
+        "it where the config sets a noise range); default: the checkpoint's (the starter "
+        "lifts very dark photos 1.4x); --tone-strength alone gives every photo that strength",
     )
     model.add_argument(
         "--tone-denoise",
