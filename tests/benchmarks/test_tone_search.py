@@ -75,3 +75,20 @@ def test_a_search_scores_each_setting_on_each_set_and_reuses_the_network_outputs
     second = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert second == first
     assert cached[0].stat().st_mtime_ns == stamp
+
+
+def test_the_shipped_settings_and_goals_files_are_valid_and_hold_the_starters_settings():
+    from enlightengan.starter import load_starter_generator
+
+    settings = json.loads((ROOT / "benchmarks" / "tone_search_ablation.json").read_text())
+    for keywords in settings.values():
+        ToneTransfer(**keywords).validate()
+    config = load_starter_generator().config
+    assert {f"tone_transfer_{name}": value for name, value in settings["chosen"].items()} == {
+        f"tone_transfer_{name}": getattr(config, f"tone_transfer_{name}")
+        for name in settings["chosen"]
+    }
+    goals = json.loads((ROOT / "benchmarks" / "tone_search_goals.json").read_text())
+    for set_goals in goals.values():
+        means = dict.fromkeys(("niqe", "psnr", "ssim", "luma", "saturation"), 100.0)
+        assert set(tone_search.margins(means, set_goals)) == {goal[0] for goal in set_goals}
