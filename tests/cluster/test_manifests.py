@@ -6,6 +6,7 @@ test_launcher_and_runtime_env.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from importlib.metadata import version
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cli import build_parser
+from pipelines.cli import build_parser, resolve
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 CLUSTER_DOCS = CLUSTER.parent / "docs" / "clusters"
@@ -32,10 +33,16 @@ def load(path: Path) -> dict:
 
 
 def parse_entrypoint(entrypoint: str):
-    """The entrypoint parsed by the project's own parser (unknown options exit with 2)."""
+    """The entrypoint parsed by the project's own parser (unknown options exit with 2), each
+    value as the job's spec converts and validates it."""
     words = shlex.split(entrypoint)
     assert words[0] == "enlightengan"
-    return build_parser().parse_args(words[1:])
+    args = build_parser().parse_args(words[1:])
+    spec = resolve(args)
+    for field in dataclasses.fields(spec) if spec is not None else ():
+        if hasattr(args, field.name):
+            setattr(args, field.name, getattr(spec, field.name))
+    return args
 
 
 def check_container(container: dict) -> None:
@@ -211,7 +218,7 @@ def test_job_commands_in_the_cluster_pages_parse(document):
     commands = documented_commands(CLUSTER_DOCS / document)
     assert commands
     for command in commands:
-        args = build_parser().parse_args(shlex.split(command)[1:])
+        args = parse_entrypoint(command)
         assert args.command in ("submit", "prepare", "train", "enhance"), command
 
 
