@@ -36,7 +36,8 @@ the extra lift of a dark input fades out as its ``sigma`` rises from ``noise_low
 ``dark_colour`` weigh the generator's colour balance: each channel's smoothed gain is
 ``q_Y + colour * (q_c - q_Y)``, ``q_Y`` the luma-weighted mean of the three, so 1 takes the
 generator's colour correction as it is and 0 lifts the three channels alike; ``dark_colour``
-applies where ``dark_strength`` does, with the same weight.
+applies to dark inputs with the same weight as ``dark_strength`` (the noise fade included), and
+does so even when ``dark_strength`` is left unset.
 
 The window's radius is a fraction of the image's
 shorter side, so a photo and its thumbnail get the same result; large images are filtered at a
@@ -64,6 +65,8 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 LOG_SCALE = math.log(256.0)
 # Low-resolution windows of at least this radius keep the fast filter close to the exact one.
 LOW_RES_RADIUS = 8
+# The denoising filter's smallest regulariser, in squared 0-255 grey levels (sigma 0.1).
+MIN_DENOISE_EPSILON = 0.01
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ class ToneTransfer:
             extra lift of a dark input fades out; ``None``: the lift ignores noise.
         colour: the weight of the generator's colour balance (1: as it is; 0: one gain for
             all three channels).
-        dark_colour: that weight where ``dark_strength`` applies; ``None``: ``colour``.
+        dark_colour: that weight for dark inputs, weighted as ``dark_strength`` is (also when
+            ``dark_strength`` is ``None``); ``None``: ``colour``.
     """
 
     strength: float = 1.0
@@ -177,7 +181,8 @@ class ToneTransfer:
 
     def _denoised(self, inputs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         radius = max(1, int(min(inputs.shape[-2:]) * self.denoise_radius_fraction))
-        epsilon = (self.denoise * noise).square().view(-1, 1, 1, 1)
+        # A flat or synthetic image has no measurable noise; the floor keeps its windows finite.
+        epsilon = (self.denoise * noise).square().clamp_min(MIN_DENOISE_EPSILON).view(-1, 1, 1, 1)
         channels = [
             guided_filter(channel, channel, radius, epsilon, subsample=False)
             for channel in inputs.split(1, dim=1)
@@ -262,7 +267,8 @@ def guided_filter(
     mean_guide = box_mean(low_guide, radius)
     mean_source = box_mean(low_source, radius)
     covariance = box_mean(low_guide * low_source, radius) - mean_guide * mean_source
-    variance = box_mean(low_guide * low_guide, radius) - mean_guide * mean_guide
+    # Rounding can leave a flat window's variance a hair below zero.
+    variance = (box_mean(low_guide * low_guide, radius) - mean_guide * mean_guide).clamp_min(0.0)
     slope = covariance / (variance + epsilon)
     offset = mean_source - slope * mean_guide
     slope, offset = box_mean(slope, radius), box_mean(offset, radius)

@@ -263,6 +263,27 @@ def test_denoising_smooths_noise_in_flat_parts_and_keeps_edges():
     assert edge.item() == pytest.approx(2 * (120.0 - 40.0), rel=0.1)
 
 
+def test_denoising_a_noiseless_image_keeps_it_finite_and_within_half_a_grey_level():
+    rows, cols = torch.meshgrid(torch.arange(90.0), torch.arange(120.0), indexing="ij")
+    images = torch.stack(
+        [torch.full((3, 90, 120), 37.0), (10 + 0.2 * rows + 0.3 * cols).expand(3, 90, 120)]
+    )
+    assert noise_level(images[:, :1]).max() < 1e-3  # gray: every channel is the luma
+    doubled = ((images + 1) * 2 - 1).clamp(0, 255)
+    tone = ToneTransfer(strength=0.82, dark_strength=1.4, dark_luma=20, bright_luma=40, denoise=1.0)
+    for batch in (images, images[:1], images[:, :, :2, :2]):
+        result = tone(batch, ((batch + 1) * 2 - 1).clamp(0, 255))
+        assert torch.isfinite(result).all()
+    result = tone(images, doubled)
+    assert torch.allclose(
+        result,
+        ToneTransfer(strength=0.82, dark_strength=1.4, dark_luma=20, bright_luma=40)(
+            images, doubled
+        ),
+        atol=0.5,
+    )
+
+
 def test_noise_fades_the_dark_lift_and_colour_weighs_the_generators_balance(dark_coffee):
     tone = ToneTransfer(strength=1.0, dark_strength=1.5, noise_low=1.0, noise_high=3.0)
     lumas = torch.tensor([10.0, 10.0, 10.0, 200.0])
