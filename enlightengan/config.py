@@ -90,6 +90,15 @@ class GeneratorConfig:
             self.halve_above_width is None or self.halve_above_width >= 64,
             "generator.halve_above_width must be None or >= 64",
         )
+        for name in TONE_TRANSFER_FIELDS:
+            value = getattr(self, name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            _require(
+                number or (value is None and name not in TONE_TRANSFER_NUMBERS),
+                f"generator.{name} must be a number"
+                + ("" if name in TONE_TRANSFER_NUMBERS else " or None")
+                + f", got {value!r}",
+            )
         _require(
             self.tone_transfer_strength is None or 0.0 <= self.tone_transfer_strength <= 2.0,
             "generator.tone_transfer_strength must be None or in [0, 2]",
@@ -116,6 +125,17 @@ class GeneratorConfig:
         for name in ("tone_transfer_colour", "tone_transfer_dark_colour"):
             value = getattr(self, name)
             _require(value is None or 0.0 <= value <= 1.5, f"generator.{name} must be in [0, 1.5]")
+
+
+TONE_TRANSFER_FIELDS = tuple(
+    setting.name
+    for setting in dataclasses.fields(GeneratorConfig)
+    if setting.name.startswith("tone_transfer_")
+)
+# The tone-transfer settings that cannot be None.
+TONE_TRANSFER_NUMBERS = frozenset(
+    name for name in TONE_TRANSFER_FIELDS if getattr(GeneratorConfig, name) is not None
+)
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,13 @@ def _shipped_config(config: EnlightenGANConfig, args: argparse.Namespace) -> Enl
             f"--set {', '.join(not_tone)}: only the generator's tone_transfer_* settings can "
             "change when shipping (the rest define the trained weights)"
         )
+    flags = {
+        "generator.tone_transfer_strength": ("--tone-strength", args.tone_strength),
+        "generator.tone_transfer_dark_strength": ("--tone-dark-strength", args.tone_dark_strength),
+    }
+    twice = [flag for key, (flag, value) in flags.items() if key in overrides and value is not None]
+    if twice:
+        raise UserError(f"--set and {', '.join(twice)} both set the same setting: give one")
     return config.with_overrides(overrides).validate()
 
 

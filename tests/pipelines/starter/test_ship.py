@@ -169,3 +169,19 @@ def test_tone_settings_are_set_by_name_and_nothing_else_is(tmp_path, capsys):
     assert "generator.base_channels" in capsys.readouterr().err
     assert ship.main([*argv, "--set", "generator.tone_transfer_noise_low=1"]) == 2
     assert "noise_low" in capsys.readouterr().err
+
+
+def test_a_tone_setting_that_is_not_a_number_or_set_twice_is_one_error_line(tmp_path, capsys):
+    directory = save_checkpoint(
+        tmp_path / "exported", config=TINY, networks={"generator": _networks()["generator"]}
+    )
+    argv = ["--run", str(directory), "--out", str(tmp_path / "out")]
+    for value in ("abc", "true", "null"):
+        assert ship.main([*argv, "--set", f"generator.tone_transfer_colour={value}"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "tone_transfer_colour must be a number" in line
+    both = ["--tone-strength", "0.9", "--set", "generator.tone_transfer_strength=0.8"]
+    assert ship.main([*argv, *both]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--tone-strength" in line and "give one" in line
+    assert not (tmp_path / "out").exists()
