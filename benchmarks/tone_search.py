@@ -17,7 +17,9 @@ report the held-out ones with the chosen setting (BENCHMARKS.md, "Starter v3").
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,18 +48,28 @@ def test_sets(corpus: Path | None, real: list[str], names: list[str]) -> list:
     return [test_set for test_set in sets if test_set.name in names]
 
 
+def generator_identity(generator: str) -> str:
+    """The sha256 of the checkpoint's index (``checkpoint.json``, which lists every file's)."""
+    from enlightengan.starter import starter_checkpoint
+
+    directory = starter_checkpoint() if generator == "starter" else Path(generator)
+    return hashlib.sha256((Path(directory) / "checkpoint.json").read_bytes()).hexdigest()[:16]
+
+
 def network_outputs(generator: str, test_set, folder: Path) -> list[np.ndarray]:
-    """The generator's own outputs for the set's inputs, cached by the set's fingerprint."""
+    """The generator's own outputs for the set's inputs, cached by the generator and the set."""
     from enlightengan.inference import Enhancer, EnhancerSettings
 
-    path = folder / f"{test_set.name}-{test_set.fingerprint()}.npz"
+    path = folder / f"{test_set.name}-{test_set.fingerprint()}-{generator_identity(generator)}.npz"
     if not path.exists():
         enhancer = Enhancer.from_pretrained(
             generator, EnhancerSettings(batch_size=1, tone_transfer="off")
         )
         outputs = [enhancer([image])[0] for image in test_set.inputs]
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez(path, *outputs)
+        partial = path.with_suffix(".partial.npz")
+        np.savez(partial, *outputs)
+        os.replace(partial, path)
     with np.load(path) as stored:
         return [stored[f"arr_{index}"] for index in range(len(test_set.inputs))]
 
@@ -78,7 +90,7 @@ def margins(means: dict[str, float], goals: list) -> dict[str, float]:
         elif relation == "<":
             found[metric] = (bound - value) / abs(bound)
         else:
-            found[metric] = min(value - bound[0], bound[1] - value) / bound[0]
+            found[metric] = min((value - bound[0]) / bound[0], (bound[1] - value) / bound[1])
     return found
 
 

@@ -25,7 +25,10 @@ def test_margins_are_relative_to_the_bound_and_negative_when_missed():
     found = tone_search.margins(means, goals)
     assert found["psnr"] == (15.0 - 16.0) / 16.0
     assert found["niqe"] == (5.0 - 4.0) / 5.0
-    assert found["luma"] == (115.0 - 120.0) / 100.0
+    assert found["luma"] == (115.0 - 120.0) / 115.0
+    assert tone_search.margins({"luma": 90.0}, [["luma", "in", [100.0, 115.0]]]) == {
+        "luma": (90.0 - 100.0) / 100.0
+    }
 
 
 def test_transferred_matches_the_tone_transfer_on_a_batch():
@@ -70,6 +73,7 @@ def test_a_search_scores_each_setting_on_each_set_and_reuses_the_network_outputs
     assert worst["none"].startswith("worst margin -") and worst["none"].endswith("(demo luma)")
     assert worst["full"].startswith("worst margin +")
     cached = list((tmp_path / "search" / "outputs").glob("demo-*.npz"))
+    assert tone_search.generator_identity("starter") in cached[0].name
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     second = subprocess.run(command, capture_output=True, text=True, check=True).stdout
