@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import logging
 import sys
+import types
 import typing
 
 from pipelines.errors import UserError
@@ -137,8 +138,12 @@ class ListedChoices(tuple):
 
 
 def _converted_kind(hint) -> type | None:
-    """int or float when the spec converts a field of type ``hint`` to it (None allowed)."""
-    kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)] or [hint]
+    """int or float when the spec converts a field of type ``hint`` to it: ``int``, ``float``
+    or either ``| None``; never a container such as ``list[int]`` (its items stay argparse's)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)]
+    else:
+        kinds = [hint]
     return kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else None
 
 
