@@ -198,6 +198,31 @@ def synthetic_sets(name: str, photos: list[tuple[str, np.ndarray]]) -> list[Test
     ]
 
 
+def build_test_sets(corpus: Path | None, real: list[str], sets: str | None) -> list[TestSet]:
+    """The demo's sets, the corpus's held-out sets and each ``--real NAME=FOLDER``, limited to
+    the comma-separated names in ``sets`` (None: all)."""
+    test_sets = synthetic_sets("demo", demo_set())
+    if corpus is not None:
+        test_sets += synthetic_sets("holdout", holdout_set(corpus))
+    for name, folder in _pairs(real, "--real"):
+        photos = real_set(Path(folder))
+        test_sets.append(
+            TestSet(
+                name,
+                f"{name} ({len(photos)} real photos, no reference)",
+                [key for key, _ in photos],
+                [rgb for _, rgb in photos],
+            )
+        )
+    if sets is None:
+        return test_sets
+    wanted = [name.strip() for name in sets.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - {test_set.name for test_set in test_sets})
+    if unknown:
+        raise SystemExit(f"--sets: unknown {unknown}; available: {[s.name for s in test_sets]}")
+    return [test_set for test_set in test_sets if test_set.name in wanted]
+
+
 @dataclass
 class Scorer:
     """A variant and what identifies its results (None: never cached)."""
@@ -536,26 +561,7 @@ def main() -> None:
     parser.add_argument("--output", "--out", type=Path, default=Path("quality-report"))
     args = parser.parse_args()
 
-    test_sets = synthetic_sets("demo", demo_set())
-    if args.corpus is not None:
-        test_sets += synthetic_sets("holdout", holdout_set(args.corpus))
-    for name, folder in _pairs(args.real, "--real"):
-        photos = real_set(Path(folder))
-        test_sets.append(
-            TestSet(
-                name,
-                f"{name} ({len(photos)} real photos, no reference)",
-                [key for key, _ in photos],
-                [rgb for _, rgb in photos],
-            )
-        )
-    if args.sets is not None:
-        wanted = [name.strip() for name in args.sets.split(",") if name.strip()]
-        unknown = sorted(set(wanted) - {test_set.name for test_set in test_sets})
-        if unknown:
-            raise SystemExit(f"--sets: unknown {unknown}; available: {[s.name for s in test_sets]}")
-        test_sets = [test_set for test_set in test_sets if test_set.name in wanted]
-
+    test_sets = build_test_sets(args.corpus, args.real, args.sets)
     scorers = build_scorers(args)
     args.output.mkdir(parents=True, exist_ok=True)
     cache = Cache(args.output / "cache" if args.cache else None)

@@ -33,21 +33,6 @@ import bench_quality  # noqa: E402
 from enlightengan.tone import ToneTransfer  # noqa: E402
 
 
-def test_sets(corpus: Path | None, real: list[str], names: list[str]) -> list:
-    sets = bench_quality.synthetic_sets("demo", bench_quality.demo_set())
-    if corpus is not None:
-        sets += bench_quality.synthetic_sets("holdout", bench_quality.holdout_set(corpus))
-    for name, folder in bench_quality._pairs(real, "--real"):
-        photos = bench_quality.real_set(Path(folder))
-        sets.append(
-            bench_quality.TestSet(name, name, [k for k, _ in photos], [p for _, p in photos])
-        )
-    unknown = sorted(set(names) - {test_set.name for test_set in sets})
-    if unknown:
-        raise SystemExit(f"--sets: unknown {unknown}; available: {[s.name for s in sets]}")
-    return [test_set for test_set in sets if test_set.name in names]
-
-
 def generator_identity(generator: str) -> str:
     """The sha256 of the checkpoint's index (``checkpoint.json``, which lists every file's)."""
     from enlightengan.starter import starter_checkpoint
@@ -109,8 +94,7 @@ def main() -> None:
 
     settings = json.loads(args.settings.read_text())
     goals = json.loads(args.goals.read_text()) if args.goals else {}
-    names = [name.strip() for name in args.sets.split(",") if name.strip()]
-    sets = test_sets(args.corpus, args.real, names)
+    sets = bench_quality.build_test_sets(args.corpus, args.real, args.sets)
     outputs = {s.name: network_outputs(args.generator, s, args.output / "outputs") for s in sets}
     for label, keywords in settings.items():
         tone = ToneTransfer(**keywords).validate()

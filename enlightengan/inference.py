@@ -58,7 +58,7 @@ from enlightengan.checkpoint import (
     load_generator,
     load_official_generator,
 )
-from enlightengan.config import TONE_TRANSFERS, GeneratorConfig
+from enlightengan.config import TONE_TRANSFER_FIELDS, TONE_TRANSFERS, GeneratorConfig
 from enlightengan.generator import Generator, check_image_batch, crop_padding, pad_to_multiple
 from enlightengan.official_weights import unwrap_module
 from enlightengan.shipped_weights import STARTER_NAME, model_card_path
@@ -155,19 +155,14 @@ class EnhancerSettings:
         dark_strength = self.tone_dark_strength
         if dark_strength is None and self.tone_strength is None:
             dark_strength = config.tone_transfer_dark_strength
-        return ToneTransfer(
-            strength=1.0 if strength is None else strength,
-            dark_strength=dark_strength,
-            dark_luma=config.tone_transfer_dark_luma,
-            bright_luma=config.tone_transfer_bright_luma,
-            denoise=config.tone_transfer_denoise
-            if self.tone_denoise is None
-            else self.tone_denoise,
-            noise_low=config.tone_transfer_noise_low,
-            noise_high=config.tone_transfer_noise_high,
-            colour=config.tone_transfer_colour,
-            dark_colour=config.tone_transfer_dark_colour,
-        ).validate()
+        settings = {
+            name.removeprefix("tone_transfer_"): getattr(config, name)
+            for name in TONE_TRANSFER_FIELDS
+        }
+        settings.update(strength=1.0 if strength is None else strength, dark_strength=dark_strength)
+        if self.tone_denoise is not None:
+            settings["denoise"] = self.tone_denoise
+        return ToneTransfer(**settings).validate()
 
 
 class Enhancer:
