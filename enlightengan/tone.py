@@ -160,7 +160,8 @@ class ToneTransfer:
         log_gain = torch.log1p(outputs) - torch.log1p(inputs)
         radius = max(1, int(min(inputs.shape[-2:]) * self.radius_fraction))
         smoothed = guided_filter(guide, log_gain, radius, self.epsilon)
-        noise = noise_level(luma)
+        uses_noise = self.denoise != 0.0 or self.noise_low is not None
+        noise = noise_level(luma) if uses_noise else luma.new_zeros(luma.shape[0])
         dark = self.dark_weights(luma.mean((-3, -2, -1)), noise).view(-1, 1, 1, 1)
         strengths = self.strength + (self._dark_strength - self.strength) * dark
         colours = self.colour + (self._dark_colour - self.colour) * dark
